@@ -1,0 +1,49 @@
+"""Exceptions raised by the library and the exit statuses the CLI maps them to.
+
+The library never imports Click: it raises :class:`ConvcliError` subclasses whose
+message is already the one line a user should read, and ``cli.py`` turns them into
+exit statuses.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """Exit statuses of the ``convcli`` command."""
+
+    OK = 0
+    INPUT_FAILED = 1  # an input could not be processed; the others still were
+    USAGE = 2  # bad options, bad kernel files, a layer that cannot work at all
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
+
+class ConvcliError(Exception):
+    """Base class of every error a user can cause; ``str(err)`` is one line."""
+
+    exit_status: ExitStatus = ExitStatus.USAGE
+
+
+class OptionError(ConvcliError, ValueError):
+    """An option or argument value is invalid (stride 0, unknown padding…)."""
+
+
+class KernelError(ConvcliError, ValueError):
+    """A kernel file or inline kernel is malformed, unsafe or inconsistent."""
+
+
+class GeometryError(ConvcliError, ValueError):
+    """A layer cannot produce any output for the given input shape."""
+
+
+class InputError(ConvcliError):
+    """An input image or array could not be read or processed."""
+
+    exit_status = ExitStatus.INPUT_FAILED
+
+
+class OutputError(ConvcliError):
+    """An output could not be written (it would overwrite an input, disk full…)."""
+
+    exit_status = ExitStatus.INPUT_FAILED

@@ -1,0 +1,229 @@
+"""Typed, immutable settings of one convolution or pooling layer.
+
+Options become these values as early as possible (the CLI parses strings into them,
+the Python API accepts plain ints and strings and converts them here), so no dict of
+option strings travels through the code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Union
+
+from .errors import OptionError
+
+Pair = tuple[int, int]
+PairLike = Union[int, tuple[int, int], list[int], str, Pair]
+
+
+class Border(str, Enum):
+    """What the padding holds (PyTorch's ``padding_mode`` names)."""
+
+    ZEROS = "zeros"
+    REFLECT = "reflect"  # mirror excluding the edge pixel, like numpy 'reflect'
+    REPLICATE = "replicate"
+    CIRCULAR = "circular"
+
+
+class Activation(str, Enum):
+    """Element-wise activation applied after the bias."""
+
+    NONE = "none"
+    RELU = "relu"
+    LEAKY_RELU = "leaky-relu"
+    SIGMOID = "sigmoid"
+    TANH = "tanh"
+    ABS = "abs"
+
+
+class PoolMode(str, Enum):
+    MAX = "max"
+    AVG = "avg"
+
+
+class PaddingMode(str, Enum):
+    VALID = "valid"
+    SAME = "same"
+    FULL = "full"
+    CAUSAL = "causal"
+    EXPLICIT = "explicit"
+
+
+def _enum_value(enum_type, value, name: str):
+    if isinstance(value, enum_type):
+        return value
+    if value is None and enum_type is Activation:
+        return Activation.NONE
+    text = str(value).strip().lower().replace("_", "-")
+    if enum_type is Activation and text in ("leakyrelu", "leaky"):
+        text = "leaky-relu"
+    if enum_type is Border and text in ("zero", "constant"):
+        text = "zeros"
+    for member in enum_type:
+        if member.value == text:
+            return member
+    choices = ", ".join(m.value for m in enum_type if m is not PaddingMode.EXPLICIT)
+    raise OptionError(f"{name}: {value!r} is not one of {choices}")
+
+
+def parse_border(value, name: str = "--border") -> Border:
+    return _enum_value(Border, value, name)
+
+
+def parse_activation(value, name: str = "--activation") -> Activation:
+    return _enum_value(Activation, value, name)
+
+
+def parse_pool_mode(value, name: str = "--pool") -> PoolMode:
+    return _enum_value(PoolMode, value, name)
+
+
+def _ints(value, name: str) -> list[int]:
+    if isinstance(value, bool):
+        raise OptionError(f"{name}: expected a whole number or N,M, got {value!r}")
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, str):
+        parts = [p for p in value.replace("x", ",").replace("X", ",").split(",")]
+        try:
+            return [int(p.strip()) for p in parts]
+        except ValueError:
+            raise OptionError(f"{name}: expected N or N,M with whole numbers, got {value!r}") from None
+    try:
+        items = list(value)
+    except TypeError:
+        raise OptionError(f"{name}: expected N or N,M, got {value!r}") from None
+    out = []
+    for item in items:
+        if isinstance(item, bool) or not float(item).is_integer():
+            raise OptionError(f"{name}: expected whole numbers, got {value!r}")
+        out.append(int(item))
+    return out
+
+
+def parse_pair(value: PairLike, name: str, *, minimum: int = 1) -> Pair:
+    """Parse ``N`` or ``NH,NW`` (also an int or a 2-sequence) into an (h, w) pair.
+
+    Every part must be at least ``minimum``; the message names the option.
+    """
+    parts = _ints(value, name)
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise OptionError(f"{name}: expected N or NH,NW, got {len(parts)} numbers ({value!r})")
+    for part in parts:
+        if part < minimum:
+            raise OptionError(f"{name}: must be at least {minimum}, got {value if isinstance(value, str) else tuple(parts)}")
+    return (parts[0], parts[1])
+
+
+@dataclass(frozen=True)
+class Padding:
+    """How a convolution pads its input.
+
+    ``mode`` is one of valid, same (TensorFlow: odd pixel bottom/right), full, causal
+    (1-D: all on the left) or explicit, in which case ``amounts`` holds
+    (top, bottom, left, right) in pixels.
+    """
+
+    mode: PaddingMode = PaddingMode.VALID
+    amounts: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    @classmethod
+    def parse(cls, value, name: str = "--padding") -> "Padding":
+        """Accept a mode name, ``P``, ``PH,PW`` or ``T,B,L,R`` (also ints and sequences)."""
+        if isinstance(value, Padding):
+            return value
+        if isinstance(value, PaddingMode):
+            return cls(value)
+        if value is None:
+            return cls()
+        if isinstance(value, str) and value.strip().lower() in {m.value for m in PaddingMode} - {"explicit"}:
+            return cls(PaddingMode(value.strip().lower()))
+        try:
+            parts = _ints(value, name)
+        except OptionError:
+            raise OptionError(
+                f"{name}: {value!r} is not valid, same, full, causal, P, PH,PW or T,B,L,R"
+            ) from None
+        if any(p < 0 for p in parts):
+            raise OptionError(f"{name}: padding amounts must be >= 0, got {value!r}")
+        if len(parts) == 1:
+            amounts = (parts[0],) * 4
+        elif len(parts) == 2:
+            amounts = (parts[0], parts[0], parts[1], parts[1])
+        elif len(parts) == 4:
+            amounts = tuple(parts)
+        else:
+            raise OptionError(f"{name}: expected P, PH,PW or T,B,L,R, got {len(parts)} numbers ({value!r})")
+        return cls(PaddingMode.EXPLICIT, amounts)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        if self.mode is PaddingMode.EXPLICIT:
+            return ",".join(str(a) for a in self.amounts)
+        return self.mode.value
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """Settings of one convolution layer (everything but the weights)."""
+
+    stride: Pair = (1, 1)
+    padding: Padding = field(default_factory=Padding)
+    dilation: Pair = (1, 1)
+    border: Border = Border.ZEROS
+    flip: bool = False
+    depthwise: bool = False
+    activation: Activation = Activation.NONE
+    negative_slope: float = 0.3
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        stride: PairLike = 1,
+        padding=None,
+        dilation: PairLike = 1,
+        border="zeros",
+        flip: bool = False,
+        depthwise: bool = False,
+        activation=None,
+        negative_slope: float = 0.3,
+    ) -> "ConvSpec":
+        return cls(
+            stride=parse_pair(stride, "stride"),
+            padding=Padding.parse(padding if padding is not None else "valid", "padding"),
+            dilation=parse_pair(dilation, "dilation"),
+            border=parse_border(border, "border"),
+            flip=bool(flip),
+            depthwise=bool(depthwise),
+            activation=parse_activation(activation, "activation"),
+            negative_slope=float(negative_slope),
+        )
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """Pooling after the activation (Keras MaxPooling2D / AveragePooling2D)."""
+
+    mode: PoolMode = PoolMode.MAX
+    size: Pair = (2, 2)
+    stride: Pair | None = None  # None: the pool size, as Keras
+    padding: PaddingMode = PaddingMode.VALID  # valid or same only
+
+    @property
+    def strides(self) -> Pair:
+        return self.stride if self.stride is not None else self.size
+
+    @classmethod
+    def from_options(cls, *, mode, size: PairLike = 2, stride: PairLike | None = None, padding="valid") -> "PoolSpec":
+        pad = str(padding.value if isinstance(padding, PaddingMode) else padding).strip().lower()
+        if pad not in ("valid", "same"):
+            raise OptionError(f"pool-padding: {padding!r} is not one of valid, same")
+        return cls(
+            mode=parse_pool_mode(mode, "pool"),
+            size=parse_pair(size, "pool-size"),
+            stride=None if stride is None else parse_pair(stride, "pool-stride"),
+            padding=PaddingMode(pad),
+        )
