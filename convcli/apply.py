@@ -1,0 +1,350 @@
+"""One input through a layer stack: read, run, write the feature maps.
+
+:func:`process` is what ``convcli apply`` does for each input, in the main process
+or in a batch worker. It returns an :class:`InputResult` (what the ``--json`` line
+reports) and raises a :class:`~convcli.errors.ConvcliError` when the input fails.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConvcliError, OptionError, OutputError
+from .stack import Stack
+
+FORMATS = ("png", "png16", "tiff", "npy")
+NORMALIZE_MODES = ("minmax", "clip", "abs", "offset")
+DEFAULT_NAME = "{stem}_{filter}.{ext}"
+STDOUT = "-"
+_EXT = {"png": "png", "png16": "png", "tiff": "tiff", "npy": "npy"}
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """How inputs are read (``--mode``, ``--scale``, ``--max-pixels``)."""
+
+    mode: str = "keep"
+    scale: str = "raw"
+    max_pixels: int | None = None
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Where and how feature maps are written.
+
+    ``directory`` is ``None`` when nothing is written (``--print`` alone), ``"-"``
+    for standard output, else a folder.
+    """
+
+    directory: Path | str | None = Path(".")
+    name: str = DEFAULT_NAME
+    format: str = "png"
+    normalize: str = "minmax"
+    compress_level: int | None = None
+    montage: str | None = None
+    save_all: bool = False
+    skip_existing: bool = False
+
+    @property
+    def to_stdout(self) -> bool:
+        return self.directory == STDOUT
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything ``apply`` needs for any input; built once, shared by workers."""
+
+    stack: Stack
+    read: ReadSpec = field(default_factory=ReadSpec)
+    output: OutputSpec = field(default_factory=OutputSpec)
+    algorithm: str = "auto"
+    print_maps: bool = False
+
+
+@dataclass
+class InputResult:
+    """What happened to one input (one ``--json`` line)."""
+
+    input: str
+    input_shape: list[int] | None = None
+    output_shape: list[int] | None = None
+    filters: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    algorithm: list[str] = field(default_factory=list)
+    skipped: bool = False
+    error: str | None = None
+    printed: str = ""  # --print text, written to stdout by the caller in input order
+    stdout_bytes: bytes = b""  # the single output for `-o -`
+
+    def as_json(self) -> dict:
+        return {
+            "input": self.input,
+            "input_shape": self.input_shape,
+            "output_shape": self.output_shape,
+            "filters": self.filters,
+            "outputs": self.outputs,
+            "seconds": round(self.seconds, 6),
+            "algorithm": self.algorithm,
+            "skipped": self.skipped,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class MapGroup:
+    """One output file's worth of channels: a gray map, or a C-channel depthwise image."""
+
+    name: str
+    index: int
+    channels: tuple[int, ...]
+
+
+def map_groups(names: list[str], channels: int, *, depthwise: bool, in_channels: int) -> list[MapGroup]:
+    """Split an H×W×F' output into the files it is written as.
+
+    A plain layer gives one gray map per filter. A depthwise layer on a 1-, 2-, 3- or
+    4-channel input gives one image per filter holding that filter's channels
+    (``c·F + f`` for every input channel c), so a blur of an RGB photo is an RGB photo;
+    on deeper inputs each channel is its own map named ``{filter}.c{c}``.
+    """
+    if not depthwise:
+        return [MapGroup(name, i, (i,)) for i, name in enumerate(names)]
+    filters = len(names)
+    if in_channels <= 4:
+        return [MapGroup(name, f, tuple(c * filters + f for c in range(in_channels)))
+                for f, name in enumerate(names)]
+    return [MapGroup(f"{names[f]}.c{c}", c * filters + f, (c * filters + f,))
+            for c in range(in_channels) for f in range(filters)]
+
+
+def _field(value: str) -> str:
+    from .kernels import safe_name
+
+    return safe_name(value)
+
+
+def output_path(directory: Path, template: str, *, stem: str, filter: str, index: int, ext: str) -> Path:
+    """Format the ``--name`` template and check the result stays inside ``directory``.
+
+    Field values are made file-name safe first, so a kernel named ``../../x`` cannot
+    place a file elsewhere; a template that itself points outside is refused.
+    """
+    try:
+        name = template.format(stem=_field(stem), filter=_field(filter), index=index, ext=ext)
+    except (KeyError, IndexError, ValueError) as err:
+        raise OptionError(
+            f"--name: {template!r} is not a valid template ({err}); fields are {{stem}} {{filter}} {{index}} {{ext}}"
+        ) from None
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts or name.strip() == "":
+        raise OptionError(f"--name: {template!r} gives {name!r}, which is outside the output folder")
+    return Path(directory) / relative
+
+
+def planned_outputs(job: Job, stem: str, in_channels: int | None, rel_dir: str = "") -> list[Path]:
+    """The files :func:`process` will write for an input (for ``--skip-existing``)."""
+    out = job.output
+    if out.directory is None or out.to_stdout:
+        return []
+    directory = Path(out.directory) / rel_dir
+    ext = _EXT[out.format]
+    if out.format == "npy":
+        return [output_path(directory, "{stem}.{ext}" if out.name == DEFAULT_NAME else out.name,
+                            stem=stem, filter="all", index=0, ext=ext)]
+    conv = job.stack.last_conv
+    groups = map_groups(job.stack.output_names(), 0, depthwise=conv.spec.depthwise,
+                        in_channels=in_channels if in_channels is not None else 1)
+    return [output_path(directory, out.name, stem=stem, filter=g.name, index=g.index, ext=ext) for g in groups]
+
+
+def encode_group(array, *, fmt: str, normalize: str, compress_level: int | None) -> bytes:
+    """Encode one output group (H×W or H×W×C float32) in the chosen format."""
+    from . import imageio
+
+    if fmt == "npy":
+        return imageio.encode_npy(array)
+    if fmt == "tiff":
+        return imageio.encode_tiff(array)
+    bits = 16 if fmt == "png16" else 8
+    return imageio.encode_png(imageio.to_display(array, normalize=normalize, bits=bits), bits=bits,
+                              compress_level=compress_level)
+
+
+def _encode_all(arrays: list, *, fmt: str, normalize: str, compress_level: int | None) -> list[bytes]:
+    """Encode several maps, in parallel threads (zlib and Pillow release the GIL)."""
+    if len(arrays) <= 1:
+        return [encode_group(a, fmt=fmt, normalize=normalize, compress_level=compress_level) for a in arrays]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import engine
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(arrays), engine.get_threads()))) as pool:
+        return list(pool.map(lambda a: encode_group(a, fmt=fmt, normalize=normalize,
+                                                    compress_level=compress_level), arrays))
+
+
+def _group_arrays(output, groups: list[MapGroup]) -> list:
+    return [output[:, :, g.channels[0]] if len(g.channels) == 1 else output[:, :, list(g.channels)]
+            for g in groups]
+
+
+def _write_maps(output, names: list[str], *, job: Job, stem: str, directory: Path, in_channels: int,
+                depthwise: bool, inputs: set[str]) -> list[str]:
+    from . import imageio
+
+    out = job.output
+    ext = _EXT[out.format]
+    if out.format == "npy":
+        paths = [output_path(directory, "{stem}.{ext}" if out.name == DEFAULT_NAME else out.name,
+                             stem=stem, filter="all", index=0, ext=ext)]
+        blobs = [imageio.encode_npy(output)]
+    else:
+        groups = map_groups(names, output.shape[2], depthwise=depthwise, in_channels=in_channels)
+        paths = [output_path(directory, out.name, stem=stem, filter=g.name, index=g.index, ext=ext)
+                 for g in groups]
+        blobs = _encode_all(_group_arrays(output, groups), fmt=out.format, normalize=out.normalize,
+                            compress_level=out.compress_level)
+    if len(set(paths)) != len(paths):
+        raise OptionError(f"--name: {out.name!r} gives the same file name to several maps; add {{filter}} or {{index}}")
+    for path in paths:
+        if str(path.resolve()) in inputs or any(imageio.same_file(path, p) for p in inputs if os.path.exists(p)
+                                                and os.path.exists(path)):
+            raise OutputError(f"{path}: refusing to overwrite an input file")
+    for path, blob in zip(paths, blobs):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        imageio.write_atomic(path, blob)
+    return [str(p) for p in paths]
+
+
+def _print_maps(output, names: list[str], stem: str, many: bool) -> str:
+    from . import imageio
+
+    buf = io.StringIO()
+    for f in range(output.shape[2]):
+        if many or output.shape[2] > 1:
+            label = names[f] if f < len(names) else str(f)
+            buf.write(f"# {stem} {label}\n")
+        for line in imageio.format_map_rows(output[:, :, f]):
+            buf.write(line + "\n")
+    return buf.getvalue()
+
+
+def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] = frozenset(),
+            many: bool = False) -> InputResult:
+    """Read ``source``, run the stack, write/print the maps; return what happened.
+
+    ``rel_dir`` is the input's folder relative to the folder given on the command
+    line (outputs mirror it under ``-o``); ``inputs`` holds the resolved paths of all
+    inputs, which are never overwritten; ``many`` says the batch has several inputs.
+    """
+    from . import imageio
+
+    started = time.perf_counter()
+    result = InputResult(input=source)
+    loaded = imageio.read_input(source, mode=job.read.mode, scale=job.read.scale, max_pixels=job.read.max_pixels)
+    x = loaded.array
+    result.input_shape = list(x.shape)
+    output, algorithms, intermediates = job.stack.run(x, algorithm=job.algorithm, keep_all=job.output.save_all)
+    result.output_shape = list(output.shape)
+    result.algorithm = algorithms
+    names = job.stack.output_names()
+    result.filters = names
+    conv = job.stack.last_conv
+    in_depth = _last_conv_input_channels(job.stack, tuple(x.shape))
+    out = job.output
+    if out.to_stdout:
+        groups = map_groups(names, output.shape[2], depthwise=conv.spec.depthwise, in_channels=in_depth)
+        count = 1 if out.format == "npy" else len(groups)
+        if count != 1:
+            raise OptionError(
+                f"-o -: writes a single output to standard output, but this layer gives {count} outputs"
+                f" ({', '.join(names[:4])}{'…' if len(names) > 4 else ''}); use -o DIR"
+            )
+        result.stdout_bytes = (imageio.encode_npy(output) if out.format == "npy" else
+                               encode_group(_group_arrays(output, groups)[0], fmt=out.format,
+                                            normalize=out.normalize, compress_level=out.compress_level))
+        result.outputs = [STDOUT]
+    elif out.directory is not None:
+        directory = Path(out.directory) / rel_dir
+        if out.save_all:
+            result.outputs += _save_all(intermediates, job, stem=loaded.stem, directory=directory,
+                                        x_shape=tuple(x.shape), inputs=set(inputs))
+        else:
+            result.outputs = _write_maps(output, names, job=job, stem=loaded.stem, directory=directory,
+                                         in_channels=in_depth, depthwise=conv.spec.depthwise, inputs=set(inputs))
+    if out.montage:
+        result.outputs.append(_write_montage(output, names, job, loaded.stem, conv.spec.depthwise, in_depth))
+    if job.print_maps:
+        result.printed = _print_maps(output, names, loaded.stem, many)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _last_conv_input_channels(stack: Stack, shape: tuple[int, int, int]) -> int:
+    from .stack import ConvStep
+
+    geometry = stack.geometry(shape)
+    channels = shape[2]
+    for step, g in zip(stack.steps, geometry):
+        if isinstance(step, ConvStep):
+            channels = g.input_shape[2]
+    return channels
+
+
+def _save_all(intermediates: list, job: Job, *, stem: str, directory: Path, x_shape, inputs: set[str]) -> list[str]:
+    """``--save-all``: every layer's maps in ``{stem}/NN-{layer}/``."""
+    from .stack import ConvStep
+
+    written: list[str] = []
+    names: list[str] = []
+    depthwise, in_depth = False, x_shape[2]
+    for index, (step, array) in enumerate(zip(job.stack.steps, intermediates)):
+        if isinstance(step, ConvStep):
+            names, depthwise = step.output_names, step.spec.depthwise
+            in_depth = (array.shape[2] // len(names)) if depthwise else in_depth
+        folder = directory / stem / f"{index + 1:02d}-{step.name}"
+        written += _write_maps(array, names, job=job, stem=stem, directory=folder, in_channels=in_depth,
+                               depthwise=depthwise, inputs=inputs)
+        if not depthwise:
+            in_depth = array.shape[2]
+    return written
+
+
+def _write_montage(output, names: list[str], job: Job, stem: str, depthwise: bool, in_depth: int) -> str:
+    from . import imageio
+
+    template = job.output.montage or ""
+    try:
+        path = Path(template.format(stem=_field(stem)))
+    except (KeyError, IndexError, ValueError):
+        raise OptionError(f"--montage: {template!r} is not a valid path template (field: {{stem}})") from None
+    groups = map_groups(names, output.shape[2], depthwise=depthwise, in_channels=in_depth)
+    tiles = [imageio.to_display(a, normalize=job.output.normalize, bits=8) for a in _group_arrays(output, groups)]
+    blob = imageio.montage(tiles, [g.name for g in groups])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.write_atomic(path, blob)
+    return str(path)
+
+
+def check_job(job: Job, input_count: int) -> None:
+    """Option checks that need the number of inputs (usage errors, before any work)."""
+    out = job.output
+    if out.format not in FORMATS:
+        raise OptionError(f"--format: {out.format!r} is not one of {', '.join(FORMATS)}")
+    if out.normalize not in NORMALIZE_MODES:
+        raise OptionError(f"--normalize: {out.normalize!r} is not one of {', '.join(NORMALIZE_MODES)}")
+    if out.to_stdout and input_count != 1:
+        raise OptionError(f"-o -: writes a single output to standard output, but there are {input_count} inputs")
+    if out.montage and input_count > 1 and "{stem}" not in out.montage:
+        raise OptionError(f"--montage: {out.montage!r} must contain {{stem}} when there are {input_count} inputs")
+    if out.save_all and out.to_stdout:
+        raise OptionError("--save-all: cannot write every layer to standard output; use -o DIR")
+
+
+__all__ = ["ReadSpec", "OutputSpec", "Job", "InputResult", "process", "planned_outputs", "check_job",
+           "output_path", "map_groups", "ConvcliError"]

@@ -1,0 +1,354 @@
+"""The ``convcli`` command line: options → library calls → reports.
+
+Only this module imports Click. Library errors (:class:`ConvcliError`) become one
+line on standard error and the exit status they carry (2 usage, 1 an input failed).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import ConvcliError, ExitStatus, OptionError
+from .layer import ConvSpec, Padding, PoolSpec, parse_pair
+
+ALGORITHMS = ("auto", "direct", "separable", "fft")
+
+
+# --- parameter types --------------------------------------------------------------------------
+
+class PairType(click.ParamType):
+    """``N`` or ``NH,NW`` (whole numbers ≥ 1)."""
+
+    name = "N|NH,NW"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_pair(value, f"--{param.name.replace('_', '-')}" if param else "value")
+        except OptionError as err:
+            self.fail(str(err).split(": ", 1)[-1], param, ctx)
+
+
+class PaddingType(click.ParamType):
+    """valid | same | full | causal | P | PH,PW | T,B,L,R."""
+
+    name = "valid|same|full|causal|P|PH,PW|T,B,L,R"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, Padding):
+            return value
+        try:
+            return Padding.parse(value, "--padding")
+        except OptionError as err:
+            self.fail(str(err).split(": ", 1)[-1], param, ctx)
+
+
+PAIR = PairType()
+PADDING = PaddingType()
+
+
+def _choice(*values: str) -> click.Choice:
+    return click.Choice(values, case_sensitive=False)
+
+
+# --- error handling ---------------------------------------------------------------------------
+
+class ConvcliGroup(click.Group):
+    """A group whose errors are one line on stderr with a meaningful exit status."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            status = super().main(args=args, prog_name=prog_name or "convcli", complete_var=complete_var,
+                                  standalone_mode=False, **extra)
+        except click.exceptions.Exit as done:
+            status = done.exit_code
+        except click.UsageError as err:
+            hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+            click.echo(f"convcli: error: {err.format_message()}{hint}", err=True)
+            status = ExitStatus.USAGE
+        except click.ClickException as err:
+            click.echo(f"convcli: error: {err.format_message()}", err=True)
+            status = err.exit_code
+        except ConvcliError as err:
+            click.echo(f"convcli: error: {err}", err=True)
+            status = err.exit_status
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            click.echo("convcli: interrupted", err=True)
+            status = ExitStatus.INTERRUPTED
+        except BrokenPipeError:
+            # The reader went away (`convcli … | head`): not an error of ours.
+            sys.stderr.close()
+            status = ExitStatus.OK
+        status = int(status or 0)
+        if standalone_mode:
+            sys.exit(status)
+        return status
+
+
+# --- shared options ---------------------------------------------------------------------------
+
+def layer_options(func):
+    """The layer options of SPEC §1, shared by ``apply`` and ``shape``."""
+    options = [
+        click.option("-k", "--kernel", "kernels", multiple=True, metavar="PATH|NAME",
+                     help="Kernel file (.yaml/.yml/.json/.mat/.npy), built-in name, or inline "
+                          "'3x3: 0,1,0 0,1,0 0,1,0'. Repeat to stack filters."),
+        click.option("--pipeline", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="A YAML/JSON file of conv and pool layers to run in order."),
+        click.option("--stride", type=PAIR, default="1", show_default=True, help="Stride N or NH,NW."),
+        click.option("--padding", type=PADDING, default="valid", show_default=True,
+                     help="valid, same (TensorFlow: odd pixel bottom/right), full, causal (1-D), "
+                          "or explicit P | PH,PW | T,B,L,R pixels."),
+        click.option("--border", type=_choice("zeros", "reflect", "replicate", "circular"), default="zeros",
+                     show_default=True, help="What the padding holds (PyTorch padding_mode names)."),
+        click.option("--dilation", type=PAIR, default="1", show_default=True, help="Dilation N or NH,NW."),
+        click.option("--depthwise", is_flag=True,
+                     help="Apply each 2-D kernel to every channel separately (Keras DepthwiseConv2D)."),
+        click.option("--flip", is_flag=True,
+                     help="Rotate kernels 180° first: true convolution instead of cross-correlation."),
+        click.option("--activation", type=_choice("none", "relu", "leaky-relu", "sigmoid", "tanh", "abs"),
+                     default="none", show_default=True, help="Activation after the bias."),
+        click.option("--negative-slope", type=float, default=0.3, show_default=True,
+                     help="Slope of leaky-relu for x < 0 (Keras' default 0.3)."),
+        click.option("--pool", type=_choice("max", "avg"), default=None, help="Pool after the activation."),
+        click.option("--pool-size", type=PAIR, default="2", show_default=True, help="Pool window N or NH,NW."),
+        click.option("--pool-stride", type=PAIR, default=None, help="Pool stride (default: the pool size)."),
+        click.option("--pool-padding", type=_choice("valid", "same"), default="valid", show_default=True,
+                     help="Pool padding, Keras rules (same: max ignores padding, avg counts real cells)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _conv_spec(params: dict) -> ConvSpec:
+    return ConvSpec.from_options(
+        stride=params["stride"], padding=params["padding"], dilation=params["dilation"],
+        border=params["border"], flip=params["flip"], depthwise=params["depthwise"],
+        activation=params["activation"], negative_slope=params["negative_slope"],
+    )
+
+
+def _pool_spec(params: dict) -> PoolSpec | None:
+    if params["pool"] is None:
+        return None
+    return PoolSpec.from_options(mode=params["pool"], size=params["pool_size"], stride=params["pool_stride"],
+                                 padding=params["pool_padding"])
+
+
+_LAYER_KEYS = ("stride", "padding", "border", "dilation", "depthwise", "flip", "activation", "negative_slope",
+               "pool", "pool_size", "pool_stride", "pool_padding")
+
+
+def _build_stack(params: dict, *, shape_only: bool = False):
+    """The layer stack from ``--pipeline`` or from ``-k`` + layer options."""
+    from .stack import Stack
+
+    ctx = click.get_current_context()
+    if params["pipeline"]:
+        given = [k for k in _LAYER_KEYS if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE]
+        if params["kernels"] or given or params.get("filters") or params.get("kernel_size"):
+            others = ["-k"] if params["kernels"] else []
+            others += [f"--{k.replace('_', '-')}" for k in given]
+            others += ["--filters/--kernel-size"] if params.get("filters") or params.get("kernel_size") else []
+            raise OptionError(f"--pipeline: the layers come from the file; drop {', '.join(others)}")
+        from .pipeline import load_pipeline
+
+        return load_pipeline(params["pipeline"])
+    conv, pool = _conv_spec(params), _pool_spec(params)
+    if params["kernels"]:
+        if params.get("filters") or params.get("kernel_size"):
+            raise OptionError("-k: the kernels give the filters and their size; drop --filters/--kernel-size")
+        from .kernels import load_kernels
+
+        bank = load_kernels(*params["kernels"])
+        return Stack.single(bank, conv, pool)
+    if shape_only and (params.get("filters") or params.get("kernel_size")):
+        kernel_size = params.get("kernel_size") or (3, 3)
+        return Stack.single(None, conv, pool, filters=params.get("filters") or 1, kernel_size=kernel_size,
+                            use_bias=not params.get("no_bias"))
+    if shape_only:
+        raise OptionError("no layer: give --filters F --kernel-size K, -k KERNEL, or --pipeline FILE")
+    raise OptionError("no kernel: give at least one -k PATH|NAME (see 'convcli kernels'), or --pipeline FILE")
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+@click.group(cls=ConvcliGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="convcli")
+def cli():
+    """Apply CNN convolution layers to images, with Keras/PyTorch semantics.
+
+    convcli reads images and convolution kernels (YAML/JSON/.npy, built-ins,
+    Keras or PyTorch filter banks), runs the multi-channel, multi-filter
+    cross-correlation of a CNN layer with stride, padding, dilation, activation
+    and pooling, and writes the feature maps as images or arrays, prints them,
+    or reports output shapes and parameter counts.
+
+    \b
+    Examples:
+      convcli apply sample_images/window.png -k vertical-line -k horizontal-line --padding same -o out/
+      convcli shape --input 725x1280x3 --filters 32 --kernel-size 4
+      convcli kernels sobel-x
+    """
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@layer_options
+@click.option("--algorithm", type=_choice(*ALGORITHMS), default="auto", show_default=True,
+              help="Engine path: direct (GEMM), separable (two 1-D passes), fft, or auto (cost model).")
+@click.option("--mode", type=_choice("keep", "gray", "rgb", "rgba"), default="keep", show_default=True,
+              help="Convert images first (gray: Pillow's luma; palette images become RGB).")
+@click.option("--scale", type=_choice("raw", "unit"), default="raw", show_default=True,
+              help="raw pixel values (0..255 / 0..65535) or unit (divided by the type's maximum).")
+@click.option("-o", "--output-dir", default=None, metavar="DIR|-",
+              help="Output folder (default '.'), or '-' for standard output (a single output only).")
+@click.option("--name", "name_template", default="{stem}_{filter}.{ext}", show_default=True,
+              help="Output file name template; fields {stem} {filter} {index} {ext}.")
+@click.option("--format", "fmt", type=_choice("png", "png16", "tiff", "npy"), default="png", show_default=True,
+              help="png (8-bit), png16 (16-bit), tiff (float32), npy (one H×W×F float32 array per input).")
+@click.option("--normalize", type=_choice("minmax", "clip", "abs", "offset"), default="minmax",
+              show_default=True, help="How png/png16 map values to pixels.")
+@click.option("--compress-level", type=click.IntRange(0, 9), default=None,
+              help="PNG zlib level 0-9 (default 1: fast; 6 is Pillow's default, 3-5x slower).")
+@click.option("--print", "print_maps", is_flag=True,
+              help="Print each feature map's rows to standard output (files only with -o).")
+@click.option("--json", "json_lines", is_flag=True, help="One JSON object per input on standard output.")
+@click.option("--montage", metavar="FILE", help="Also write all maps of an input into one labelled PNG grid "
+              "({stem} in FILE for several inputs).")
+@click.option("--save-all", is_flag=True, help="With --pipeline: write every layer's maps to {stem}/NN-layer/.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: the number of CPUs).")
+@click.option("-r", "--recursive", is_flag=True, help="Descend into sub-folders of folder inputs.")
+@click.option("--skip-existing", is_flag=True, help="Skip inputs whose outputs all exist (resume a batch).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Refuse images with more pixels than this (default: Pillow's 89,478,485).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary on standard error.")
+def apply(inputs, **params):
+    """Apply a convolution layer (or a --pipeline of layers) to images or arrays.
+
+    INPUT is an image (PNG, JPEG, TIFF, BMP, WebP, GIF; 8 or 16 bit), a .npy,
+    .csv or .txt array (one row or column is a 1-D signal), a folder of them,
+    or '-' for standard input. Feature maps are written as
+    {stem}_{filter}.png in the output folder.
+
+    \b
+    Examples:
+      convcli apply photo.png -k vertical-line -k horizontal-line --padding same -o out/
+      convcli apply photos/ -k edge --activation relu --pool max -o maps/ -j 2
+      cat a.png | convcli apply - -k box-blur --depthwise --padding same -o - > b.png
+      convcli apply sample_images/bump-1d.csv -k bump --print
+    """
+    from .apply import Job, OutputSpec, ReadSpec, check_job
+    from .batch import expand_inputs, run_batch
+
+    stack = _build_stack(params)
+    if params["save_all"] and not params["pipeline"]:
+        raise OptionError("--save-all: needs --pipeline FILE (a single layer has only one set of maps)")
+    stack.check_runnable()
+    out_dir = params["output_dir"]
+    if out_dir is None:
+        out_dir = None if params["print_maps"] else Path(".")
+    elif out_dir != "-":
+        out_dir = Path(out_dir)
+    job = Job(
+        stack=stack,
+        read=ReadSpec(mode=params["mode"], scale=params["scale"], max_pixels=params["max_pixels"]),
+        output=OutputSpec(directory=out_dir, name=params["name_template"], format=params["fmt"],
+                          normalize=params["normalize"], compress_level=params["compress_level"],
+                          montage=params["montage"], save_all=params["save_all"],
+                          skip_existing=params["skip_existing"]),
+        algorithm=params["algorithm"],
+        print_maps=params["print_maps"],
+    )
+    items = expand_inputs(list(inputs), recursive=params["recursive"])
+    if not items:
+        raise OptionError(f"INPUT: no image or array files in {', '.join(inputs)}")
+    check_job(job, len(items))
+    summary = run_batch(items, job, jobs=params["jobs"], quiet=params["quiet"], json_lines=params["json_lines"])
+    return summary.exit_status
+
+
+@cli.command()
+@click.argument("image", required=False, type=click.Path(dir_okay=False))
+@click.option("--input", "input_shape", metavar="HxWxC",
+              help="Input shape HxWxC (also H,W,C; HxW = one channel; L = a 1-D signal of length L).")
+@click.option("--filters", type=click.IntRange(min=1), default=None, help="Number of filters F.")
+@click.option("--kernel-size", type=PAIR, default=None, help="Kernel size K or KH,KW (default 3).")
+@layer_options
+@click.option("--mode", type=_choice("keep", "gray", "rgb", "rgba"), default="keep", show_default=True,
+              help="With IMAGE: the channels apply would see after --mode.")
+@click.option("--no-bias", is_flag=True, help="Count parameters without biases (Keras use_bias=False).")
+@click.option("--locally-connected", is_flag=True,
+              help="Count parameters as a locally-connected layer (one filter per output position).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--explain", is_flag=True, help="Show each formula with the numbers filled in.")
+def shape(image, input_shape, **params):
+    """Report output shapes, weight shapes, parameters and MACs of a layer or stack.
+
+    The input shape comes from --input or from IMAGE's header (not decoded).
+
+    \b
+    Examples:
+      convcli shape --input 725x1280x3 --filters 32 --kernel-size 4
+      convcli shape photo.jpg -k sobel-x -k sobel-y --padding same --pool max
+      convcli shape --input 224x224x3 --pipeline examples/vgg16.yaml --json
+    """
+    from . import report
+    from .geometry import parse_input_shape
+
+    if (image is None) == (input_shape is None):
+        raise OptionError("give the input shape either as --input HxWxC or as an IMAGE file, not "
+                          + ("both" if image is not None else "neither"))
+    if input_shape is not None:
+        shape3 = parse_input_shape(input_shape)
+    else:
+        from .imageio import read_shape
+
+        h, w, c = read_shape(image)
+        mode = params["mode"]
+        shape3 = (h, w, {"gray": 1, "rgb": 3, "rgba": 4}.get(mode, c))
+    stack = _build_stack(params, shape_only=True)
+    layers = stack.geometry(shape3, locally_connected=params["locally_connected"])
+    if params["as_json"]:
+        click.echo(report.shape_json(shape3, layers))
+    else:
+        report.print_shape_table(shape3, layers, explain=params["explain"])
+    return ExitStatus.OK
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def kernels(name, as_json):
+    """List the built-in kernels, or print one kernel's weights.
+
+    NAME may also be a kernel file or an inline 'WxH: …' matrix.
+
+    \b
+    Examples:
+      convcli kernels
+      convcli kernels sobel-x
+    """
+    from . import report
+    from .kernels import builtin_kernels, load_kernels
+
+    if name is None:
+        report.print_kernel_list(builtin_kernels(), as_json=as_json)
+    else:
+        report.print_kernel(load_kernels(name), as_json=as_json)
+    return ExitStatus.OK
+
+
+def main(argv=None) -> None:
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="convcli")
+
+
+__all__ = ["cli", "main"]

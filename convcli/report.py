@@ -1,0 +1,142 @@
+"""Reports on standard output: the ``shape`` table and JSON, and the ``kernels`` listing.
+
+Tables are drawn with rich (imported here, on use); JSON is plain ``json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from .geometry import LayerGeometry, Shape3
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .kernels import FilterBank, Kernel
+
+
+def _console():
+    from rich.console import Console
+
+    # Piped output gets a wide, colourless table rather than one wrapped at 80 columns.
+    width = None if sys.stdout.isatty() else 200
+    return Console(file=sys.stdout, width=width, soft_wrap=False, highlight=False)
+
+
+def _shape(shape) -> str:
+    return "×".join(str(v) for v in shape) if shape is not None else "—"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def shape_dict(input_shape: Shape3, layers: list[LayerGeometry]) -> dict:
+    """The ``shape --json`` object (SPEC §3 field names, plus a few extras per layer)."""
+    return {
+        "input_shape": list(input_shape),
+        "layers": [layer.as_dict() for layer in layers],
+        "output_shape": list(layers[-1].output_shape) if layers else list(input_shape),
+        "total_params": sum(layer.params for layer in layers),
+        "total_macs": sum(layer.macs for layer in layers),
+        "total_activation_bytes": sum(layer.activation_bytes for layer in layers),
+    }
+
+
+def shape_json(input_shape: Shape3, layers: list[LayerGeometry]) -> str:
+    return json.dumps(shape_dict(input_shape, layers))
+
+
+def print_shape_table(input_shape: Shape3, layers: list[LayerGeometry], *, explain: bool = False) -> None:
+    """One row per layer, as Keras' ``model.summary()``, plus receptive field, jump and memory."""
+    from rich.table import Table
+
+    table = Table(title=f"input {_shape(input_shape)}", title_justify="left", show_footer=True)
+    total_params = sum(layer.params for layer in layers)
+    total_macs = sum(layer.macs for layer in layers)
+    total_mem = sum(layer.activation_bytes for layer in layers)
+    table.add_column("Layer (type)", footer="Total")
+    table.add_column("Output shape", footer=_shape(layers[-1].output_shape) if layers else "")
+    table.add_column("Weights", footer="")
+    table.add_column("Param #", justify="right", footer=f"{total_params:,}")
+    table.add_column("MACs", justify="right", footer=f"{total_macs:,}")
+    table.add_column("Receptive field", justify="right", footer="")
+    table.add_column("Jump", justify="right", footer="")
+    table.add_column("Memory (f32)", justify="right", footer=_bytes(total_mem))
+    for layer in layers:
+        weights = _shape(layer.weights_shape)
+        if layer.bias_shape is not None:
+            weights += f" + {_shape(layer.bias_shape)}"
+        table.add_row(
+            f"{layer.name} ({layer.type})", _shape(layer.output_shape), weights, f"{layer.params:,}",
+            f"{layer.macs:,}", f"{layer.receptive_field[0]}×{layer.receptive_field[1]}",
+            f"{layer.jump[0]}×{layer.jump[1]}", _bytes(layer.activation_bytes),
+        )
+    console = _console()
+    console.print(table)
+    if explain:
+        for layer in layers:
+            console.print(f"[bold]{layer.name}[/bold] ({layer.type}, input {_shape(layer.input_shape)}):")
+            for line in layer.explain:
+                console.print(f"  {line}", markup=False)
+
+
+def kernel_dict(kernel: "Kernel") -> dict:
+    return {
+        "name": kernel.name,
+        "size": list(kernel.size),
+        "depth": kernel.depth,
+        "description": kernel.description,
+        "bias": float(kernel.bias),
+        "weights": kernel.weights.tolist(),
+    }
+
+
+def print_kernel_list(kernels: list["Kernel"], *, as_json: bool = False) -> None:
+    """``convcli kernels``: name, size and description of each built-in."""
+    if as_json:
+        sys.stdout.write(json.dumps([{k: v for k, v in kernel_dict(kernel).items() if k != "weights"}
+                                     for kernel in kernels]) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    table.add_column("name")
+    table.add_column("size")
+    table.add_column("description")
+    for kernel in kernels:
+        size = "×".join(str(v) for v in kernel.weights.shape)
+        table.add_row(kernel.name, size, kernel.description)
+    _console().print(table)
+
+
+def _number(value: float) -> str:
+    text = f"{value:.6g}"
+    return text
+
+
+def print_kernel(bank: "FilterBank", *, as_json: bool = False) -> None:
+    """``convcli kernels NAME``: each filter's weights as aligned rows, then its bias."""
+    if as_json:
+        sys.stdout.write(json.dumps([kernel_dict(k) for k in bank.kernels]) + "\n")
+        return
+    out = sys.stdout
+    for number, kernel in enumerate(bank.kernels):
+        if number:
+            out.write("\n")
+        size = "×".join(str(v) for v in kernel.weights.shape)
+        out.write(f"{kernel.name} ({size})" + (f": {kernel.description}" if kernel.description else "") + "\n")
+        weights = kernel.weights
+        planes = [weights] if weights.ndim == 2 else [weights[:, :, c] for c in range(weights.shape[2])]
+        for c, plane in enumerate(planes):
+            if weights.ndim == 3:
+                out.write(f"channel {c}:\n")
+            cells = [[_number(float(v)) for v in row] for row in plane]
+            width = max(len(cell) for row in cells for cell in row)
+            for row in cells:
+                out.write("  " + "  ".join(cell.rjust(width) for cell in row) + "\n")
+        out.write(f"bias: {_number(float(kernel.bias))}\n")

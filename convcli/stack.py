@@ -1,0 +1,141 @@
+"""A layer stack: conv and pool steps in order, with one geometry and one run path.
+
+The CLI's single layer (``-k … --pool max``) is a stack of one conv step and, when
+pooling is asked for, one pool step; a ``--pipeline`` file is a longer stack. So
+``apply`` and ``shape`` walk the same steps through the same geometry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Union
+
+from .errors import GeometryError
+from .geometry import LayerGeometry, Shape3, conv_layer, pool_layer
+from .layer import ConvSpec, Pair, PoolSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from .kernels import FilterBank
+
+
+@dataclass(frozen=True)
+class ConvStep:
+    """A convolution layer: weights from ``bank``, or only a size for shape-only layers."""
+
+    spec: ConvSpec = field(default_factory=ConvSpec)
+    bank: "FilterBank | None" = None
+    filters: int | None = None  # shape-only layers: number of filters
+    kernel_size: Pair | None = None  # shape-only layers: kernel size
+    use_bias: bool = True
+    name: str = "conv"
+
+    @property
+    def has_weights(self) -> bool:
+        return self.bank is not None
+
+    def geometry(self, input_shape: Shape3, *, locally_connected: bool = False,
+                 rf_in: Pair = (1, 1), jump_in: Pair = (1, 1)) -> LayerGeometry:
+        if self.bank is not None:
+            size, filters, depth = self.bank.size, self.bank.filters, self.bank.depth
+        else:
+            assert self.kernel_size is not None and self.filters is not None
+            size, filters, depth = self.kernel_size, self.filters, None
+        return conv_layer(
+            input_shape, kernel_size=size, filters=filters, spec=self.spec, kernel_depth=depth,
+            use_bias=self.use_bias, locally_connected=locally_connected, name=self.name,
+            rf_in=rf_in, jump_in=jump_in,
+        )
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of this layer's filters (the ``{filter}`` field of output files)."""
+        if self.bank is not None:
+            return list(self.bank.names)
+        return [f"{self.name}[{i}]" for i in range(self.filters or 0)]
+
+
+@dataclass(frozen=True)
+class PoolStep:
+    spec: PoolSpec
+    name: str = "pool"
+
+    def geometry(self, input_shape: Shape3, *, locally_connected: bool = False,
+                 rf_in: Pair = (1, 1), jump_in: Pair = (1, 1)) -> LayerGeometry:
+        return pool_layer(input_shape, self.spec, name=self.name, rf_in=rf_in, jump_in=jump_in)
+
+
+Step = Union[ConvStep, PoolStep]
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Layers applied in order; see :meth:`geometry` and :meth:`run`."""
+
+    steps: tuple[Step, ...]
+
+    @classmethod
+    def single(cls, bank: "FilterBank | None", conv: ConvSpec, pool: PoolSpec | None = None, *,
+               filters: int | None = None, kernel_size: Pair | None = None,
+               use_bias: bool = True) -> "Stack":
+        """The stack of the CLI's layer options: one conv step, then a pool step if asked."""
+        steps: list[Step] = [ConvStep(spec=conv, bank=bank, filters=filters, kernel_size=kernel_size,
+                                      use_bias=use_bias,
+                                      name="depthwise_conv2d" if conv.depthwise else "conv2d")]
+        if pool is not None:
+            steps.append(PoolStep(spec=pool, name="max_pooling2d" if pool.mode.value == "max"
+                                  else "average_pooling2d"))
+        return cls(tuple(steps))
+
+    def geometry(self, input_shape: Shape3, *, locally_connected: bool = False) -> list[LayerGeometry]:
+        """Per-step geometry; raises GeometryError naming the step that cannot work."""
+        out: list[LayerGeometry] = []
+        shape, rf, jump = tuple(input_shape), (1, 1), (1, 1)
+        for step in self.steps:
+            g = step.geometry(shape, locally_connected=locally_connected, rf_in=rf, jump_in=jump)  # type: ignore[arg-type]
+            out.append(g)
+            shape, rf, jump = g.output_shape, g.receptive_field, g.jump
+        return out
+
+    @property
+    def last_conv(self) -> ConvStep:
+        for step in reversed(self.steps):
+            if isinstance(step, ConvStep):
+                return step
+        raise GeometryError("the stack has no conv layer")
+
+    def output_names(self) -> list[str]:
+        return self.last_conv.output_names
+
+    def check_runnable(self) -> None:
+        """Raise GeometryError naming the first conv layer that has no weights."""
+        for index, step in enumerate(self.steps):
+            if isinstance(step, ConvStep) and not step.has_weights:
+                raise GeometryError(
+                    f"layers[{index}] ({step.name}): has no weights (filters + kernel_size only), so it can be"
+                    " used with `shape` but not `apply`; give it `kernels:`"
+                )
+
+    def run(self, x: "np.ndarray", *, algorithm: str = "auto", keep_all: bool = False):
+        """Run every step on ``x`` (H×W×C float32).
+
+        Returns ``(output, algorithms, intermediates)``: the last step's output, the
+        engine path each conv step used, and — with ``keep_all`` — every step's output.
+        """
+        from . import engine
+
+        self.check_runnable()
+        self.geometry(tuple(x.shape))  # fail early, with the step's name, before any work
+        algorithms: list[str] = []
+        intermediates: list = []
+        for step in self.steps:
+            if isinstance(step, ConvStep):
+                result = engine.run_layer(x, step.bank, step.spec, None, algorithm=algorithm)
+                x = result.output
+                algorithms.append(result.algorithm)
+            else:
+                x = engine.pool2d(x, step.spec)
+            if keep_all:
+                intermediates.append(x)
+        return x, algorithms, intermediates
