@@ -1,0 +1,433 @@
+"""Layer stacks from ``--pipeline`` files (YAML or JSON): conv and pool layers in order.
+
+The file format (SPEC §3)::
+
+    layers:
+      - conv: {kernels: [sobel-x, sobel-y], padding: same, activation: relu}
+      - pool: {mode: max, size: 2}
+      - conv: {filters: 8, kernel_size: 3}   # shape-only: fine for `shape`, not `apply`
+
+Every ``conv`` entry takes the keys and value syntax of ``apply``'s layer options
+(``stride``, ``padding``, ``border``, ``dilation``, ``depthwise``, ``flip``,
+``activation``, ``negative_slope``) plus:
+
+``kernels``
+    A list (or one string) of kernel sources, as ``-k`` takes them: kernel files
+    (paths relative to the pipeline file), built-in names, inline ImageMagick
+    matrices ``'3x3: 0,1,0 0,1,0 0,1,0'``.
+``filters`` + ``kernel_size``
+    Instead of ``kernels``: a layer with a size but no weights, for ``shape``.
+``bias``
+    ``true`` (default) or ``false`` as Keras' ``use_bias`` (``false`` also drops
+    any bias the kernel files hold, so ``apply`` and the parameter count agree);
+    or a number (every filter's bias) or a list with one number per filter, which
+    replaces the kernels' biases — e.g. ``bias: -100`` with ``activation: relu``
+    keeps only strong edges.
+``name``
+    The layer's name in ``shape`` tables, messages and ``--save-all`` folders
+    (``01-conv2d``). Default: Keras' names ``conv2d``, ``conv2d_1``, …,
+    ``depthwise_conv2d``, ``max_pooling2d``, ``average_pooling2d``.
+
+A ``pool`` entry takes ``mode`` (max|avg, default max), ``size`` (default 2),
+``stride`` (default: the size) and ``padding`` (valid|same, default valid).
+
+Errors name the file, the layer and the key: ``net.yaml: layers[2].stride: must be at
+least 1, got 0``; shape errors found later name the layer the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConvcliError, GeometryError, KernelError, OptionError
+from .geometry import LayerGeometry, Shape3
+from .layer import (
+    ConvSpec,
+    Padding,
+    PaddingMode,
+    PoolMode,
+    PoolSpec,
+    parse_activation,
+    parse_border,
+    parse_pair,
+    parse_pool_mode,
+)
+from .stack import ConvStep, PoolStep, Stack, Step
+
+#: Largest pipeline file read; a stack of layers is a few kilobytes.
+MAX_PIPELINE_BYTES = 1 << 20
+
+CONV_KEYS = ("kernels", "filters", "kernel_size", "stride", "padding", "border", "dilation", "depthwise",
+             "flip", "activation", "negative_slope", "bias", "name")
+POOL_KEYS = ("mode", "size", "stride", "padding", "name")
+TOP_KEYS = ("layers", "name", "description")
+
+#: Layer names become folder names (``--save-all``): keep them to safe file-name characters.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Kernel files a ``kernels`` entry may name (anything else is a built-in or an inline matrix).
+_KERNEL_SUFFIXES = (".yaml", ".yml", ".json", ".npy", ".mat")
+#: An inline ImageMagick matrix starts with its size: ``3x3:`` or ``3:``.
+_INLINE_RE = re.compile(r"^\s*\d+\s*(x\s*\d+\s*)?:")
+
+
+@dataclass(frozen=True)
+class Pipeline(Stack):
+    """A :class:`~convcli.stack.Stack` read from a pipeline file.
+
+    It behaves like any stack; its shape errors name the file and the layer
+    (``net.yaml: layers[3] (conv2d_1): kernels are 3×3×4 but the input has 3 channels``).
+    """
+
+    source: str = ""
+
+    def _prefix(self, index: int, step: Step) -> str:
+        where = f"{self.source}: " if self.source else ""
+        return f"{where}layers[{index}] ({step.name}): "
+
+    def geometry(self, input_shape: Shape3, *, locally_connected: bool = False) -> list[LayerGeometry]:
+        """Per-layer geometry, as :meth:`Stack.geometry`; errors name ``layers[i] (name)``."""
+        out: list[LayerGeometry] = []
+        shape, rf, jump = tuple(input_shape), (1, 1), (1, 1)
+        for index, step in enumerate(self.steps):
+            try:
+                g = step.geometry(shape, locally_connected=locally_connected, rf_in=rf, jump_in=jump)  # type: ignore[arg-type]
+            except ConvcliError as err:
+                raise type(err)(self._prefix(index, step) + _strip_name(str(err), step.name)) from None
+            out.append(g)
+            shape, rf, jump = g.output_shape, g.receptive_field, g.jump
+        return out
+
+    def check_runnable(self) -> None:
+        """Raise GeometryError naming the file and the first conv layer without weights."""
+        try:
+            super().check_runnable()
+        except GeometryError as err:
+            if self.source:
+                raise GeometryError(f"{self.source}: {err}") from None
+            raise
+
+
+def _strip_name(message: str, name: str) -> str:
+    # geometry's messages start with "name: "; the prefix already names the layer.
+    return message[len(name) + 2:] if message.startswith(f"{name}: ") else message
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Read a pipeline file (``.json``: JSON; anything else: YAML, safe loader).
+
+    Kernel paths inside are relative to the file's folder.
+
+    Returns
+    -------
+    Pipeline
+        A :class:`~convcli.stack.Stack` with one step per entry of ``layers``.
+
+    Raises
+    ------
+    OptionError
+        The file cannot be read, is too large, is not valid YAML/JSON, or an entry is
+        malformed (the message names ``layers[i].key``).
+    KernelError
+        A kernel named by an entry cannot be loaded (the message names the entry).
+    """
+    path = Path(path)
+    source = str(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_PIPELINE_BYTES + 1)
+    except OSError as err:
+        raise OptionError(f"{source}: cannot read the pipeline file ({err.strerror or err})") from None
+    if len(raw) > MAX_PIPELINE_BYTES:
+        raise OptionError(f"{source}: pipeline file is larger than {MAX_PIPELINE_BYTES:,} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise OptionError(f"{source}: not a UTF-8 text file (byte {err.start})") from None
+    data = _parse_text(text, source, json_format=path.suffix.lower() == ".json")
+    return parse_pipeline(data, base_dir=path.parent, source=source)
+
+
+def _parse_text(text: str, source: str, *, json_format: bool) -> Any:
+    if json_format:
+        import json
+
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise OptionError(f"{source}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise OptionError(f"{source}: invalid YAML{where}: {problem}") from None
+
+
+#: Aliases let a stack reuse a layer (``- conv: *block``); this many keep any
+#: "billion laughs" expansion small.
+MAX_YAML_ALIASES = 100
+
+
+def _loader():
+    """A yaml SafeLoader that refuses more than MAX_YAML_ALIASES aliases."""
+    import yaml
+
+    class PipelineLoader(yaml.SafeLoader):
+        aliases_seen = 0
+
+        def compose_node(self, parent, index):  # type: ignore[override]
+            if self.check_event(yaml.AliasEvent):
+                self.aliases_seen += 1
+                if self.aliases_seen > MAX_YAML_ALIASES:
+                    event = self.peek_event()
+                    raise yaml.composer.ComposerError(
+                        None, None, f"more than {MAX_YAML_ALIASES} aliases", event.start_mark)
+            return super().compose_node(parent, index)
+
+    return PipelineLoader
+
+
+def parse_pipeline(data: Any, *, base_dir: Path | str = ".", source: str = "pipeline") -> Pipeline:
+    """Build a stack from a parsed pipeline document (a dict with a ``layers`` list).
+
+    ``base_dir`` is the folder kernel paths are relative to; ``source`` names the
+    document in messages. See the module docstring for the format.
+    """
+    where = f"{source}: " if source else ""
+    if not isinstance(data, dict):
+        raise OptionError(f"{where}expected a mapping with a 'layers' list at the top, got {_kind(data)}")
+    unknown = [k for k in data if k not in TOP_KEYS]
+    if unknown:
+        raise OptionError(f"{where}unknown key {unknown[0]!r} (known: {', '.join(TOP_KEYS)})")
+    if "layers" not in data:
+        raise OptionError(f"{where}no 'layers' list; give a list of conv and pool layers")
+    layers = data["layers"]
+    if not isinstance(layers, list):
+        raise OptionError(f"{where}layers: expected a list of conv and pool layers, got {_kind(layers)}")
+    if not layers:
+        raise OptionError(f"{where}layers: the list is empty; give at least one conv layer")
+
+    entries = [_entry(item, index, where) for index, item in enumerate(layers)]
+    if not any(kind == "conv" for kind, _ in entries):
+        raise OptionError(f"{where}layers: no conv layer among the {len(entries)} layers; give at least one")
+    names = _layer_names(entries, where)
+    base = Path(base_dir)
+    steps: list[Step] = []
+    for index, ((kind, options), name) in enumerate(zip(entries, names)):
+        label = f"{where}layers[{index}]"
+        if kind == "conv":
+            steps.append(_conv_step(options, name, label, base))
+        else:
+            steps.append(_pool_step(options, name, label))
+    return Pipeline(steps=tuple(steps), source=source)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), f"a {type(value).__name__}")
+
+
+def _entry(item: Any, index: int, where: str) -> tuple[str, dict]:
+    """Check one ``layers`` item is ``{conv: {...}}`` or ``{pool: {...}}``; return (kind, options)."""
+    label = f"{where}layers[{index}]"
+    if not isinstance(item, dict) or len(item) != 1:
+        got = f"keys {', '.join(repr(k) for k in item)}" if isinstance(item, dict) and item else _kind(item)
+        raise OptionError(f"{label}: expected one of {{conv: {{...}}}} or {{pool: {{...}}}}, got {got}")
+    (kind, options), = item.items()
+    if kind not in ("conv", "pool"):
+        raise OptionError(f"{label}: {kind!r} is not a layer type; use conv or pool")
+    if options is None and kind == "pool":
+        options = {}  # `- pool:` alone: a 2×2 max pool, as Keras' MaxPooling2D()
+    if not isinstance(options, dict):
+        raise OptionError(f"{label}.{kind}: expected a mapping of options, got {_kind(options)}")
+    known = CONV_KEYS if kind == "conv" else POOL_KEYS
+    for key in options:
+        if key not in known:
+            raise OptionError(f"{label}.{kind}: unknown key {key!r} (known: {', '.join(known)})")
+    return kind, options
+
+
+def _default_base(kind: str, options: dict) -> str:
+    # Keras' layer names: Conv2D → conv2d, DepthwiseConv2D → depthwise_conv2d, ...
+    if kind == "conv":
+        return "depthwise_conv2d" if options.get("depthwise") is True else "conv2d"
+    mode = options.get("mode", "max")
+    try:
+        avg = parse_pool_mode(mode) is PoolMode.AVG
+    except OptionError:
+        avg = False  # reported with its key when the layer is built
+    return "average_pooling2d" if avg else "max_pooling2d"
+
+
+def _layer_names(entries: list[tuple[str, dict]], where: str) -> list[str]:
+    """Each layer's name: its ``name``, or Keras' ``conv2d``, ``conv2d_1``, … avoiding given names."""
+    given: dict[str, int] = {}
+    for index, (kind, options) in enumerate(entries):
+        if "name" not in options:
+            continue
+        name = options["name"]
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise OptionError(
+                f"{where}layers[{index}].name: {name!r} is not a layer name (1-64 letters, digits, '_', '-', '.';"
+                " starting with a letter or digit)"
+            )
+        if name in given:
+            raise OptionError(f"{where}layers[{index}].name: {name!r} is already the name of layers[{given[name]}]")
+        given[name] = index
+    counters: dict[str, int] = {}
+    names: list[str] = []
+    for kind, options in entries:
+        if "name" in options:
+            names.append(options["name"])
+            continue
+        base = _default_base(kind, options)
+        while True:
+            count = counters.get(base, 0)
+            counters[base] = count + 1
+            candidate = base if count == 0 else f"{base}_{count}"
+            if candidate not in given:
+                break
+        names.append(candidate)
+    return names
+
+
+def _bool(options: dict, key: str, label: str) -> bool:
+    value = options.get(key, False)
+    if not isinstance(value, bool):
+        raise OptionError(f"{label}.{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _conv_step(options: dict, name: str, label: str, base_dir: Path) -> ConvStep:
+    has_kernels = "kernels" in options
+    has_size = "filters" in options or "kernel_size" in options
+    if has_kernels and has_size:
+        given = [k for k in ("filters", "kernel_size") if k in options]
+        raise OptionError(
+            f"{label}.conv: give either kernels or filters + kernel_size, not both (got kernels and {' and '.join(given)})"
+        )
+    if not has_kernels and not has_size:
+        raise OptionError(
+            f"{label}.conv: needs kernels (built-in names or kernel files) or filters + kernel_size (shape only)"
+        )
+
+    depthwise = _bool(options, "depthwise", label)
+    flip = _bool(options, "flip", label)
+    slope = options.get("negative_slope", 0.3)
+    if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not math.isfinite(slope):
+        raise OptionError(f"{label}.negative_slope: expected a number, got {slope!r}")
+    spec = ConvSpec.from_options(
+        stride=parse_pair(options.get("stride", 1), f"{label}.stride"),
+        padding=Padding.parse(options.get("padding", "valid"), f"{label}.padding"),
+        dilation=parse_pair(options.get("dilation", 1), f"{label}.dilation"),
+        border=parse_border(options.get("border", "zeros"), f"{label}.border"),
+        flip=flip,
+        depthwise=depthwise,
+        activation=parse_activation(options.get("activation"), f"{label}.activation"),
+        negative_slope=float(slope),
+    )
+
+    bias = options.get("bias", True)
+    if isinstance(bias, bool):
+        use_bias, bias_values = bias, None
+    else:
+        use_bias, bias_values = True, _bias_values(bias, label)
+
+    if has_kernels:
+        bank = _load_bank(options["kernels"], label, base_dir)
+        if bias_values is not None:
+            if len(bias_values) not in (1, bank.filters):
+                raise OptionError(
+                    f"{label}.bias: {len(bias_values)} values for {bank.filters} filters; give one number or {bank.filters}"
+                )
+            values = bias_values * bank.filters if len(bias_values) == 1 else bias_values
+            bank = _with_biases(bank, values)
+        elif not use_bias:
+            bank = _with_biases(bank, [0.0] * bank.filters)  # Keras use_bias=False: no bias at all
+        return ConvStep(spec=spec, bank=bank, use_bias=use_bias, name=name)
+
+    if "filters" not in options or "kernel_size" not in options:
+        missing = "kernel_size" if "filters" in options else "filters"
+        raise OptionError(f"{label}.conv: a shape-only layer needs both filters and kernel_size; {missing} is missing")
+    filters = options["filters"]
+    if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
+        raise OptionError(f"{label}.filters: expected a whole number of at least 1, got {filters!r}")
+    kernel_size = parse_pair(options["kernel_size"], f"{label}.kernel_size")
+    if bias_values is not None and len(bias_values) not in (1, filters):
+        raise OptionError(f"{label}.bias: {len(bias_values)} values for {filters} filters; give one number or {filters}")
+    return ConvStep(spec=spec, bank=None, filters=filters, kernel_size=kernel_size, use_bias=use_bias, name=name)
+
+
+def _bias_values(bias: Any, label: str) -> list[float]:
+    items = bias if isinstance(bias, list) else [bias]
+    if not items:
+        raise OptionError(f"{label}.bias: the list is empty; give true, false, a number or one number per filter")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
+            raise OptionError(f"{label}.bias: expected true, false, a number or a list of numbers, got {bias!r}")
+    return [float(v) for v in items]
+
+
+def _with_biases(bank, values: list[float]):
+    from .kernels import FilterBank
+
+    return FilterBank(kernels=tuple(replace(k, bias=float(v)) for k, v in zip(bank.kernels, values)))
+
+
+def _kernel_source(value: Any, label: str, base_dir: Path) -> str:
+    """Where one ``kernels`` item points: a file relative to the pipeline, or the text itself."""
+    if not isinstance(value, str) or not value.strip():
+        raise OptionError(
+            f"{label}.kernels: expected kernel file paths, built-in names or inline matrices, got {value!r}"
+        )
+    if _INLINE_RE.match(value):
+        return value
+    candidate = base_dir / Path(value).expanduser()
+    if candidate.exists():
+        return str(candidate)
+    if "/" in value or "\\" in value or value.lower().endswith(_KERNEL_SUFFIXES):
+        # A path that is not there: say where we looked rather than trying built-ins.
+        raise KernelError(f"{label}.kernels: {value!r}: no such kernel file (looked for {candidate})")
+    return value
+
+
+def _load_bank(value: Any, label: str, base_dir: Path):
+    from .kernels import load_kernels
+
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise OptionError(f"{label}.kernels: the list is empty; give at least one kernel")
+    sources = [_kernel_source(item, label, base_dir) for item in items]
+    try:
+        bank = load_kernels(*sources)
+        bank.size  # noqa: B018 - raises KernelError if the kernels differ in size
+        bank.depth  # noqa: B018 - raises KernelError if 3-D kernels differ in depth
+    except KernelError as err:
+        raise KernelError(f"{label}.kernels: {err}") from None
+    return bank
+
+
+def _pool_step(options: dict, name: str, label: str) -> PoolStep:
+    mode = parse_pool_mode(options.get("mode", "max"), f"{label}.mode")
+    size = parse_pair(options.get("size", 2), f"{label}.size")
+    stride = options.get("stride")
+    strides = None if stride is None else parse_pair(stride, f"{label}.stride")
+    padding = options.get("padding", "valid")
+    text = padding.strip().lower() if isinstance(padding, str) else None
+    if text not in (PaddingMode.VALID.value, PaddingMode.SAME.value):
+        raise OptionError(f"{label}.padding: {padding!r} is not one of valid, same")
+    spec = PoolSpec.from_options(mode=mode, size=size, stride=strides, padding=text)
+    return PoolStep(spec=spec, name=name)
+
+
+__all__ = ["Pipeline", "load_pipeline", "parse_pipeline", "MAX_PIPELINE_BYTES",
+           "MAX_YAML_ALIASES", "CONV_KEYS", "POOL_KEYS"]
