@@ -1,0 +1,290 @@
+"""The numeric core: one convolution layer (pad → correlate → + bias → activation → pool).
+
+The operation is a **cross-correlation**, as in Keras/PyTorch/TensorFlow::
+
+    out[y, x, f] = sum_{i,j,c} in[y*sh + i*dh, x*sw + j*dw, c] * w[i, j, c, f] + bias[f]
+
+over the input padded by :func:`convcli.geometry.conv_pad_amounts`; ``flip`` rotates
+each kernel by 180° in its two spatial axes first (true convolution). Output sizes are
+those of :func:`convcli.geometry.conv_layer` (the same numbers ``convcli shape`` prints):
+valid ``floor((H - ((kh-1)·dh + 1)) / sh) + 1``, same ``ceil(H / sh)``, and so on.
+
+Everything is float32 and vectorised; the work is cut into tiles of output rows so the
+scratch memory stays a fraction of the output's size.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import geometry
+from ..errors import KernelError, OptionError
+from ..layer import ConvSpec, PoolSpec
+from . import direct
+from ._common import as_image
+from .activations import activate
+from .pooling import pool2d
+
+__all__ = [
+    "ALGORITHMS", "LayerResult", "conv2d", "depthwise_conv2d", "apply_layer", "run_layer",
+    "pool2d", "activate", "set_threads", "get_threads",
+]
+
+#: Names accepted by ``algorithm=`` (and ``--algorithm``).
+ALGORITHMS = ("auto", "direct", "separable", "fft")
+
+_threads = max(1, os.cpu_count() or 1)
+
+
+def set_threads(n: int) -> None:
+    """Set how many threads the engine may use (batch workers set 1 to avoid oversubscription)."""
+    global _threads
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise OptionError(f"threads: must be a whole number of at least 1, got {n!r}")
+    _threads = int(n)
+
+
+def get_threads() -> int:
+    """How many threads the engine uses (default: the number of CPUs)."""
+    return _threads
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """What :func:`run_layer` computed: the float32 H'×W'×F' output and the path that ran."""
+
+    output: np.ndarray
+    algorithm: str
+
+
+def _parse_algorithm(algorithm) -> str:
+    name = str(algorithm if algorithm is not None else "auto").strip().lower()
+    if name not in ALGORITHMS:
+        raise OptionError(f"algorithm: {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    return name
+
+
+def _check_weights(w: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(w)
+    if arr.size == 0 or 0 in arr.shape:
+        raise KernelError(f"{name}: the kernel is empty, shape {arr.shape}")
+    if arr.dtype.kind not in "biuf":
+        raise KernelError(f"{name}: expected numbers, got dtype {arr.dtype}")
+    arr = np.asarray(arr, dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise KernelError(f"{name}: the kernel holds {int(np.sum(~np.isfinite(arr)))} NaN/Inf value(s)")
+    return arr
+
+
+class _ArrayBank:
+    """The FilterBank interface (size, depth, filters, weights_hwio, biases) over plain arrays.
+
+    ``weights``: (kw,) or (kh, kw) one 2-D kernel (used on every channel), (kh, kw, C)
+    one 3-D kernel, or (kh, kw, C, F) HWIO.
+    """
+
+    def __init__(self, weights, bias=None, name: str = "weights"):
+        w = _check_weights(weights, name)
+        if w.ndim == 1:
+            w = w.reshape(1, -1)
+        if w.ndim == 2:
+            self._w, self.depth = w[:, :, None, None], None
+        elif w.ndim == 3:
+            self._w, self.depth = w[:, :, :, None], w.shape[2]
+        elif w.ndim == 4:
+            self._w, self.depth = w, w.shape[2]
+        else:
+            raise KernelError(f"{name}: expected kh×kw, kh×kw×C or kh×kw×C×F (HWIO) weights, got shape {w.shape}")
+        self.size = (self._w.shape[0], self._w.shape[1])
+        self.filters = self._w.shape[3]
+        self._bias = _bias_vector(bias, self.filters, "bias")
+
+    def weights_hwio(self, channels: int) -> np.ndarray:
+        if self.depth is None:
+            return np.ascontiguousarray(np.broadcast_to(self._w, self.size + (channels, self.filters)))
+        if self.depth != channels:
+            raise KernelError(f"weights: depth {self.depth} does not match {channels} channels")
+        return self._w
+
+    def biases(self) -> np.ndarray:
+        return self._bias
+
+
+def _bias_vector(bias, n: int, name: str) -> np.ndarray:
+    if bias is None:
+        return np.zeros(n, dtype=np.float32)
+    b = np.asarray(bias, dtype=np.float32).reshape(-1)
+    if b.size == 1:
+        b = np.full(n, b[0], dtype=np.float32)
+    if b.size != n:
+        raise KernelError(f"{name}: {b.size} values for {n} output maps")
+    if not np.all(np.isfinite(b)):
+        raise KernelError(f"{name}: holds NaN/Inf")
+    return b
+
+
+def _correlate(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm: str):
+    """Run the chosen path; returns (output, name of the path that ran)."""
+    if algorithm in ("auto", "direct"):
+        out = direct.correlate(x, w, pads=pads, stride=spec.stride, dilation=spec.dilation,
+                               border=spec.border, out_hw=out_hw, depthwise=depthwise)
+        return out, "direct"
+    raise OptionError(f"algorithm: {algorithm!r} is not available in this version of the engine")
+
+
+def _finish(out: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, pool: PoolSpec | None) -> np.ndarray:
+    if bias is not None and np.any(bias):
+        out += bias
+    activate(out, spec.activation, spec.negative_slope, out=out)
+    if pool is not None:
+        out = pool2d(out, pool)
+    return out
+
+
+def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorithm: str = "auto") -> LayerResult:
+    """Apply one layer of ``bank``'s filters to ``x`` (H×W×C; H×W and 1-D are accepted).
+
+    Parameters
+    ----------
+    x : array_like
+        The input, converted to float32 H×W×C (a 1-D signal of length L is 1×L×1).
+    bank : FilterBank
+        Anything with ``size``, ``depth``, ``filters``, ``weights_hwio(C)`` and ``biases()``.
+        2-D kernels act on every channel and the products are summed (one map per
+        kernel); 3-D kernels must have depth C.
+    conv : ConvSpec
+        Stride, padding, dilation, border, flip, depthwise, activation.
+        With ``depthwise`` each 2-D kernel is applied to every channel separately
+        (Keras DepthwiseConv2D, multiplier F); a 3-D kernel of depth C gives channel c its
+        own slice. Output channel c·F + f holds channel c through filter f, plus filter
+        f's bias.
+    pool : PoolSpec, optional
+        Max/avg pooling after the activation.
+    algorithm : {'auto', 'direct', 'separable', 'fft'}
+        Force a path; ``auto`` lets the cost model choose.
+
+    Returns
+    -------
+    LayerResult
+        ``output``: float32 H'×W'×F (F·C with ``depthwise``), sizes as
+        :func:`convcli.geometry.conv_layer` then :func:`~convcli.geometry.pool_layer`
+        compute them; ``algorithm``: the path that ran.
+
+    Raises
+    ------
+    GeometryError
+        The output would be empty, or 3-D kernels do not match C (same messages as ``shape``).
+    OptionError
+        An unknown algorithm, or one that cannot serve this layer.
+    """
+    algo = _parse_algorithm(algorithm)
+    x = as_image(x)
+    h, w, c = x.shape
+    geom = geometry.conv_layer((h, w, c), kernel_size=tuple(bank.size), filters=bank.filters,
+                               spec=conv, kernel_depth=bank.depth)
+    if pool is not None:
+        geometry.pool_layer(geom.output_shape, pool)  # fail before the work, not after
+    bias = np.asarray(bank.biases(), dtype=np.float32)
+    if conv.depthwise:
+        # (kh, kw, 1, F): the same 2-D kernels for every channel; (kh, kw, C, F): a slice each.
+        weights = bank.weights_hwio(1) if bank.depth in (None, 1) else bank.weights_hwio(c)
+        bias = np.tile(bias, c)  # output c·F + f gets filter f's bias
+    elif bank.depth is None and c > 1:
+        # A 2-D kernel on C channels means np.repeat(kernel, C, axis=2) (SPEC §1). By
+        # linearity, sum_c corr(x_c, k) = corr(sum_c x_c, k) for every border mode (each
+        # is a linear re-indexing), so correlate the channel sum once: C times less work.
+        x = x.sum(axis=2, keepdims=True, dtype=np.float32)
+        weights = bank.weights_hwio(1)
+    else:
+        weights = bank.weights_hwio(c)
+    weights = np.asarray(weights, dtype=np.float32)
+    if conv.flip:
+        weights = weights[::-1, ::-1]  # spatial axes only; the channel axis is not flipped
+    out, used = _correlate(x, weights, pads=geom.pads, spec=conv, depthwise=conv.depthwise,
+                           out_hw=geom.output_shape[:2], algorithm=algo)
+    return LayerResult(_finish(out, bias, conv, pool), used)
+
+
+def _pool_spec(pool, pool_size, pool_stride, pool_padding) -> PoolSpec | None:
+    if pool is None or isinstance(pool, PoolSpec):
+        return pool
+    if str(getattr(pool, "value", pool)).strip().lower() == "none":
+        return None
+    return PoolSpec.from_options(mode=pool, size=pool_size, stride=pool_stride, padding=pool_padding)
+
+
+def _as_bank(bank):
+    if hasattr(bank, "weights_hwio"):
+        return bank
+    if isinstance(bank, np.ndarray):
+        return _ArrayBank(bank)
+    from ..kernels import load_kernels
+
+    return load_kernels(*bank) if isinstance(bank, (list, tuple)) else load_kernels(bank)
+
+
+def apply_layer(x, bank, *, stride=1, padding="valid", dilation=1, border="zeros", flip=False,
+                depthwise=False, activation=None, negative_slope=0.3, pool=None, pool_size=2,
+                pool_stride=None, pool_padding="valid", algorithm="auto") -> np.ndarray:
+    """Apply a filter bank as one layer (pad → correlate → + bias → activation → pool).
+
+    ``bank`` is a FilterBank, an HWIO weights array, or kernel sources for
+    :func:`convcli.load_kernels`. The options are those of ``convcli apply`` (SPEC §1).
+    Returns float32 H'×W'×F (see :func:`run_layer` for the shape rules).
+    """
+    spec = ConvSpec.from_options(stride=stride, padding=padding, dilation=dilation, border=border, flip=flip,
+                                 depthwise=depthwise, activation=activation, negative_slope=negative_slope)
+    return run_layer(x, _as_bank(bank), spec, _pool_spec(pool, pool_size, pool_stride, pool_padding),
+                     algorithm=algorithm).output
+
+
+def conv2d(x, weights, bias=None, *, stride=1, padding="valid", dilation=1, border="zeros", flip=False,
+           algorithm="auto") -> np.ndarray:
+    """Cross-correlate ``x`` (H×W×C; H×W → H×W×1) with HWIO ``weights`` (kh×kw×C×F).
+
+    ``weights`` may also be kh×kw (one 2-D kernel used on every channel, summed),
+    kh×kw×C (one filter) or kw (a 1-D kernel, 1×kw). ``bias``: None, a number or F
+    values. Returns float32 H'×W'×F with H' = floor((H + pad_h − ((kh−1)·dh+1)) / sh) + 1
+    (valid/explicit/full/causal) or ceil(H / sh) (same), likewise W'.
+    """
+    spec = ConvSpec.from_options(stride=stride, padding=padding, dilation=dilation, border=border, flip=flip)
+    return run_layer(x, _ArrayBank(weights, bias), spec, algorithm=algorithm).output
+
+
+def depthwise_conv2d(x, weights, bias=None, *, stride=1, padding="valid", dilation=1, border="zeros",
+                     flip=False, algorithm="auto") -> np.ndarray:
+    """Keras DepthwiseConv2D: each channel correlated with its own kernels.
+
+    ``weights`` is (kh, kw, C, M) (Keras layout, depth multiplier M) or (kh, kw, 1, M)
+    (the same M 2-D kernels for every channel); kh×kw means (kh, kw, 1, 1). ``bias``:
+    None, a number, C·M values (Keras) or M values (one per kernel, added to every
+    channel). Returns float32 H'×W'×(C·M), channel-major: map c·M + m is channel c
+    through kernel m. Output sizes as :func:`conv2d`.
+    """
+    w = _check_weights(weights, "weights")
+    if w.ndim == 1:
+        w = w.reshape(1, -1)
+    if w.ndim == 2:
+        w = w[:, :, None, None]
+    elif w.ndim == 3:
+        w = w[:, :, :, None]
+    elif w.ndim != 4:
+        raise KernelError(f"weights: expected kh×kw×C×M depthwise weights, got shape {w.shape}")
+    x = as_image(x)
+    c, m = x.shape[2], w.shape[3]
+    if bias is not None and np.size(bias) == c * m and c > 1 and m != c * m:
+        # Keras' (C·M,) bias: hand the engine M zeros and add the full vector afterwards.
+        full_bias = _bias_vector(bias, c * m, "bias")
+        bank = _ArrayBank(w, None)
+    else:
+        full_bias = None
+        bank = _ArrayBank(w, bias)
+    spec = ConvSpec.from_options(stride=stride, padding=padding, dilation=dilation, border=border,
+                                 flip=flip, depthwise=True)
+    out = run_layer(x, bank, spec, algorithm=algorithm).output
+    if full_bias is not None:
+        out += full_bias
+    return out
