@@ -285,7 +285,7 @@ def parse_input_shape(text: str) -> Shape3:
 
     cleaned = text.strip().lower().replace("×", "x").replace(",", "x").replace(" ", "")
     try:
-        parts = [int(p) for p in cleaned.split("x") if p != ""]
+        parts = [int(p) for p in cleaned.split("x")]
     except ValueError:
         raise OptionError(f"--input: expected HxWxC, H,W,C, HxW or L, got {text!r}") from None
     if len(parts) == 1:
