@@ -1,0 +1,294 @@
+"""The command line, driven through click's CliRunner (and once through a real process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from convcli.cli import cli
+
+REPO = Path(__file__).resolve().parent.parent
+
+SEED_2D = np.array([[0, 0, 0, 1, 1, 0, 0, 0]] * 8, dtype=np.float32)
+
+
+def run(*args, input=None, ok=True, status=None):
+    """Invoke the CLI; fail loudly on an unexpected exit status."""
+    runner = CliRunner()
+    result = runner.invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+    if status is not None:
+        assert result.exit_code == status, (result.exit_code, result.output, result.stderr)
+    elif ok:
+        assert result.exit_code == 0, (result.exit_code, result.output, result.stderr)
+    return result
+
+
+@pytest.fixture
+def seeds(tmp_path):
+    one_d = tmp_path / "bump.csv"
+    one_d.write_text("0,0,0,1,1,0,0,0\n")
+    two_d = tmp_path / "line.csv"
+    two_d.write_text("\n".join(",".join(str(int(v)) for v in row) for row in SEED_2D) + "\n")
+    return one_d, two_d
+
+
+# --- the seeds' worked examples (SPEC §4) ---------------------------------------------------------
+
+def test_seed_1d_bump_prints_exactly(seeds):
+    result = run("apply", seeds[0], "-k", "bump", "--print")
+    assert result.stdout == "[0.0, 0.0, 1.0, 1.0, 0.0, 0.0]\n"
+
+
+def test_seed_1d_with_keras_conv1d_weights_file(seeds, tmp_path):
+    weights = tmp_path / "conv1d.yaml"
+    weights.write_text("layout: wio\nweights: [[[0]], [[1]], [[0]]]\nbias: [0.0]\n")
+    result = run("apply", seeds[0], "-k", weights, "--print")
+    assert result.stdout == "[0.0, 0.0, 1.0, 1.0, 0.0, 0.0]\n"
+
+
+def test_seed_2d_vertical_line_prints_exactly(seeds):
+    result = run("apply", seeds[1], "-k", "vertical-line", "--print")
+    assert result.stdout == "[0.0, 0.0, 3.0, 3.0, 0.0, 0.0]\n" * 6
+
+
+def test_seed_keras_shape_report():
+    result = run("shape", "--input", "725x1280x3", "--filters", "32", "--kernel-size", "4")
+    assert "722×1277×32" in result.stdout
+    assert "4×4×3×32" in result.stdout
+    assert "1,568" in result.stdout
+    data = json.loads(run("shape", "--input", "725x1280x3", "--filters", "32", "--kernel-size", "4",
+                          "--json").stdout)
+    assert data["input_shape"] == [725, 1280, 3]
+    assert data["layers"][0]["output_shape"] == [722, 1277, 32]
+    assert data["layers"][0]["weights_shape"] == [4, 4, 3, 32]
+    assert data["layers"][0]["params"] == 1568
+    assert data["total_params"] == 1568
+    assert data["total_macs"] == 722 * 1277 * 32 * 4 * 4 * 3
+
+
+def test_shape_same_stride_2_and_pool_as_keras():
+    data = json.loads(run("shape", "--input", "7x8x3", "--filters", "2", "--kernel-size", "3", "--stride", "2",
+                          "--padding", "same", "--pool", "max", "--json").stdout)
+    assert [layer["type"] for layer in data["layers"]] == ["conv2d", "max_pool"]
+    assert data["layers"][0]["output_shape"] == [4, 4, 2]
+    assert data["layers"][1]["output_shape"] == [2, 2, 2]
+    assert data["layers"][1]["params"] == 0
+
+
+def test_shape_explain_and_depthwise_and_locally_connected():
+    text = run("shape", "--input", "10x11x3", "--filters", "2", "--kernel-size", "3", "--depthwise",
+               "--explain").stdout
+    assert "params = 3·3·3·2 + 3·2 = 60" in text
+    data = json.loads(run("shape", "--input", "5x5x3", "--filters", "2", "--kernel-size", "3",
+                          "--locally-connected", "--json").stdout)
+    assert data["total_params"] == 504
+
+
+def test_shape_from_kernels_and_image_header(tmp_path):
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(image)
+    data = json.loads(run("shape", image, "-k", "sobel-x", "-k", "sobel-y", "--json").stdout)
+    assert data["input_shape"] == [40, 30, 3]
+    assert data["layers"][0]["output_shape"] == [38, 28, 2]
+    assert data["layers"][0]["params"] == (3 * 3 * 3 + 1) * 2
+    gray = json.loads(run("shape", image, "--mode", "gray", "-k", "edge", "--json").stdout)
+    assert gray["input_shape"] == [40, 30, 1]
+
+
+# --- apply writes what the engine computes --------------------------------------------------------
+
+def _minmax_u8(values: np.ndarray) -> np.ndarray:
+    lo, hi = float(values.min()), float(values.max())
+    if hi == lo:
+        return np.zeros(values.shape, np.uint8)
+    return np.rint((values - lo) / (hi - lo) * 255).astype(np.uint8)
+
+
+def test_apply_writes_one_png_per_filter_with_the_engine_numbers(tmp_path):
+    from scipy.signal import correlate2d
+
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, (21, 16, 3), dtype=np.uint8)
+    source = tmp_path / "pic.png"
+    Image.fromarray(pixels).save(source)
+    out = tmp_path / "out"
+    run("apply", source, "-k", "vertical-line", "-k", "horizontal-line", "--padding", "same", "-o", out,
+        "--format", "npy")
+    maps = np.load(out / "pic.npy")
+    assert maps.shape == (21, 16, 2)
+    gray_sum = pixels.astype(np.float64).sum(axis=2)
+    vertical = np.array([[0, 1, 0]] * 3, np.float64)
+    expected = correlate2d(gray_sum, vertical, mode="same")
+    np.testing.assert_allclose(maps[:, :, 0], expected, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(maps[:, :, 1], correlate2d(gray_sum, vertical.T, mode="same"), rtol=1e-5, atol=1e-3)
+
+    run("apply", source, "-k", "vertical-line", "-k", "horizontal-line", "--padding", "same", "-o", out)
+    written = sorted(p.name for p in out.glob("*.png"))
+    assert written == ["pic_horizontal-line.png", "pic_vertical-line.png"]
+    png = np.asarray(Image.open(out / "pic_vertical-line.png"))
+    assert png.dtype == np.uint8 and png.shape == (21, 16)
+    assert np.abs(png.astype(int) - _minmax_u8(maps[:, :, 0]).astype(int)).max() <= 1
+
+
+def test_apply_png16_and_tiff_outputs(tmp_path, seeds):
+    out = tmp_path / "o"
+    run("apply", seeds[1], "-k", "vertical-line", "-o", out, "--format", "png16")
+    png16 = np.asarray(Image.open(out / "line_vertical-line.png"))
+    assert png16.dtype in (np.uint16, np.int32) and png16.max() == 65535 and png16.min() == 0
+    run("apply", seeds[1], "-k", "vertical-line", "-o", out, "--format", "tiff")
+    import tifffile
+
+    tiff = tifffile.imread(out / "line_vertical-line.tiff")
+    assert tiff.dtype == np.float32
+    np.testing.assert_array_equal(np.squeeze(tiff), np.tile([0, 0, 3, 3, 0, 0], (6, 1)))
+
+
+def test_apply_depthwise_blur_to_stdout_is_an_rgb_image(tmp_path):
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (12, 9, 3), dtype=np.uint8)
+    source = tmp_path / "rgb.png"
+    Image.fromarray(pixels).save(source)
+    result = run("apply", source, "-k", "box-blur", "--depthwise", "--padding", "same", "-o", "-",
+                 "--normalize", "clip")
+    from io import BytesIO
+
+    image = Image.open(BytesIO(result.stdout_bytes))
+    assert image.mode == "RGB" and image.size == (9, 12)
+    from scipy.ndimage import uniform_filter
+
+    expected = np.stack([uniform_filter(pixels[:, :, c].astype(np.float64), 3, mode="constant")
+                         for c in range(3)], axis=2)
+    assert np.abs(np.asarray(image).astype(float) - np.clip(np.rint(expected), 0, 255)).max() <= 1
+
+
+def test_apply_json_lines(tmp_path, seeds):
+    result = run("apply", seeds[1], "-k", "vertical-line", "-k", "edge", "-o", tmp_path / "j", "--json")
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["input"] == str(seeds[1])
+    assert record["input_shape"] == [8, 8, 1]
+    assert record["output_shape"] == [6, 6, 2]
+    assert record["filters"] == ["vertical-line", "edge"]
+    assert len(record["outputs"]) == 2 and all(Path(p).exists() for p in record["outputs"])
+    assert record["seconds"] >= 0
+
+
+def test_apply_montage(tmp_path, seeds):
+    montage = tmp_path / "m.png"
+    run("apply", seeds[1], "-k", "vertical-line", "-k", "edge", "-k", "sobel-x", "--montage", montage,
+        "-o", tmp_path / "m")
+    grid = Image.open(montage)
+    assert grid.width > 12 and grid.height > 6
+
+
+# --- errors: one line, the right exit status ------------------------------------------------------
+
+def _one_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_unknown_kernel_is_a_usage_error(seeds):
+    result = run("apply", seeds[1], "-k", "no-such-kernel", status=2)
+    assert "no-such-kernel" in _one_line(result)
+
+
+def test_bad_option_is_a_usage_error(seeds):
+    result = run("apply", seeds[1], "-k", "edge", "--stride", "0", status=2)
+    assert "--stride" in _one_line(result)
+
+
+def test_kernel_larger_than_input_fails_the_input(tmp_path):
+    tiny = tmp_path / "tiny.csv"
+    tiny.write_text("1,2\n3,4\n")
+    result = run("apply", tiny, "-k", "gaussian-blur", "-o", tmp_path, status=1)
+    line = _one_line(result)
+    assert "tiny.csv" in line and "5×5" in line and "2×2" in line
+
+
+def test_depth_mismatch_names_both_numbers(tmp_path):
+    kernel = tmp_path / "k3.yaml"
+    kernel.write_text("weights: " + json.dumps(np.ones((3, 3, 3)).tolist()) + "\n")
+    gray = tmp_path / "g.csv"
+    gray.write_text("\n".join(",".join(["1"] * 6) for _ in range(6)))
+    result = run("apply", gray, "-k", kernel, "-o", tmp_path, status=1)
+    line = _one_line(result)
+    assert "3×3×3" in line and "1 channel" in line
+
+
+def test_missing_input_is_an_input_failure(tmp_path):
+    result = run("apply", tmp_path / "nope.png", "-k", "edge", "-o", tmp_path, status=1)
+    assert "nope.png" in result.stderr
+
+
+def test_stdout_with_several_outputs_is_a_usage_error(seeds):
+    result = run("apply", seeds[1], "-k", "edge", "-k", "sobel-x", "-o", "-", status=2)
+    assert "2 outputs" in result.stderr
+
+
+def test_shape_needs_an_input_shape():
+    result = run("shape", "--filters", "3", status=2)
+    assert "--input" in _one_line(result)
+
+
+def test_shape_empty_output_is_a_usage_error():
+    result = run("shape", "--input", "2x2x1", "--filters", "1", "--kernel-size", "3", status=2)
+    assert "output would be 0×0" in _one_line(result)
+
+
+def test_kernels_listing_and_show():
+    listing = run("kernels").stdout
+    for name in ("identity", "vertical-line", "horizontal-line", "edge", "box-blur", "gaussian-blur", "sobel-x",
+                 "sobel-y", "prewitt-x", "prewitt-y", "sharpen", "emboss", "bump"):
+        assert name in listing
+    shown = run("kernels", "sobel-x").stdout
+    assert shown.splitlines()[1:4] == ["  -1  0  1", "  -2  0  2", "  -1  0  1"]
+    data = json.loads(run("kernels", "edge", "--json").stdout)
+    assert data[0]["weights"] == [[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]]
+
+
+def test_every_command_has_help_with_an_example():
+    for command in (["--help"], ["apply", "--help"], ["shape", "--help"], ["kernels", "--help"]):
+        text = run(*command).stdout
+        assert "Example" in text
+
+
+def test_readme_command_reference_is_current():
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "cli_reference.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    command = ci.strip().splitlines()[-1]
+    assert command in readme
+
+
+# --- a real process --------------------------------------------------------------------------------
+
+def test_real_subprocess_apply_and_read_back(tmp_path, seeds):
+    out = tmp_path / "real"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "convcli", "apply", str(seeds[1]), "-k", "vertical-line", "-o", str(out),
+         "--format", "npy", "--json"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["output_shape"] == [6, 6, 1]
+    np.testing.assert_array_equal(np.load(out / "line.npy")[:, :, 0], np.tile([0, 0, 3, 3, 0, 0], (6, 1)))
+    bad = subprocess.run([sys.executable, "-m", "convcli", "apply", str(seeds[1]), "-k", "edge", "--stride", "x"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
