@@ -401,12 +401,12 @@ def _kernel_source(value: Any, label: str, base_dir: Path) -> str:
 
 
 def _load_bank(value: Any, label: str, base_dir: Path):
-    from .kernels import load_kernels
-
     items = value if isinstance(value, list) else [value]
     if not items:
         raise OptionError(f"{label}.kernels: the list is empty; give at least one kernel")
     sources = [_kernel_source(item, label, base_dir) for item in items]
+    from .kernels import load_kernels
+
     try:
         bank = load_kernels(*sources)
         bank.size  # noqa: B018 - raises KernelError if the kernels differ in size

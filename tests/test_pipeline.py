@@ -374,3 +374,240 @@ def test_shape_only_layer_makes_check_runnable_fail_naming_it():
                            base_dir=".", source="two.yaml")
     with pytest.raises(GeometryError, match=r"^two\.yaml: layers\[1\] \(head\): has no weights \(filters \+ kernel_size"):
         stack.check_runnable()
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+LINE_KERNEL = "name: line\nweights:\n  - [0, 1, 0]\n  - [0, 1, 0]\n  - [0, 1, 0]\nbias: 0.5\n"
+
+
+def test_kernel_paths_are_relative_to_the_pipeline_file(tmp_path, monkeypatch):
+    _write(tmp_path / "nets" / "k" / "line.yaml", LINE_KERNEL)
+    _write(tmp_path / "nets" / "net.yaml", "layers:\n  - conv: {kernels: [k/line.yaml, edge], padding: same}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    stack = load_pipeline(Path("..") / "nets" / "net.yaml")
+    bank = stack.steps[0].bank
+    assert bank.names == ["line", "edge"]
+    np.testing.assert_array_equal(bank.kernels[0].weights, np.array([[0, 1, 0]] * 3, np.float32))
+    assert bank.kernels[0].bias == 0.5
+    # A file of that name in the working folder is not the pipeline's kernel.
+    _write(elsewhere / "k" / "other.yaml", LINE_KERNEL)
+    _write(tmp_path / "nets" / "bad.yaml", "layers:\n  - conv: {kernels: k/other.yaml}\n")
+    with pytest.raises(KernelError, match=r"bad\.yaml: layers\[0\]\.kernels: 'k/other\.yaml': no such kernel file"
+                                          r" \(looked for \.\./nets/k/other\.yaml\)"):
+        load_pipeline(Path("..") / "nets" / "bad.yaml")
+
+
+def test_kernels_may_be_one_string_builtin_or_inline():
+    stack = _parse([{"conv": {"kernels": "sobel-x"}}, {"conv": {"kernels": ["3x3: 0,0,0 0,1,0 0,0,0", "edge"]}}])
+    assert stack.steps[0].bank.filters == 1 and stack.steps[0].bank.names[0] == "sobel-x"
+    assert stack.steps[1].bank.filters == 2 and stack.steps[1].bank.size == (3, 3)
+
+
+@pytest.mark.parametrize("kernels, error, match", [
+    ([], OptionError, r"layers\[0\]\.kernels: the list is empty; give at least one kernel"),
+    ([3], OptionError, r"layers\[0\]\.kernels: expected kernel file paths, built-in names or inline matrices, got 3"),
+    ([""], OptionError, r"layers\[0\]\.kernels: expected kernel file paths, .* got ''"),
+    (["no-such-kernel-name"], KernelError, r"^net\.yaml: layers\[0\]\.kernels: .*no-such-kernel-name"),
+    (["edge", "gaussian-blur"], KernelError, r"^net\.yaml: layers\[0\]\.kernels: .*3×3.*5×5|^net\.yaml: layers\[0\]\.kernels: .*5×5.*3×3"),
+    (["missing.yaml"], KernelError, r"layers\[0\]\.kernels: 'missing\.yaml': no such kernel file"),
+])
+def test_kernel_errors_name_the_layer(kernels, error, match):
+    with pytest.raises(error, match=match):
+        _parse([{"conv": {"kernels": kernels}}])
+
+
+def test_bias_overrides_and_use_bias(tmp_path):
+    _write(tmp_path / "line.yaml", LINE_KERNEL)
+    stack = _parse([
+        {"conv": {"kernels": ["sobel-x", "sobel-y"], "bias": -1.5}},
+        {"conv": {"kernels": ["sobel-x", "sobel-y"], "bias": [1, 2]}},
+        {"conv": {"kernels": ["line.yaml"]}},
+        {"conv": {"kernels": ["line.yaml"], "bias": False}},
+    ], base_dir=tmp_path)
+    banks = [s.bank for s in stack.steps]
+    np.testing.assert_array_equal(banks[0].biases(), np.float32([-1.5, -1.5]))
+    np.testing.assert_array_equal(banks[1].biases(), np.float32([1, 2]))
+    np.testing.assert_array_equal(banks[2].biases(), np.float32([0.5]))
+    np.testing.assert_array_equal(banks[3].biases(), np.float32([0]))
+    assert [s.use_bias for s in stack.steps] == [True, True, True, False]
+    params = [g.params for g in stack.geometry((9, 9, 1))]
+    assert params == [(9 + 1) * 2, (9 * 2 + 1) * 2, 9 * 2 + 1, 9 * 2]
+    with pytest.raises(OptionError, match=r"layers\[0\]\.bias: 3 values for 2 filters; give one number or 2"):
+        _parse([{"conv": {"kernels": ["sobel-x", "sobel-y"], "bias": [1, 2, 3]}}])
+
+
+def test_depth_mismatch_names_the_layer_and_both_depths(tmp_path):
+    deep = [[[1, 0] for _ in range(3)] for _ in range(3)]  # 3×3×2
+    _write(tmp_path / "deep.yaml", json.dumps({"name": "deep", "weights": deep}))
+    stack = _parse([{"conv": {"kernels": ["sobel-x", "sobel-y", "edge"]}},
+                    {"conv": {"kernels": ["deep.yaml"]}}], base_dir=tmp_path)
+    with pytest.raises(GeometryError, match=(r"^net\.yaml: layers\[1\] \(conv2d_1\): kernels are 3×3×2 but the input"
+                                             r" has 3 channels \(6×7×3\)$")):
+        stack.geometry((8, 9, 1))
+    # The same kernel fits the 2-channel output of two filters; 2-D kernels fit any depth.
+    fits = _parse([{"conv": {"kernels": ["sobel-x", "sobel-y"]}}, {"conv": {"kernels": ["deep.yaml"]}},
+                   {"conv": {"kernels": ["edge"]}}], base_dir=tmp_path)
+    assert [g.output_shape for g in fits.geometry((10, 11, 5))] == [(8, 9, 2), (6, 7, 1), (4, 5, 1)]
+    with pytest.raises(GeometryError, match=r"layers\[0\] \(conv2d\): kernels are 3×3×2 but the input has 1 channel \(8×8×1\)"):
+        _parse([{"conv": {"kernels": ["deep.yaml"]}}], base_dir=tmp_path).geometry((8, 8, 1))
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _tf_same_pads(k: int) -> tuple[int, int]:
+    # Stride 1: pad_total = k − 1, the odd pixel after (TensorFlow).
+    return (k - 1) // 2, (k - 1) - (k - 1) // 2
+
+
+def _ref_conv(x, kernels, biases, activation, padding):
+    from scipy.signal import correlate2d
+
+    kh, kw = kernels[0].shape
+    if padding == "same":
+        (t, b), (l, r) = _tf_same_pads(kh), _tf_same_pads(kw)
+        x = np.pad(x, ((t, b), (l, r), (0, 0)))
+    maps = []
+    for kernel, bias in zip(kernels, biases):
+        acc = sum(correlate2d(x[:, :, c].astype(np.float64), kernel.astype(np.float64), mode="valid")
+                  for c in range(x.shape[2]))
+        maps.append(acc + bias)
+    out = np.stack(maps, axis=2)
+    return {"relu": np.maximum(out, 0), "abs": np.abs(out), "none": out}[activation]
+
+
+def _ref_pool(x, size, reduce, padding):
+    h, w, c = x.shape
+    if padding == "same":  # pad with NaN; nanmax/nanmean ignore it (Keras: padded cells don't count)
+        oh, ow = -(-h // size), -(-w // size)
+        x = np.pad(x, ((0, oh * size - h), (0, ow * size - w), (0, 0)), constant_values=np.nan)
+    else:
+        oh, ow = h // size, w // size
+        x = x[:oh * size, :ow * size]
+    return reduce(x.reshape(oh, size, ow, size, c), axis=(1, 3))
+
+
+RUN_LAYERS = [
+    {"conv": {"kernels": ["sobel-x", "sobel-y"], "padding": "same", "activation": "relu", "bias": [-10, 5]}},
+    {"pool": {"mode": "max", "size": 2}},
+    # Even-sized kernels: TensorFlow's same padding puts the odd pixel at the bottom/right.
+    {"conv": {"kernels": ["4x4: 1,0,0,-1 0,2,-2,0 0,1,1,0 -1,0,0,1", "4x4: 1,1,1,1 0,0,0,0 0,0,0,0 -1,-1,-1,-2"],
+              "padding": "same", "activation": "abs"}},
+    {"pool": {"mode": "avg", "size": 2, "padding": "same"}},
+]
+
+
+@pytest.mark.parametrize("shape", [(23, 30, 3), (24, 17, 1)])
+def test_run_matches_an_independent_reference_and_the_engine_layer_by_layer(shape):
+    from convcli import engine
+
+    stack = _parse(RUN_LAYERS)
+    x = np.random.default_rng(sum(shape)).uniform(0, 255, shape).astype(np.float32)
+    output, algorithms, intermediates = stack.run(x, keep_all=True)
+    assert output.dtype == np.float32 and len(algorithms) == 2 and len(intermediates) == 4
+
+    first, third = stack.steps[0].bank, stack.steps[2].bank
+    ref = _ref_conv(x, [k.weights for k in first.kernels], [-10, 5], "relu", "same")
+    ref = _ref_pool(ref, 2, np.max, "valid")
+    ref = _ref_conv(ref, [k.weights for k in third.kernels], [0, 0], "abs", "same")
+    expected_shapes = [g.output_shape for g in stack.geometry(shape)]
+    assert [a.shape for a in intermediates] == expected_shapes
+    np.testing.assert_allclose(intermediates[2], ref, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(output, _ref_pool(ref, 2, np.nanmean, "same"), rtol=1e-5, atol=1e-3)
+
+    # Layer by layer through the engine gives the same arrays.
+    y = x
+    for step, kept in zip(stack.steps, intermediates):
+        y = engine.run_layer(y, step.bank, step.spec).output if isinstance(step, ConvStep) else engine.pool2d(y, step.spec)
+        np.testing.assert_array_equal(y, kept)
+
+
+# --------------------------------------------------------------------------- through the CLI
+
+
+def _cli(*args, status=0):
+    from click.testing import CliRunner
+
+    from convcli.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == status, (result.exit_code, result.output, result.stderr)
+    return result
+
+
+def _yaml_layers(layers) -> str:
+    return "layers:\n" + "".join(f"  - {json.dumps(entry)}\n" for entry in layers)  # JSON is YAML
+
+
+CLI_LAYERS = [
+    {"conv": {"kernels": ["sobel-x", "sobel-y"], "padding": "same", "activation": "relu"}},
+    {"pool": {"mode": "max", "size": 2}},
+    {"conv": {"kernels": ["k/line.yaml", "edge"], "padding": "same", "activation": "abs"}},
+    {"pool": {"mode": "avg", "size": 2, "padding": "same"}},
+]
+
+
+@pytest.mark.parametrize("shape", [(37, 41, 3), (30, 24, 1)])
+def test_apply_pipeline_equals_apply_layer_by_layer_through_npy(tmp_path, shape):
+    _write(tmp_path / "k" / "line.yaml", LINE_KERNEL)  # bias 0.5, found relative to net.yaml
+    net = _write(tmp_path / "net.yaml", _yaml_layers(CLI_LAYERS))
+    x = np.random.default_rng(shape[0]).uniform(0, 255, shape).astype(np.float32)
+    np.save(tmp_path / "img.npy", x)
+    _cli("apply", tmp_path / "img.npy", "--pipeline", net, "--format", "npy", "-o", tmp_path / "piped", "-q")
+
+    # The same stack as two single-layer `apply` runs (conv + pool each), .npy in between.
+    _cli("apply", tmp_path / "img.npy", "-k", "sobel-x", "-k", "sobel-y", "--padding", "same",
+         "--activation", "relu", "--pool", "max", "--format", "npy", "-o", tmp_path / "step1", "-q")
+    _cli("apply", tmp_path / "step1" / "img.npy", "-k", tmp_path / "k" / "line.yaml", "-k", "edge",
+         "--padding", "same", "--activation", "abs", "--pool", "avg", "--pool-padding", "same",
+         "--format", "npy", "-o", tmp_path / "step2", "-q")
+    piped = np.load(tmp_path / "piped" / "img.npy")
+    assert piped.shape == (-(-(shape[0] // 2) // 2), -(-(shape[1] // 2) // 2), 2)
+    np.testing.assert_array_equal(piped, np.load(tmp_path / "step2" / "img.npy"))
+
+
+def test_apply_save_all_writes_one_folder_per_layer(tmp_path):
+    _write(tmp_path / "k" / "line.yaml", LINE_KERNEL)
+    net = _write(tmp_path / "net.yaml", _yaml_layers(CLI_LAYERS))
+    x = np.random.default_rng(5).uniform(0, 255, (21, 26, 3)).astype(np.float32)
+    np.save(tmp_path / "img.npy", x)
+    _cli("apply", tmp_path / "img.npy", "--pipeline", net, "--format", "npy", "--save-all", "-o", tmp_path / "out", "-q")
+    _, _, intermediates = load_pipeline(net).run(x, keep_all=True)
+    folders = ["01-conv2d", "02-max_pooling2d", "03-conv2d_1", "04-average_pooling2d"]
+    assert sorted(p.name for p in (tmp_path / "out" / "img").iterdir()) == folders
+    for folder, expected in zip(folders, intermediates):
+        np.testing.assert_array_equal(np.load(tmp_path / "out" / "img" / folder / "img.npy"), expected)
+
+
+def test_apply_refuses_a_shape_only_pipeline(tmp_path):
+    np.save(tmp_path / "img.npy", np.zeros((32, 32, 3), np.float32))
+    result = _cli("apply", tmp_path / "img.npy", "--pipeline", VGG16, "-o", tmp_path, status=2)
+    assert "layers[0] (block1_conv1): has no weights" in result.stderr
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_shape_pipeline_json_matches_keras(tmp_path):
+    result = _cli("shape", "--pipeline", VGG16, "--input", "224x224x3", "--json")
+    report = json.loads(result.output)
+    assert report["input_shape"] == [224, 224, 3]
+    assert report["total_params"] == 14_714_688
+    rows = _vgg16_reference(224, 224, 3)
+    assert [layer["output_shape"] for layer in report["layers"]] == [list(r[1]) for r in rows]
+    assert [layer["params"] for layer in report["layers"]] == [r[2] for r in rows]
+    assert report["total_macs"] == sum(r[3] for r in rows)
+
+
+def test_shape_pipeline_error_exits_2_naming_the_layer(tmp_path):
+    net = _write(tmp_path / "net.yaml", "layers:\n  - conv: {filters: 2, kernel_size: 3, stride: 0}\n")
+    result = _cli("shape", "--pipeline", net, "--input", "8x8x1", status=2)
+    assert "net.yaml: layers[0].stride: must be at least 1, got (0, 0)" in result.stderr
