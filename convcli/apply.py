@@ -11,6 +11,7 @@ import io
 import os
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from .errors import ConvcliError, OptionError, OutputError
@@ -122,6 +123,43 @@ def map_groups(names: list[str], channels: int, *, depthwise: bool, in_channels:
             for c in range(in_channels) for f in range(filters)]
 
 
+def input_stem(source: str) -> str:
+    """The ``{stem}`` of an input's outputs: ``photo`` for ``dir/photo.png``, ``stdin`` for ``-``.
+
+    The same rule as :func:`convcli.imageio.read_input`, so the batch can plan the
+    output names (collisions, ``--skip-existing``) before reading anything.
+    """
+    return "stdin" if source == STDOUT else Path(source).stem
+
+
+@lru_cache(maxsize=4)
+def _input_identities(inputs: frozenset[str]) -> frozenset[tuple[int, int]]:
+    """(device, inode) of every existing input, computed once per batch and process.
+
+    Catches an output that is an input under another name (a hard link, a symlink, a
+    case-insensitive file system) with one ``stat`` per output instead of a
+    comparison with every input.
+    """
+    identities = set()
+    for name in inputs:
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        identities.add((st.st_dev, st.st_ino))
+    return frozenset(identities)
+
+
+def _is_input(path: Path, inputs: frozenset[str]) -> bool:
+    if str(path.resolve()) in inputs:
+        return True
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) in _input_identities(inputs)
+
+
 def _field(value: str) -> str:
     from .kernels import safe_name
 
@@ -147,19 +185,60 @@ def output_path(directory: Path, template: str, *, stem: str, filter: str, index
 
 
 def planned_outputs(job: Job, stem: str, in_channels: int | None, rel_dir: str = "") -> list[Path]:
-    """The files :func:`process` will write for an input (for ``--skip-existing``)."""
+    """The files :func:`process` will write for an input, before it is read.
+
+    Used for ``--skip-existing`` and to find, before any work, two inputs that would
+    write the same file or an output that would overwrite an input. ``in_channels``
+    only matters for a depthwise layer on more than 4 channels (one file per channel);
+    ``None`` plans for an image of at most 4 channels. Includes the ``--montage`` file
+    and, with ``--save-all``, every layer's maps. Empty for ``-o -`` and ``--print``
+    without ``-o``.
+    """
     out = job.output
-    if out.directory is None or out.to_stdout:
-        return []
-    directory = Path(out.directory) / rel_dir
+    paths: list[Path] = []
+    if out.directory is not None and not out.to_stdout:
+        directory = Path(out.directory) / rel_dir
+        if out.save_all:
+            paths += _planned_save_all(job, stem, directory, in_channels)
+        else:
+            paths += _planned_maps(job, job.stack.output_names(), stem, directory, in_channels,
+                                   depthwise=job.stack.last_conv.spec.depthwise)
+    if out.montage:
+        paths.append(montage_path(out.montage, stem))
+    return paths
+
+
+def _planned_maps(job: Job, names: list[str], stem: str, directory: Path, in_channels: int | None, *,
+                  depthwise: bool) -> list[Path]:
+    out = job.output
     ext = _EXT[out.format]
     if out.format == "npy":
         return [output_path(directory, "{stem}.{ext}" if out.name == DEFAULT_NAME else out.name,
                             stem=stem, filter="all", index=0, ext=ext)]
-    conv = job.stack.last_conv
-    groups = map_groups(job.stack.output_names(), 0, depthwise=conv.spec.depthwise,
-                        in_channels=in_channels if in_channels is not None else 1)
+    groups = map_groups(names, 0, depthwise=depthwise, in_channels=in_channels if in_channels is not None else 1)
     return [output_path(directory, out.name, stem=stem, filter=g.name, index=g.index, ext=ext) for g in groups]
+
+
+def _planned_save_all(job: Job, stem: str, directory: Path, in_channels: int | None) -> list[Path]:
+    from .stack import ConvStep
+
+    paths: list[Path] = []
+    names: list[str] = []
+    depthwise = False
+    for index, step in enumerate(job.stack.steps):
+        if isinstance(step, ConvStep):
+            names, depthwise = step.output_names, step.spec.depthwise
+        folder = directory / stem / f"{index + 1:02d}-{step.name}"
+        paths += _planned_maps(job, names, stem, folder, in_channels, depthwise=depthwise)
+    return paths
+
+
+def montage_path(template: str, stem: str) -> Path:
+    """The ``--montage`` file for an input: the template with ``{stem}`` filled in."""
+    try:
+        return Path(template.format(stem=_field(stem)))
+    except (KeyError, IndexError, ValueError):
+        raise OptionError(f"--montage: {template!r} is not a valid path template (field: {{stem}})") from None
 
 
 def encode_group(array, *, fmt: str, normalize: str, compress_level: int | None) -> bytes:
@@ -194,7 +273,7 @@ def _group_arrays(output, groups: list[MapGroup]) -> list:
 
 
 def _write_maps(output, names: list[str], *, job: Job, stem: str, directory: Path, in_channels: int,
-                depthwise: bool, inputs: set[str]) -> list[str]:
+                depthwise: bool, inputs: frozenset[str]) -> list[str]:
     from . import imageio
 
     out = job.output
@@ -212,8 +291,7 @@ def _write_maps(output, names: list[str], *, job: Job, stem: str, directory: Pat
     if len(set(paths)) != len(paths):
         raise OptionError(f"--name: {out.name!r} gives the same file name to several maps; add {{filter}} or {{index}}")
     for path in paths:
-        if str(path.resolve()) in inputs or any(imageio.same_file(path, p) for p in inputs if os.path.exists(p)
-                                                and os.path.exists(path)):
+        if _is_input(path, inputs):
             raise OutputError(f"{path}: refusing to overwrite an input file")
     for path, blob in zip(paths, blobs):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -246,7 +324,9 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
 
     started = time.perf_counter()
     result = InputResult(input=source)
-    loaded = imageio.read_input(source, mode=job.read.mode, scale=job.read.scale, max_pixels=job.read.max_pixels)
+    max_pixels = job.read.max_pixels if job.read.max_pixels is not None else imageio.DEFAULT_MAX_PIXELS
+    loaded = imageio.read_input(source, mode=job.read.mode, scale=job.read.scale, max_pixels=max_pixels)
+    stem = input_stem(source)  # the stem the batch planned with
     x = loaded.array
     result.input_shape = list(x.shape)
     output, algorithms, intermediates = job.stack.run(x, algorithm=job.algorithm, keep_all=job.output.save_all)
@@ -261,10 +341,9 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
         groups = map_groups(names, output.shape[2], depthwise=conv.spec.depthwise, in_channels=in_depth)
         count = 1 if out.format == "npy" else len(groups)
         if count != 1:
-            raise OptionError(
-                f"-o -: writes a single output to standard output, but this layer gives {count} outputs"
-                f" ({', '.join(names[:4])}{'…' if len(names) > 4 else ''}); use -o DIR"
-            )
+            # Only a depthwise layer on more than 4 channels gets here; check_job
+            # refuses every other case before any work.
+            raise OptionError(_stdout_count_message(count, [g.name for g in groups]))
         result.stdout_bytes = (imageio.encode_npy(output) if out.format == "npy" else
                                encode_group(_group_arrays(output, groups)[0], fmt=out.format,
                                             normalize=out.normalize, compress_level=out.compress_level))
@@ -272,15 +351,15 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
     elif out.directory is not None:
         directory = Path(out.directory) / rel_dir
         if out.save_all:
-            result.outputs += _save_all(intermediates, job, stem=loaded.stem, directory=directory,
-                                        x_shape=tuple(x.shape), inputs=set(inputs))
+            result.outputs += _save_all(intermediates, job, stem=stem, directory=directory,
+                                        x_shape=tuple(x.shape), inputs=inputs)
         else:
-            result.outputs = _write_maps(output, names, job=job, stem=loaded.stem, directory=directory,
-                                         in_channels=in_depth, depthwise=conv.spec.depthwise, inputs=set(inputs))
+            result.outputs = _write_maps(output, names, job=job, stem=stem, directory=directory,
+                                         in_channels=in_depth, depthwise=conv.spec.depthwise, inputs=inputs)
     if out.montage:
-        result.outputs.append(_write_montage(output, names, job, loaded.stem, conv.spec.depthwise, in_depth))
+        result.outputs.append(_write_montage(output, names, job, stem, conv.spec.depthwise, in_depth, inputs))
     if job.print_maps:
-        result.printed = _print_maps(output, names, loaded.stem, many)
+        result.printed = _print_maps(output, names, stem, many)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -296,7 +375,8 @@ def _last_conv_input_channels(stack: Stack, shape: tuple[int, int, int]) -> int:
     return channels
 
 
-def _save_all(intermediates: list, job: Job, *, stem: str, directory: Path, x_shape, inputs: set[str]) -> list[str]:
+def _save_all(intermediates: list, job: Job, *, stem: str, directory: Path, x_shape,
+              inputs: frozenset[str]) -> list[str]:
     """``--save-all``: every layer's maps in ``{stem}/NN-{layer}/``."""
     from .stack import ConvStep
 
@@ -315,14 +395,13 @@ def _save_all(intermediates: list, job: Job, *, stem: str, directory: Path, x_sh
     return written
 
 
-def _write_montage(output, names: list[str], job: Job, stem: str, depthwise: bool, in_depth: int) -> str:
+def _write_montage(output, names: list[str], job: Job, stem: str, depthwise: bool, in_depth: int,
+                   inputs: frozenset[str]) -> str:
     from . import imageio
 
-    template = job.output.montage or ""
-    try:
-        path = Path(template.format(stem=_field(stem)))
-    except (KeyError, IndexError, ValueError):
-        raise OptionError(f"--montage: {template!r} is not a valid path template (field: {{stem}})") from None
+    path = montage_path(job.output.montage or "", stem)
+    if _is_input(path, inputs):
+        raise OutputError(f"{path}: refusing to overwrite an input file (--montage)")
     groups = map_groups(names, output.shape[2], depthwise=depthwise, in_channels=in_depth)
     tiles = [imageio.to_display(a, normalize=job.output.normalize, bits=8) for a in _group_arrays(output, groups)]
     blob = imageio.montage(tiles, [g.name for g in groups])
@@ -331,8 +410,19 @@ def _write_montage(output, names: list[str], job: Job, stem: str, depthwise: boo
     return str(path)
 
 
-def check_job(job: Job, input_count: int) -> None:
-    """Option checks that need the number of inputs (usage errors, before any work)."""
+def _stdout_count_message(count: int, names: list[str]) -> str:
+    shown = ", ".join(names[:4]) + (", …" if len(names) > 4 else "")
+    return (f"-o -: standard output takes a single output, but this layer gives {count} outputs ({shown});"
+            " use -o DIR, or --format npy for one array")
+
+
+def check_job(job: Job, input_count: int, *, json_lines: bool = False) -> None:
+    """Option checks that need no input read (usage errors, raised before any work).
+
+    ``-o -`` needs exactly one input and one output (one filter; a depthwise layer
+    of one filter writes one image of the input's channels); ``--print``, ``--json``
+    and ``-o -`` cannot share standard output.
+    """
     out = job.output
     if out.format not in FORMATS:
         raise OptionError(f"--format: {out.format!r} is not one of {', '.join(FORMATS)}")
@@ -340,6 +430,17 @@ def check_job(job: Job, input_count: int) -> None:
         raise OptionError(f"--normalize: {out.normalize!r} is not one of {', '.join(NORMALIZE_MODES)}")
     if out.to_stdout and input_count != 1:
         raise OptionError(f"-o -: writes a single output to standard output, but there are {input_count} inputs")
+    if out.to_stdout and out.format != "npy" and not out.save_all:
+        # A plain layer writes one file per filter, a depthwise one (on up to 4
+        # channels) one image per filter: more than one filter is more than one output.
+        names = job.stack.output_names()
+        if len(names) > 1:
+            raise OptionError(_stdout_count_message(len(names), names))
+    if out.to_stdout and job.print_maps:
+        raise OptionError("--print: standard output already carries the image of -o -; drop one of them")
+    if json_lines and (out.to_stdout or job.print_maps):
+        other = "the image of -o -" if out.to_stdout else "the --print rows"
+        raise OptionError(f"--json: standard output already carries {other}; drop one of them")
     if out.montage and input_count > 1 and "{stem}" not in out.montage:
         raise OptionError(f"--montage: {out.montage!r} must contain {{stem}} when there are {input_count} inputs")
     if out.save_all and out.to_stdout:
@@ -347,4 +448,4 @@ def check_job(job: Job, input_count: int) -> None:
 
 
 __all__ = ["ReadSpec", "OutputSpec", "Job", "InputResult", "process", "planned_outputs", "check_job",
-           "output_path", "map_groups", "ConvcliError"]
+           "output_path", "montage_path", "input_stem", "map_groups", "ConvcliError"]

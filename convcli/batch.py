@@ -1,34 +1,70 @@
-"""Many inputs: expand folders, run each input, report progress and failures.
+"""Many inputs: expand folders, plan the outputs, run the inputs in worker processes.
 
-Standard output carries data only (``--print`` rows, ``--json`` lines, ``-o -``
-bytes); progress, per-input errors and the summary go to standard error.
+:func:`expand_inputs` turns the command line's INPUTs into :class:`InputItem` s,
+:func:`plan_batch` checks the whole batch before any work starts (two inputs that
+would write the same file, an output that would overwrite an input,
+``--skip-existing``), and :func:`run_batch` processes the inputs — in this process
+for ``-j 1``, else in ``N`` spawned worker processes — and reports each one.
+
+Standard output carries data only (``--print`` rows in input order, ``--json``
+lines as inputs finish, the ``-o -`` bytes); the progress bar, per-input errors
+and the closing summary go to standard error.
+
+Workers are started with the ``spawn`` method: a forked child inherits the
+parent's OpenBLAS/OpenMP thread pools and locks (and the progress bar's refresh
+thread), which can deadlock; a spawned child starts clean, with
+``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` set before numpy
+loads so that N workers use N cores, not N × cores threads.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Iterator
 
-from .apply import Job, process
-from .errors import ConvcliError, ExitStatus
+from .apply import STDOUT, InputResult, Job, check_job, input_stem, planned_outputs, process
+from .errors import ConvcliError, ExitStatus, OptionError
 
-#: File extensions a directory contributes (lower case).
+#: File extensions a directory contributes (lower case). Hidden files and folders
+#: (names starting with ``.``) are left out, and so are symbolic links to folders.
 INPUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".npy", ".csv", ".txt")
+
+#: Environment variables that size the BLAS/OpenMP thread pools of a worker.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                    "NUMEXPR_NUM_THREADS")
+
+#: Tasks queued per worker: enough to keep every worker busy, few enough that a
+#: batch of 10,000 inputs never holds 10,000 pending results.
+TASKS_PER_WORKER = 2
+
+#: Seconds a worker gets to finish its clean-up after SIGTERM before it is killed.
+TERMINATE_GRACE = 2.0
 
 
 @dataclass(frozen=True)
 class InputItem:
-    source: str  # a path, or "-" for standard input
-    rel_dir: str = ""  # folder relative to the directory given on the command line
+    """One input of a batch.
+
+    ``source`` is a path, or ``"-"`` for standard input; ``rel_dir`` is the
+    input's folder relative to the folder named on the command line (``""`` for
+    a file named directly), which its outputs mirror under ``-o``.
+    """
+
+    source: str
+    rel_dir: str = ""
 
 
 @dataclass(frozen=True)
 class BatchSummary:
+    """How a batch went: inputs done, failed and skipped, and the wall time."""
+
     done: int
     failed: int
     skipped: int
@@ -38,56 +74,561 @@ class BatchSummary:
     def exit_status(self) -> ExitStatus:
         return ExitStatus.INPUT_FAILED if self.failed else ExitStatus.OK
 
+    def line(self) -> str:
+        """The closing line on standard error."""
+        rate = f", {self.done / self.seconds:.1f} inputs/s" if self.done and self.seconds > 0 else ""
+        skipped = f", {self.skipped} skipped" if self.skipped else ""
+        return f"convcli: {self.done} done, {self.failed} failed{skipped} in {self.seconds:.2f} s{rate}"
+
+
+# --- inputs ------------------------------------------------------------------------------------
 
 def expand_inputs(args: list[str], *, recursive: bool = False) -> list[InputItem]:
-    """Turn command-line INPUTs into a list of inputs, folders expanded in sorted order."""
+    """Turn command-line INPUTs into the list of inputs, in command-line order.
+
+    A folder contributes its files whose extension is in :data:`INPUT_EXTENSIONS`
+    (sorted by path; with ``recursive``, those of its sub-folders too, each with
+    its ``rel_dir``). A file or ``-`` is taken as it is — a missing or unreadable
+    file fails later, as one failed input of the batch.
+
+    Raises
+    ------
+    OptionError
+        If ``-`` (standard input, which can be read once) is given more than once.
+    """
     items: list[InputItem] = []
+    if args.count(STDOUT) > 1:
+        raise OptionError(f"INPUT: '-' (standard input) is given {args.count(STDOUT)} times; it can be read once")
     for arg in args:
         path = Path(arg)
-        if arg != "-" and path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            for child in sorted(path.glob(pattern)):
-                if child.is_file() and child.suffix.lower() in INPUT_EXTENSIONS and not child.name.startswith("."):
-                    items.append(InputItem(str(child), str(child.parent.relative_to(path)).replace(".", "", 1)
-                                           if child.parent != path else ""))
+        if arg != STDOUT and path.is_dir():
+            items.extend(InputItem(str(path / rel), "" if rel.parent == Path(".") else rel.parent.as_posix())
+                         for rel in _folder_files(path, recursive=recursive))
         else:
             items.append(InputItem(arg))
     return items
 
 
-def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = 1, quiet: bool = False,
+def _folder_files(folder: Path, *, recursive: bool) -> list[Path]:
+    """Input files under ``folder``, as paths relative to it, sorted."""
+    found: list[Path] = []
+    # os.walk does not follow symbolic links to folders, so a link loop cannot trap it.
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        base = Path(root).relative_to(folder)
+        for name in files:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in INPUT_EXTENSIONS:
+                if os.path.isfile(os.path.join(root, name)):
+                    found.append(base / name)
+    return sorted(found, key=lambda p: p.parts)
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+@dataclass
+class BatchPlan:
+    """What :func:`plan_batch` settled before any work: which inputs run, which are skipped."""
+
+    run: list[int] = field(default_factory=list)  # indices of the inputs to process
+    skipped: dict[int, list[str]] = field(default_factory=dict)  # index → its existing outputs
+    outputs: dict[Path, set[str]] = field(default_factory=dict)  # folder → planned output names
+    inputs: frozenset[str] = frozenset()  # resolved input paths, never overwritten
+
+
+def _resolved(path: Path | str) -> str:
+    return str(Path(path).resolve())
+
+
+def plan_batch(items: list[InputItem], job: Job) -> BatchPlan:
+    """Check the batch as a whole and decide what runs, before any input is read.
+
+    Raises
+    ------
+    OptionError
+        If an input is given twice, if two inputs would write the same output file
+        (``a/x.png b/x.png`` both give ``x_edge.png``; name their common folder
+        with ``--recursive`` instead, so the outputs mirror the sub-folders), or if
+        an output would overwrite an input (``--name '{stem}.png' -o`` the input
+        folder). The message names both files.
+    """
+    plan = BatchPlan(inputs=frozenset(_resolved(i.source) for i in items if i.source != STDOUT))
+    owner: dict[str, int] = {}  # resolved output path → index of the input that writes it
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if item.source != STDOUT:
+            key = _resolved(item.source)
+            if key in seen:
+                raise OptionError(f"INPUT: {item.source} is given twice (also as {items[seen[key]].source})")
+            seen[key] = index
+        outputs = planned_outputs(job, input_stem(item.source), None, item.rel_dir)
+        for path in outputs:
+            key = _resolved(path)
+            if key in plan.inputs:
+                raise OptionError(
+                    f"--name/-o: {item.source}'s output {path} would overwrite the input {path};"
+                    " choose another -o folder or --name"
+                )
+            if key in owner:
+                first = items[owner[key]].source
+                raise OptionError(
+                    f"INPUT: {first} and {item.source} would both write {path}; name their common folder"
+                    " with --recursive (outputs mirror sub-folders under -o) or run them separately"
+                )
+            owner[key] = index
+            plan.outputs.setdefault(Path(path).parent, set()).add(Path(path).name)
+        if job.output.skip_existing and outputs and all(os.path.exists(p) for p in outputs):
+            plan.skipped[index] = [str(p) for p in outputs]
+        else:
+            plan.run.append(index)
+    return plan
+
+
+# --- outcomes and reporting --------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """What came back for one input (picklable, small)."""
+
+    index: int
+    result: InputResult
+    usage_error: bool = False  # an OptionError: the same for every input, so the batch stops
+
+
+def _failed(index: int, item: InputItem, message: str, seconds: float, *, usage_error: bool = False) -> Outcome:
+    return Outcome(index, InputResult(input=item.source, seconds=seconds, error=message), usage_error)
+
+
+def run_one(index: int, item: InputItem, job: Job, inputs: frozenset[str], many: bool) -> Outcome:
+    """Process one input; every failure becomes an :class:`Outcome` with ``error`` set.
+
+    Errors a user can cause keep their message; anything else (a bug) is reported
+    with its exception type, so one bad input never stops or hangs the batch.
+    """
+    started = time.perf_counter()
+    try:
+        return Outcome(index, process(item.source, job, rel_dir=item.rel_dir, inputs=inputs, many=many))
+    except OptionError as err:
+        return _failed(index, item, str(err), time.perf_counter() - started, usage_error=True)
+    except ConvcliError as err:
+        return _failed(index, item, str(err), time.perf_counter() - started)
+    except MemoryError:
+        return _failed(index, item, f"{item.source}: out of memory", time.perf_counter() - started)
+    except OSError as err:
+        return _failed(index, item, f"{item.source}: {err.strerror or err}", time.perf_counter() - started)
+    except Exception as err:  # a bug: report it for this input, go on with the others
+        return _failed(index, item, f"{item.source}: internal error: {type(err).__name__}: {err}",
+                       time.perf_counter() - started)
+
+
+class _Reporter:
+    """Writes each finished input: errors on stderr, JSON lines, and ordered stdout data."""
+
+    def __init__(self, items: list[InputItem], *, out: IO[bytes], progress, json_lines: bool) -> None:
+        self.items = items
+        self.out = out
+        self.progress = progress
+        self.json_lines = json_lines
+        self.done = self.failed = self.skipped = 0
+        self._next = 0  # the next index whose --print text / -o - bytes may be written
+        self._held: dict[int, bytes] = {}  # finished out of order, waiting for earlier inputs
+
+    @property
+    def next_index(self) -> int:
+        return self._next
+
+    def skip(self, index: int, outputs: list[str]) -> None:
+        self.skipped += 1
+        result = InputResult(input=self.items[index].source, outputs=outputs, skipped=True)
+        self._json(result)
+        self._ordered(index, b"")
+        self.progress.advance()
+
+    def finish(self, outcome: Outcome) -> None:
+        result = outcome.result
+        if result.error is not None:
+            self.failed += 1
+            message = result.error
+            source = self.items[outcome.index].source
+            self.progress.print(f"convcli: {message}" if source in message else f"convcli: {source}: {message}")
+        else:
+            self.done += 1
+        self._json(result)
+        self._ordered(outcome.index, result.printed.encode() + result.stdout_bytes)
+        self.progress.advance()
+
+    def _json(self, result: InputResult) -> None:
+        if self.json_lines:
+            self.out.write((json.dumps(result.as_json()) + "\n").encode())
+            self.out.flush()
+
+    def _ordered(self, index: int, data: bytes) -> None:
+        self._held[index] = data
+        while self._next in self._held:
+            chunk = self._held.pop(self._next)
+            if chunk:
+                self.out.write(chunk)
+                self.out.flush()
+            self._next += 1
+
+
+# --- progress ----------------------------------------------------------------------------------
+
+class NullProgress:
+    """The do-nothing progress display (``--quiet``, or standard error not a terminal)."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream
+
+    def __enter__(self) -> "NullProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def advance(self) -> None:
+        return None
+
+    def print(self, message: str) -> None:
+        if self.stream is not None:
+            print(message, file=self.stream, flush=True)
+
+
+class BarProgress(NullProgress):
+    """A transient rich progress bar on ``stream``: done/total, rate, elapsed, ETA."""
+
+    def __init__(self, total: int, stream: IO[str]) -> None:
+        super().__init__(stream)
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.text import Text
+
+        class RateColumn(ProgressColumn):
+            def render(self, task) -> Text:
+                speed = task.finished_speed or task.speed
+                return Text(f"{speed:.1f}/s" if speed else "–/s")
+
+        self._console = Console(file=stream, force_terminal=True)
+        # redirect_*=False: data goes to stdout through its own buffer, never through rich.
+        self._progress = Progress(TextColumn("convcli"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                  console=self._console, transient=True, redirect_stdout=False,
+                                  redirect_stderr=False, refresh_per_second=4)
+        self._task = self._progress.add_task("inputs", total=total)
+
+    def __enter__(self) -> "BarProgress":
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+    def advance(self) -> None:
+        self._progress.advance(self._task)
+
+    def print(self, message: str) -> None:
+        # Through rich's console, so the line appears above the bar instead of tearing it.
+        self._console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def make_progress(total: int, *, stream: IO[str], quiet: bool = False,
+                  stdout: IO | None = None) -> NullProgress:
+    """A bar when ``stream`` is a terminal and not ``quiet``, else a :class:`NullProgress`.
+
+    No bar either when the data written to standard output goes to the same
+    terminal (``stdout`` given and a terminal): the two would tear each other.
+    """
+    def is_tty(s) -> bool:
+        try:
+            return bool(s.isatty())
+        except (AttributeError, ValueError):
+            return False
+
+    if quiet or not is_tty(stream) or (stdout is not None and is_tty(stdout)):
+        return NullProgress(stream)
+    return BarProgress(total, stream)
+
+
+# --- running -----------------------------------------------------------------------------------
+
+def default_jobs() -> int:
+    """The number of CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quiet: bool = False,
               json_lines: bool = False, stdout: IO[bytes] | None = None,
               stderr: IO[str] | None = None) -> BatchSummary:
-    """Process every input; a failing input is reported and the others go on."""
+    """Process every input; a failing input is reported and the others go on.
+
+    ``jobs`` worker processes (default: the CPUs; ``1``, a single input or
+    standard input run in this process). Outputs are the same bytes whatever
+    ``jobs`` is. ``KeyboardInterrupt`` stops the workers, removes temporary files
+    and propagates (the CLI exits 130).
+
+    Raises
+    ------
+    OptionError
+        From :func:`plan_batch` (before any work), or when an input shows a usage
+        error that every input would repeat (the batch then stops).
+    """
     out = stdout if stdout is not None else sys.stdout.buffer
     err = stderr if stderr is not None else sys.stderr
     started = time.perf_counter()
-    inputs = frozenset(str(Path(i.source).resolve()) for i in items if i.source != "-")
-    done = failed = skipped = 0
-    for item in items:
+    check_job(job, len(items), json_lines=json_lines)
+    plan = plan_batch(items, job)
+    writes_stdout = json_lines or job.print_maps or job.output.to_stdout
+    progress = make_progress(len(items), stream=err, quiet=quiet,
+                             stdout=(sys.stdout if stdout is None else stdout) if writes_stdout else None)
+    reporter = _Reporter(items, out=out, progress=progress, json_lines=json_lines)
+    many = len(items) > 1
+    workers = min(jobs or default_jobs(), len(plan.run))
+    stream = _outcomes(items, job, plan, reporter, workers, many)
+    usage: Outcome | None = None
+    with progress:
+        for index, outputs in plan.skipped.items():
+            reporter.skip(index, outputs)
         try:
-            result = process(item.source, job, rel_dir=item.rel_dir, inputs=inputs, many=len(items) > 1)
-        except ConvcliError as error:
-            failed += 1
-            print(f"convcli: {item.source}: {error}" if item.source not in str(error) else f"convcli: {error}",
-                  file=err)
-            if json_lines:
-                out.write((json.dumps({"input": item.source, "error": str(error)}) + "\n").encode())
-                out.flush()
+            for outcome in stream:
+                reporter.finish(outcome)
+                if outcome.usage_error:
+                    usage = outcome
+                    break
+        except BaseException:
+            stream.close()  # stops the workers now, before the sweep
+            _sweep_temporaries(plan)
+            raise
+        finally:
+            stream.close()
+    if usage is not None:
+        raise OptionError(usage.result.error or "usage error")
+    summary = BatchSummary(reporter.done, reporter.failed, reporter.skipped, time.perf_counter() - started)
+    if not quiet and many:
+        print(summary.line(), file=err, flush=True)
+    return summary
+
+
+# --- the worker pool ---------------------------------------------------------------------------
+
+class _Terminated(SystemExit):
+    """Raised in a worker by SIGTERM, so ``finally`` blocks (temporary files) run."""
+
+
+_worker: dict = {}
+
+
+def _worker_init(job: Job, inputs: frozenset[str], many: bool, threads: int) -> None:
+    """Runs first in each worker: signals, thread counts, and the shared job."""
+    # Ctrl-C in a terminal reaches every process of the group: the parent alone
+    # decides what to do; a worker ends on the parent's SIGTERM, cleaning up first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    from . import engine
+
+    if hasattr(engine, "set_threads"):
+        engine.set_threads(threads)
+    _worker.update(job=job, inputs=inputs, many=many)
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated(128 + signum)
+
+
+def _worker_task(index: int, item: InputItem) -> Outcome:
+    try:
+        return run_one(index, item, _worker["job"], _worker["inputs"], _worker["many"])
+    except _Terminated:
+        # The temporary file of an interrupted write is gone (write_atomic's finally);
+        # leave now rather than take the next task.
+        os._exit(143)
+
+
+class _Environment:
+    """Sets environment variables for the children started inside the block."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+        self.saved: dict[str, str | None] = {}
+
+    def __enter__(self) -> None:
+        for key, value in self.values.items():
+            self.saved[key] = os.environ.get(key)
+            os.environ[key] = value
+
+    def __exit__(self, *exc) -> None:
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class _SigintBlocked:
+    """Blocks SIGINT while a worker is being started, so it inherits a blocked SIGINT.
+
+    A spawned worker then cannot die of a terminal Ctrl-C before its initializer
+    has set SIGINT to ignored (it unblocks it after that).
+    """
+
+    def __enter__(self) -> None:
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def __exit__(self, *exc) -> None:
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+class _Pool:
+    """A spawn-method ProcessPoolExecutor whose workers run one thread each way."""
+
+    def __init__(self, job: Job, plan: BatchPlan, workers: int, many: bool) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.threads = max(1, default_jobs() // workers)
+        self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_worker_init,
+                                            initargs=(job, plan.inputs, many, self.threads))
+
+    def submit(self, index: int, item: InputItem):
+        # Workers are spawned inside submit(): they inherit this environment (read
+        # before numpy loads its BLAS) and the blocked SIGINT.
+        with _Environment({name: str(self.threads) for name in THREAD_VARIABLES}), _SigintBlocked():
+            future = self.executor.submit(_worker_task, index, item)
+        return future
+
+    def stop(self) -> None:
+        """Stop every worker now: SIGTERM (they clean up and exit), then SIGKILL stragglers."""
+        # ProcessPoolExecutor has no public way to end busy workers before Python 3.14.
+        processes = list(getattr(self.executor, "_processes", {}).values())
+        for proc in processes:
+            if proc.is_alive():
+                proc.terminate()
+        deadline = time.monotonic() + TERMINATE_GRACE
+        for proc in processes:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+
+
+def _outcomes(items: list[InputItem], job: Job, plan: BatchPlan, reporter: _Reporter, workers: int,
+              many: bool) -> Iterator[Outcome]:
+    """Every planned input's outcome: standard input and ``-j 1`` here, the rest in workers."""
+    # Standard input belongs to this process: read it here, whatever -j is.
+    local = {i for i in plan.run if items[i].source == STDOUT or workers <= 1}
+    for index in plan.run:
+        if index in local:
+            yield run_one(index, items[index], job, plan.inputs, many)
+    remote = [i for i in plan.run if i not in local]
+    if remote:
+        yield from _run_pool(remote, items, job, plan, reporter, min(workers, len(remote)), many)
+
+
+def _run_pool(indices: list[int], items: list[InputItem], job: Job, plan: BatchPlan, reporter: _Reporter,
+              workers: int, many: bool) -> Iterator[Outcome]:
+    """Run ``indices`` on ``workers`` processes; yield each outcome as it finishes.
+
+    At most ``TASKS_PER_WORKER × workers`` inputs are in flight. With ``--print``
+    (output in input order) an input is only started when it is fewer than that
+    many places ahead of the earliest unwritten one, so held text stays bounded.
+    A worker that dies (killed, out of memory, a crash in native code) breaks the
+    pool: the inputs that were in flight are retried one at a time in a worker of
+    their own, and one that kills that worker too is reported as failed.
+    """
+    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    window = TASKS_PER_WORKER * workers
+    ordered = job.print_maps
+    queue = deque(indices)
+    pool = _Pool(job, plan, workers, many)
+    pending: dict = {}
+    try:
+        while queue or pending:
+            while queue and len(pending) < window and (
+                    not ordered or not pending or queue[0] < reporter.next_index + window):
+                index = queue.popleft()
+                pending[pool.submit(index, items[index])] = index
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            suspects: list[int] = []
+            for future in finished:
+                index = pending.pop(future)
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    suspects.append(index)
+                    continue
+                except Exception as err:  # e.g. a result that would not pickle: a bug
+                    outcome = _failed(index, items[index], f"{items[index].source}: internal error:"
+                                      f" {type(err).__name__}: {err}", 0.0)
+                yield outcome
+            if suspects:
+                # The pool is broken: every input still in flight is lost with it.
+                suspects += pending.values()
+                pending.clear()
+                pool.stop()
+                _sweep_temporaries(plan)
+                for index in sorted(suspects):
+                    yield _run_alone(index, items, job, plan, many)
+                pool = _Pool(job, plan, workers, many)
+    except BaseException:
+        pool.stop()
+        raise
+    pool.close()
+
+
+def _run_alone(index: int, items: list[InputItem], job: Job, plan: BatchPlan, many: bool) -> Outcome:
+    """Retry one input in a worker of its own (after a worker died)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = _Pool(job, plan, 1, many)
+    try:
+        return pool.submit(index, items[index]).result()
+    except BrokenProcessPool:
+        _sweep_temporaries(plan)
+        return _failed(index, items[index], f"{items[index].source}: the worker process died while processing"
+                       " it (killed, out of memory, or a crash in native code)", 0.0)
+    finally:
+        pool.stop()
+
+
+def _sweep_temporaries(plan: BatchPlan) -> None:
+    """Remove temporary files a killed worker may have left next to this batch's outputs.
+
+    A worker killed in the middle of :func:`convcli.imageio.write_atomic` cannot run
+    its clean-up. Its temporary file is ``.NAME.XXXXXXXX.tmp`` for a planned output
+    NAME, so only those are removed: other files in the folder are left alone.
+    """
+    for folder, names in plan.outputs.items():
+        try:
+            entries = os.listdir(folder)
+        except OSError:
             continue
-        done += 1
-        if result.printed:
-            out.write(result.printed.encode())
-        if result.stdout_bytes:
-            out.write(result.stdout_bytes)
-        if json_lines:
-            out.write((json.dumps(result.as_json()) + "\n").encode())
-        out.flush()
-    seconds = time.perf_counter() - started
-    if not quiet and len(items) > 1:
-        print(f"convcli: {done} done, {failed} failed, {skipped} skipped in {seconds:.2f} s", file=err)
-    return BatchSummary(done, failed, skipped, seconds)
+        for entry in entries:
+            if entry.startswith(".") and entry.endswith(".tmp") and entry[1:-4].rpartition(".")[0] in names:
+                try:
+                    os.unlink(Path(folder) / entry)
+                except OSError:
+                    pass
 
 
-def default_jobs() -> int:
-    return os.cpu_count() or 1
+__all__ = ["INPUT_EXTENSIONS", "InputItem", "BatchSummary", "BatchPlan", "Outcome", "expand_inputs",
+           "plan_batch", "run_batch", "run_one", "make_progress", "NullProgress", "BarProgress", "default_jobs"]
