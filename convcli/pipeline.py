@@ -70,8 +70,6 @@ TOP_KEYS = ("layers", "name", "description")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: Kernel files a ``kernels`` entry may name (anything else is a built-in or an inline matrix).
 _KERNEL_SUFFIXES = (".yaml", ".yml", ".json", ".npy", ".mat")
-#: An inline ImageMagick matrix starts with its size: ``3x3:`` or ``3:``.
-_INLINE_RE = re.compile(r"^\s*\d+\s*(x\s*\d+\s*)?:")
 
 
 @dataclass(frozen=True)
@@ -152,46 +150,14 @@ def load_pipeline(path: str | Path) -> Pipeline:
 
 
 def _parse_text(text: str, source: str, *, json_format: bool) -> Any:
-    if json_format:
-        import json
-
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as err:
-            raise OptionError(f"{source}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
-    import yaml
+    # The kernel files' parsers: safe YAML composed with nesting and alias-expansion limits,
+    # JSON with duplicate keys refused. Their errors are about this file, an option (exit 2).
+    from . import kernels
 
     try:
-        return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise OptionError(f"{source}: invalid YAML{where}: {problem}") from None
-
-
-#: Aliases let a stack reuse a layer (``- conv: *block``); this many keep any
-#: "billion laughs" expansion small.
-MAX_YAML_ALIASES = 100
-
-
-def _loader():
-    """A yaml SafeLoader that refuses more than MAX_YAML_ALIASES aliases."""
-    import yaml
-
-    class PipelineLoader(yaml.SafeLoader):
-        aliases_seen = 0
-
-        def compose_node(self, parent, index):  # type: ignore[override]
-            if self.check_event(yaml.AliasEvent):
-                self.aliases_seen += 1
-                if self.aliases_seen > MAX_YAML_ALIASES:
-                    event = self.peek_event()
-                    raise yaml.composer.ComposerError(
-                        None, None, f"more than {MAX_YAML_ALIASES} aliases", event.start_mark)
-            return super().compose_node(parent, index)
-
-    return PipelineLoader
+        return kernels._parse_json(text, source) if json_format else kernels._parse_yaml(text, source)
+    except KernelError as err:
+        raise OptionError(str(err)) from None
 
 
 def parse_pipeline(data: Any, *, base_dir: Path | str = ".", source: str = "pipeline") -> Pipeline:
@@ -383,37 +349,46 @@ def _with_biases(bank, values: list[float]):
     return FilterBank(kernels=tuple(replace(k, bias=float(v)) for k, v in zip(bank.kernels, values)))
 
 
-def _kernel_source(value: Any, label: str, base_dir: Path) -> str:
-    """Where one ``kernels`` item points: a file relative to the pipeline, or the text itself."""
+def _kernel_source(value: Any, label: str, base_dir: Path):
+    """What one ``kernels`` item names: a file relative to the pipeline, an inline matrix or a built-in.
+
+    Unlike ``-k``, a relative path is never looked up in the working folder: the same
+    pipeline must mean the same layers wherever it is run from.
+    """
+    from . import kernels
+
     if not isinstance(value, str) or not value.strip():
         raise OptionError(
             f"{label}.kernels: expected kernel file paths, built-in names or inline matrices, got {value!r}"
         )
-    if _INLINE_RE.match(value):
-        return value
+    if kernels._INLINE_HEAD.match(value) or value.lstrip().startswith("["):
+        return kernels.parse_inline(value)
     candidate = base_dir / Path(value).expanduser()
-    if candidate.exists():
+    path_like = "/" in value or "\\" in value or value.lower().endswith(_KERNEL_SUFFIXES)
+    if candidate.is_file() or (path_like and candidate.exists()):
         return str(candidate)
-    if "/" in value or "\\" in value or value.lower().endswith(_KERNEL_SUFFIXES):
-        # A path that is not there: say where we looked rather than trying built-ins.
-        raise KernelError(f"{label}.kernels: {value!r}: no such kernel file (looked for {candidate})")
-    return value
+    if path_like:
+        raise KernelError(f"{value!r}: no such kernel file (looked for {candidate})")
+    key = value.strip().lower().replace("_", "-")
+    if key not in kernels.builtin_names():
+        raise KernelError(
+            f"{value!r}: no kernel file {candidate} and no built-in kernel of that name"
+            f" (built-ins: {', '.join(kernels.builtin_names())})"
+        )
+    return kernels.load_builtin(key)
 
 
 def _load_bank(value: Any, label: str, base_dir: Path):
+    from .kernels import load_kernels
+
     items = value if isinstance(value, list) else [value]
     if not items:
         raise OptionError(f"{label}.kernels: the list is empty; give at least one kernel")
-    sources = [_kernel_source(item, label, base_dir) for item in items]
-    from .kernels import load_kernels
-
     try:
-        bank = load_kernels(*sources)
-        bank.size  # noqa: B018 - raises KernelError if the kernels differ in size
-        bank.depth  # noqa: B018 - raises KernelError if 3-D kernels differ in depth
+        # load_kernels checks that the filters share one size and one depth.
+        return load_kernels(*[_kernel_source(item, label, base_dir) for item in items])
     except KernelError as err:
         raise KernelError(f"{label}.kernels: {err}") from None
-    return bank
 
 
 def _pool_step(options: dict, name: str, label: str) -> PoolStep:
@@ -429,5 +404,4 @@ def _pool_step(options: dict, name: str, label: str) -> PoolStep:
     return PoolStep(spec=spec, name=name)
 
 
-__all__ = ["Pipeline", "load_pipeline", "parse_pipeline", "MAX_PIPELINE_BYTES",
-           "MAX_YAML_ALIASES", "CONV_KEYS", "POOL_KEYS"]
+__all__ = ["Pipeline", "load_pipeline", "parse_pipeline", "MAX_PIPELINE_BYTES", "CONV_KEYS", "POOL_KEYS"]
