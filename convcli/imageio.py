@@ -39,7 +39,7 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
 
 from .errors import InputError, OptionError, OutputError
 
@@ -73,6 +73,9 @@ STDIN = "-"
 _NPY_MAGIC = b"\x93NUMPY"
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Pillow reports a damaged header as "cannot identify"; these say which format it was.
+_IMAGE_MAGICS = ((_PNG_MAGIC, "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+                 (b"RIFF", "WebP")) + tuple((magic, "TIFF") for magic in _TIFF_MAGICS)
 # Pillow's rawmodes for 16-bit colour PNGs, and the unpacker that yields the low bytes.
 _PNG16_LOW_RAWMODE = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L", "LA;16B": "RGBA"}
 _LAYOUTS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
@@ -181,10 +184,10 @@ def read_input(source: Source, *, mode: str = "keep", scale: str = "raw",
     name, stem, path, data = _resolve_source(source)
     raw = _read_raw(name, path, data, max_pixels=max_pixels)
     array, bit_depth = _apply_mode(raw.array, raw.bit_depth, mode, name)
-    if scale == "unit" and bit_depth is not None:
-        out = array.astype(np.float32) / np.float32(2**bit_depth - 1)
-    else:
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes Inf, refused just below
         out = array.astype(np.float32)
+    if scale == "unit" and bit_depth is not None:
+        out /= np.float32(2**bit_depth - 1)
     _check_finite(out, name)
     return Loaded(array=np.ascontiguousarray(out), name=name, stem=stem, kind=raw.kind,
                   bit_depth=bit_depth, mode=_mode_name(out.shape[2], bit_depth))
@@ -282,6 +285,9 @@ def _read_raw(name: str, path: Path | None, data: bytes | None, *, max_pixels: i
     raw = _read_image(name, path, data, max_pixels=max_pixels)
     if raw is not None:
         return raw
+    for magic, format_name in _IMAGE_MAGICS:
+        if head.startswith(magic) and (format_name != "WebP" or head[8:12] == b"WEBP"):
+            raise InputError(f"{name}: corrupt {format_name} file (Pillow cannot read its header)")
     if suffix in IMAGE_SUFFIXES or not _looks_like_text(head):
         raise InputError(f"{name}: not an image Pillow can read, nor a .npy or numeric text file")
     return _read_text(name, _read_bytes(name, path, data), comma=None)
@@ -575,9 +581,8 @@ def _tiff_page(name: str, path: Path | None, data: bytes | None) -> tuple[Any, A
     except Exception:  # noqa: BLE001 - Pillow gets its chance and reports the error
         return None
     page = tiff.pages[0]
-    samples = int(getattr(page, "samplesperpixel", 1))
     if (int(page.photometric) not in (1, 2)  # MINISBLACK, RGB; Pillow handles the rest
-            or page.axes not in ("YX", "YXS", "SYX") or samples > 4 or page.dtype is None
+            or page.axes not in ("YX", "YXS", "SYX") or page.dtype is None
             or page.dtype.kind not in "uif" or int(getattr(page, "bitspersample", 8)) < 8):
         tiff.close()
         return None
@@ -772,7 +777,7 @@ def _png16_bytes(pixels: Any, level: int) -> bytes:
     import numpy as np
 
     height, width, channels = pixels.shape
-    rows = pixels.astype(">u2").reshape(height, width * channels).view(np.uint8).astype(np.int16)
+    rows = pixels.astype(">u2").reshape(height, width * channels).view(np.uint8)
     bpp = 2 * channels  # PNG filters work on bytes, one pixel back
     left = np.zeros_like(rows)
     left[:, bpp:] = rows[:, :-bpp]
@@ -780,16 +785,26 @@ def _png16_bytes(pixels: Any, level: int) -> bytes:
     up[1:] = rows[:-1]
     upleft = np.zeros_like(rows)
     upleft[1:, bpp:] = rows[:-1, :-bpp]
-    # Paeth predictor: the neighbour closest to left + up - upleft, ties a, then b, then c.
-    pa, pb, pc = np.abs(up - upleft), np.abs(left - upleft), np.abs(left + up - 2 * upleft)
+    # Paeth: the neighbour closest to left + up - upleft; ties prefer left, then up.
+    a, b, c = left.astype(np.int16), up.astype(np.int16), upleft.astype(np.int16)
+    pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
     paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
-    candidates = np.stack([rows, rows - left, rows - up, rows - (left + up) // 2, rows - paeth])
-    candidates = (candidates & 0xFF).astype(np.uint8)
-    # libpng's choice: the smallest sum of bytes read as signed values.
-    cost = np.abs(candidates.view(np.int8).astype(np.int32)).sum(axis=2)
-    best = cost.argmin(axis=0)
-    filtered = candidates[best, np.arange(height)]
-    scanlines = np.concatenate([best.astype(np.uint8)[:, None], filtered], axis=1)
+    del a, b, c, pa, pb, pc
+    average = (left >> 1) + (up >> 1) + (left & up & 1)  # floor((left + up) / 2) in 8 bits
+    # libpng's choice per row: the smallest sum of the filtered bytes read as signed values.
+    # uint8 subtraction wraps, which is exactly PNG's modulo-256 filter arithmetic.
+    signed_size = np.abs(np.arange(256, dtype=np.uint8).view(np.int8).astype(np.int16)).astype(np.uint8)
+    best = rows.copy()
+    best_kind = np.zeros(height, np.uint8)
+    best_cost = signed_size[best].sum(axis=1, dtype=np.uint64)
+    for kind, predictor in ((1, left), (2, up), (3, average), (4, paeth)):
+        candidate = rows - predictor
+        cost = signed_size[candidate].sum(axis=1, dtype=np.uint64)
+        better = cost < best_cost
+        best[better] = candidate[better]
+        best_kind[better] = kind
+        best_cost = np.minimum(cost, best_cost)
+    scanlines = np.concatenate([best_kind[:, None], best], axis=1)
     color_type = {2: 4, 3: 2, 4: 6}[channels]
     compressed = zlib.compress(scanlines.tobytes(), level)
     step = 1 << 24  # several IDAT chunks keep each one well under PNG's 2**31 - 1 limit
