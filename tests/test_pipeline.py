@@ -623,3 +623,20 @@ def test_shape_pipeline_error_exits_2_naming_the_layer(tmp_path):
     net = _write(tmp_path / "net.yaml", "layers:\n  - conv: {filters: 2, kernel_size: 3, stride: 0}\n")
     result = _cli("shape", "--pipeline", net, "--input", "8x8x1", status=2)
     assert "net.yaml: layers[0].stride: must be at least 1, got (0, 0)" in result.stderr
+
+
+def test_edge_pool_example_on_the_sample_image():
+    from convcli.imageio import read_input
+
+    stack = load_pipeline(EDGE_POOL)
+    assert [s.name for s in stack.steps] == ["conv2d", "max_pooling2d"]
+    x = read_input(str(REPO / "sample_images" / "building.png")).array
+    output, _, (edges, pooled) = stack.run(x, keep_all=True)
+    bank = stack.steps[0].bank
+    assert bank.names == ["sobel-x", "sobel-y"]
+    ref = _ref_conv(x, [k.weights for k in bank.kernels], [0, 0], "abs", "same")
+    np.testing.assert_allclose(edges, ref, rtol=1e-5, atol=1e-2)
+    np.testing.assert_array_equal(output, _ref_pool(edges, 2, np.max, "valid"))
+    assert output.shape == (x.shape[0] // 2, x.shape[1] // 2, 2)
+    # The picture is not blank: both maps have edges.
+    assert (output.reshape(-1, 2).max(axis=0) > 100).all()
