@@ -145,6 +145,14 @@ _LAYER_KEYS = ("stride", "padding", "border", "dilation", "depthwise", "flip", "
                "pool", "pool_size", "pool_stride", "pool_padding")
 
 
+def _kernel_size(value: str, *, one_d: bool) -> tuple[int, int]:
+    """``K`` or ``KH,KW``; a single ``K`` on a 1-D signal is a 1×K kernel (Keras Conv1D)."""
+    size = parse_pair(value, "--kernel-size")
+    if one_d and "," not in str(value) and "x" not in str(value).lower():
+        return (1, size[1])
+    return size
+
+
 def _build_stack(params: dict, *, shape_only: bool = False):
     """The layer stack from ``--pipeline`` or from ``-k`` + layer options."""
     from .stack import Stack
@@ -169,7 +177,7 @@ def _build_stack(params: dict, *, shape_only: bool = False):
         bank = load_kernels(*params["kernels"])
         return Stack.single(bank, conv, pool)
     if shape_only and (params.get("filters") or params.get("kernel_size")):
-        kernel_size = params.get("kernel_size") or (3, 3)
+        kernel_size = _kernel_size(params.get("kernel_size") or "3", one_d=params.get("one_d", False))
         return Stack.single(None, conv, pool, filters=params.get("filters") or 1, kernel_size=kernel_size,
                             use_bias=not params.get("no_bias"))
     if shape_only:
@@ -280,7 +288,8 @@ def apply(inputs, **params):
 @click.option("--input", "input_shape", metavar="HxWxC",
               help="Input shape HxWxC (also H,W,C; HxW = one channel; L = a 1-D signal of length L).")
 @click.option("--filters", type=click.IntRange(min=1), default=None, help="Number of filters F.")
-@click.option("--kernel-size", type=PAIR, default=None, help="Kernel size K or KH,KW (default 3).")
+@click.option("--kernel-size", default=None, metavar="K|KH,KW",
+              help="Kernel size K or KH,KW (default 3; K on a 1-D signal means 1×K, as Keras Conv1D).")
 @layer_options
 @click.option("--mode", type=_choice("keep", "gray", "rgb", "rgba"), default="keep", show_default=True,
               help="With IMAGE: the channels apply would see after --mode.")
@@ -314,6 +323,7 @@ def shape(image, input_shape, **params):
         h, w, c = read_shape(image)
         mode = params["mode"]
         shape3 = (h, w, {"gray": 1, "rgb": 3, "rgba": 4}.get(mode, c))
+    params["one_d"] = shape3[0] == 1
     stack = _build_stack(params, shape_only=True)
     layers = stack.geometry(shape3, locally_connected=params["locally_connected"])
     if params["as_json"]:

@@ -15,12 +15,26 @@ if TYPE_CHECKING:  # pragma: no cover
     from .kernels import FilterBank, Kernel
 
 
+class _Plain:
+    """A console for piped output: wide (no wrapping at 80 columns), no colour, no trailing blanks."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self._console = Console(width=200, soft_wrap=False, highlight=False, color_system=None)
+
+    def print(self, *objects, **kwargs) -> None:
+        with self._console.capture() as capture:
+            self._console.print(*objects, **kwargs)
+        sys.stdout.write("".join(line.rstrip() + "\n" for line in capture.get().splitlines()))
+
+
 def _console():
+    if not sys.stdout.isatty():
+        return _Plain()
     from rich.console import Console
 
-    # Piped output gets a wide, colourless table rather than one wrapped at 80 columns.
-    width = None if sys.stdout.isatty() else 200
-    return Console(file=sys.stdout, width=width, soft_wrap=False, highlight=False)
+    return Console(file=sys.stdout, soft_wrap=False, highlight=False)
 
 
 def _shape(shape) -> str:

@@ -250,7 +250,7 @@ def test_kernels_listing_and_show():
                  "sobel-y", "prewitt-x", "prewitt-y", "sharpen", "emboss", "bump"):
         assert name in listing
     shown = run("kernels", "sobel-x").stdout
-    assert shown.splitlines()[1:4] == ["  -1  0  1", "  -2  0  2", "  -1  0  1"]
+    assert shown.splitlines()[1:4] == ["  -1   0   1", "  -2   0   2", "  -1   0   1"]
     data = json.loads(run("kernels", "edge", "--json").stdout)
     assert data[0]["weights"] == [[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]]
 
