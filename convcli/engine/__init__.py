@@ -15,7 +15,6 @@ scratch memory stays a fraction of the output's size.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +24,7 @@ from ..errors import KernelError, OptionError
 from ..layer import ConvSpec, PoolSpec
 from . import direct
 from ._common import as_image
+from ._threads import get_threads, set_threads
 from .activations import activate
 from .pooling import pool2d
 
@@ -35,22 +35,6 @@ __all__ = [
 
 #: Names accepted by ``algorithm=`` (and ``--algorithm``).
 ALGORITHMS = ("auto", "direct", "separable", "fft")
-
-_threads = max(1, os.cpu_count() or 1)
-
-
-def set_threads(n: int) -> None:
-    """Set how many threads the engine may use (batch workers set 1 to avoid oversubscription)."""
-    global _threads
-    if isinstance(n, bool) or int(n) != n or n < 1:
-        raise OptionError(f"threads: must be a whole number of at least 1, got {n!r}")
-    _threads = int(n)
-
-
-def get_threads() -> int:
-    """How many threads the engine uses (default: the number of CPUs)."""
-    return _threads
-
 
 @dataclass(frozen=True)
 class LayerResult:

@@ -1,6 +1,6 @@
 """Shared helpers of the engine paths: the dtype policy, border padding by index maps, tiling.
 
-Padding is never applied to the whole image: every path asks :func:`padded_band` for the
+Padding is never applied to the whole image: every path asks a :class:`Padder` for the
 rows (and columns) of the *padded* image that one tile of output needs, so the extra memory
 of a layer is a few tiles, not a padded copy of the input.
 """
@@ -21,8 +21,8 @@ _NP_PAD_MODE = {
 
 #: Extra memory one tile may use, as a fraction of the layer's output (issue 4: ≤ 25 %).
 TILE_FRACTION = 0.2
-#: Upper bound of one tile's scratch memory in bytes: a tile this size stays in L2/L3.
-TILE_MAX_BYTES = 4 << 20
+#: Upper bound of one tile's scratch memory in bytes: a tile this size stays in L2 (2 MiB a core here).
+TILE_MAX_BYTES = 1 << 20
 #: Lower bound, so tiny outputs are not cut into absurdly many tiles.
 TILE_MIN_BYTES = 64 << 10
 
@@ -60,30 +60,60 @@ def source_index(size: int, before: int, after: int, border: Border) -> np.ndarr
     return np.pad(idx, (before, after), mode=_NP_PAD_MODE[border])
 
 
-def _as_slice(idx: np.ndarray) -> slice | None:
-    """``idx`` as a slice when it is a run of consecutive valid indices (then no copy is needed)."""
-    if idx.size and idx[0] >= 0 and idx[-1] - idx[0] == idx.size - 1 and (idx.size < 3 or np.all(np.diff(idx) == 1)):
-        return slice(int(idx[0]), int(idx[-1]) + 1)
-    return None
+class Padder:
+    """Blocks of the padded image, built on demand from the unpadded ``x`` (H×W×C).
 
-
-def padded_band(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """The block of the padded image whose rows/cols map to ``rows``/``cols`` (from :func:`source_index`).
-
-    Returns a view of ``x`` when the block lies inside the image, otherwise a new
-    array of shape (len(rows), len(cols), C) with zeros where the index is -1.
+    ``pads`` are (top, bottom, left, right) from :mod:`convcli.geometry`. A block is
+    addressed in padded coordinates; its interior is copied with one block copy and only
+    the few padded rows/columns go through the index maps of :func:`source_index`.
     """
-    rs, cs = _as_slice(rows), _as_slice(cols)
-    if rs is not None and cs is not None:
-        return x[rs, cs]
-    rows_ok, cols_ok = rows >= 0, cols >= 0
-    band = x[rs] if rs is not None else np.take(x, np.maximum(rows, 0), axis=0)
-    band = band[:, cs] if cs is not None else np.take(band, np.maximum(cols, 0), axis=1)
-    if not rows_ok.all():
-        band[~rows_ok] = 0
-    if not cols_ok.all():
-        band[:, ~cols_ok] = 0
-    return band
+
+    def __init__(self, x: np.ndarray, pads, border: Border):
+        self.x = x
+        self.top, self.bottom, self.left, self.right = pads
+        self.border = border
+        h, w = x.shape[:2]
+        self.rows = source_index(h, self.top, self.bottom, border)
+        self.cols = source_index(w, self.left, self.right, border)
+
+    def block(self, r0: int, r1: int, c0: int, c1: int, *, planar: bool = False) -> np.ndarray:
+        """Padded rows [r0, r1) × columns [c0, c1): (r1-r0, c1-c0, C), or (C, rows, cols) if ``planar``.
+
+        Returns a view of ``x`` when the block lies inside the image and ``planar`` is
+        false (or C is 1), otherwise a new array.
+        """
+        x = self.x
+        h, w, c = x.shape
+        # Interior of the block in padded coordinates: rows [ir0, ir1), columns [ic0, ic1).
+        ir0, ir1 = max(r0, self.top), min(r1, self.top + h)
+        ic0, ic1 = max(c0, self.left), min(c1, self.left + w)
+        inside = ir0 == r0 and ir1 == r1 and ic0 == c0 and ic1 == c1
+        src = x[ir0 - self.top:ir1 - self.top, ic0 - self.left:ic1 - self.left]
+        if inside and (not planar or c == 1):
+            return src.transpose(2, 0, 1) if planar else src
+        out = np.empty((c, r1 - r0, c1 - c0) if planar else (r1 - r0, c1 - c0, c), dtype=np.float32)
+        view = out.transpose(1, 2, 0) if planar else out  # always addressed as rows × cols × C
+        if ir1 > ir0 and ic1 > ic0:
+            view[ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] = src
+        if inside:
+            return out
+        zeros = self.border is Border.ZEROS
+        col_idx = self.cols[c0:c1]
+        edge_rows = [*range(r0, min(r1, max(ir0, r0))), *range(max(r0, ir1, ir0), r1)]
+        for p in edge_rows:  # whole padded rows (at most the padding, a few)
+            src_row = self.rows[p]
+            if zeros or src_row < 0:
+                view[p - r0] = 0
+            else:
+                view[p - r0] = np.take(x[src_row], col_idx, axis=0)
+        if ir1 > ir0:
+            edge_cols = np.r_[np.arange(c0, min(c1, ic0)), np.arange(max(c0, ic1), c1)].astype(np.intp)
+            if edge_cols.size:
+                if zeros:
+                    view[ir0 - r0:ir1 - r0, edge_cols - c0] = 0
+                else:
+                    view[ir0 - r0:ir1 - r0, edge_cols - c0] = x[ir0 - self.top:ir1 - self.top][:, self.cols[edge_cols]]
+        return out
 
 
 def tile_plan(out_h: int, out_w: int, bytes_per_pixel: int, out_bytes: int,

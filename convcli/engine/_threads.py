@@ -1,0 +1,68 @@
+"""The engine's thread count and a small shared pool that runs row ranges of one layer in parallel.
+
+numpy's matmul, copies and ufuncs and scipy.fft release the GIL, so threads over
+disjoint bands of output rows use both cores without copying the input. Batch workers
+(``-j N``) call :func:`set_threads` with 1 so N processes do not each start a pool.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from ..errors import OptionError
+
+_threads = max(1, os.cpu_count() or 1)
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_lock = threading.Lock()
+
+
+def set_threads(n: int) -> None:
+    """Set how many threads the engine may use (≥ 1; batch workers use 1)."""
+    global _threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise OptionError(f"threads: must be a whole number of at least 1, got {n!r}")
+    _threads = n
+    try:  # OpenCV keeps its own pool; keep it in step when it is in use
+        import sys
+
+        if "cv2" in sys.modules:
+            sys.modules["cv2"].setNumThreads(n)
+    except Exception:  # pragma: no cover - a broken cv2 must not break the engine
+        pass
+
+
+def get_threads() -> int:
+    """How many threads the engine uses (default: the number of CPUs)."""
+    return _threads
+
+
+def _executor(n: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None or _pool_size != n:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="convcli-engine")
+            _pool_size = n
+        return _pool
+
+
+def split_rows(n_rows: int, min_rows: int = 1) -> list[tuple[int, int]]:
+    """Cut [0, n_rows) into at most get_threads() contiguous ranges of at least ``min_rows``."""
+    parts = max(1, min(_threads, n_rows // max(1, min_rows)))
+    bounds = [n_rows * k // parts for k in range(parts + 1)]
+    return [(bounds[k], bounds[k + 1]) for k in range(parts) if bounds[k + 1] > bounds[k]]
+
+
+def run_ranges(fn, ranges) -> None:
+    """Call ``fn(r0, r1)`` for every range, in parallel when there are several; re-raise errors."""
+    if len(ranges) <= 1 or threading.current_thread().name.startswith("convcli-engine"):
+        for r0, r1 in ranges:
+            fn(r0, r1)
+        return
+    futures = [_executor(len(ranges)).submit(fn, r0, r1) for r0, r1 in ranges]
+    for fut in futures:
+        fut.result()
