@@ -761,7 +761,7 @@ def _yaml_problem(exc: Exception) -> str:
 
 
 class _Frame:
-    __slots__ = ("container", "is_map", "count", "anchor", "key", "line")
+    __slots__ = ("container", "is_map", "count", "anchor", "key", "line", "merges")
 
     def __init__(self, container, is_map, anchor, line):
         self.container = container
@@ -770,11 +770,15 @@ class _Frame:
         self.anchor = anchor
         self.key = _NO_KEY
         self.line = line
+        self.merges: list = []  # values of '<<' keys, merged when the mapping ends
 
 
 _NO_KEY = object()
 _MERGE = object()  # the YAML merge key ``<<``
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_YAML12_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
 _SEQ_TAGS = (None, "!", "tag:yaml.org,2002:seq")
 _MAP_TAGS = (None, "!", "tag:yaml.org,2002:map")
 
@@ -833,7 +837,7 @@ def _compose(loader, source: str, yaml) -> Any:
             frame.key = value
         else:
             if frame.key is _MERGE:
-                _merge(frame.container, value, source, line_of(event))
+                frame.merges.append((value, line_of(event)))
             else:
                 frame.container[frame.key] = value
             frame.key = _NO_KEY
@@ -845,6 +849,9 @@ def _compose(loader, source: str, yaml) -> Any:
             tag = event.tag
             if tag is None or tag == "!":
                 tag = resolve(scalar_node, event.value, event.implicit)
+            if tag == _STR_TAG and event.implicit[0] and _YAML12_FLOAT.fullmatch(event.value):
+                # YAML 1.1 reads 1e-3 (no dot) as a string; read it as the number everyone means (YAML 1.2).
+                tag = _FLOAT_TAG
             constructor = constructors.get(tag)
             if tag == _MERGE_TAG:
                 value = _MERGE
@@ -870,6 +877,8 @@ def _compose(loader, source: str, yaml) -> Any:
             stack.append(_Frame({} if is_map else [], is_map, event.anchor, line_of(event)))
         elif kind is yaml.SequenceEndEvent or kind is yaml.MappingEndEvent:
             frame = stack.pop()
+            for merged, line in frame.merges:
+                _merge(frame.container, merged, source, line)
             if frame.anchor is not None:
                 anchors[frame.anchor] = (frame.container, frame.count)
                 open_anchors.discard(frame.anchor)
@@ -893,7 +902,7 @@ def _compose(loader, source: str, yaml) -> Any:
 
 
 def _merge(target: dict, value: Any, source: str, line: int) -> None:
-    # YAML merge keys (``<<: *defaults``): keys already present win, as in PyYAML.
+    # YAML merge keys (``<<: *defaults``): the mapping's own keys win, as in PyYAML.
     parts = value if isinstance(value, list) else [value]
     for part in parts:
         if not isinstance(part, dict):
@@ -1125,7 +1134,8 @@ def _raise_ragged(value: list, shape: list[int], source: str, key: str) -> None:
             )
         if len(item) != shape[depth]:
             raise KernelError(
-                f"{source}: '{where}' has {len(item)} entries, '{reference}' has {shape[depth]} (ragged rows)"
+                f"{source}: '{where}' has {_count(len(item), 'entry', 'entries')}, '{reference}' has "
+                f"{shape[depth]} (ragged rows)"
             )
         if depth + 1 < len(shape):
             for i, child in enumerate(item):
@@ -1133,6 +1143,10 @@ def _raise_ragged(value: list, shape: list[int], source: str, key: str) -> None:
 
     walk(value, ())
     raise AssertionError("ragged weights not found")  # pragma: no cover - unreachable
+
+
+def _count(number: int, singular: str, plural: str) -> str:
+    return f"{number} {singular if number == 1 else plural}"
 
 
 def _check_finite(array: np.ndarray, where: str, what: str) -> None:
