@@ -451,7 +451,7 @@ def resolve_source(value: str | os.PathLike, *, base_dir: str | os.PathLike | No
     """Load what one ``-k`` value names: a file, an inline matrix or a built-in kernel.
 
     The value is tried, in this order, as an existing path (relative ones under ``base_dir``
-    first, if given), an inline matrix (``'WxH: …'``, ``'N: …'`` or a JSON list ``'[…]'``), and
+    first, if given; a directory only if no built-in has its name), an inline matrix (``'WxH: …'``, ``'N: …'`` or a JSON list ``'[…]'``), and
     the name of a built-in kernel (case-insensitive, ``_`` taken as ``-``).
 
     Returns
@@ -470,12 +470,13 @@ def resolve_source(value: str | os.PathLike, *, base_dir: str | os.PathLike | No
         text = os.fsdecode(text)
     if not text.strip():
         raise KernelError("kernel '': an empty kernel name or path")
+    key = text.strip().lower().replace("_", "-")
     path = _existing_path(text, base_dir)
-    if path is not None:
+    # A directory that happens to share a built-in's name (``./edge/``) is not a kernel file.
+    if path is not None and not (path.is_dir() and key in builtin_names()):
         return load_file(path)
     if _INLINE_HEAD.match(text) or text.lstrip().startswith("["):
         return parse_inline(text)
-    key = text.strip().lower().replace("_", "-")
     if key in builtin_names():
         return load_builtin(key)
     names = ", ".join(builtin_names())

@@ -742,6 +742,11 @@ def test_resolve_order_path_then_inline_then_builtin(tmp_path, monkeypatch):
     (tmp_path / "edge.yaml").write_text("weights: [[7]]\n")
     assert load_kernels("edge.yaml")[0].weights.tolist() == [[7]]
     assert load_kernels("edge")[0].source == "built-in edge"
+    (tmp_path / "sharpen").mkdir()
+    assert load_kernels("sharpen")[0].source == "built-in sharpen"
+    (tmp_path / "emboss").write_text("weights: [[1]]\n")
+    with pytest.raises(KernelError, match=r"^emboss: unsupported kernel file type '\(no extension\)'"):
+        load_kernels("emboss")
 
 
 def test_builtin_lookup_is_case_and_underscore_insensitive():
