@@ -98,6 +98,8 @@ __all__ = [
     "resolve_source",
     "load_file",
     "parse_inline",
+    "looks_inline",
+    "parse_document",
     "builtin_names",
     "builtin_kernels",
     "builtin_catalog",
@@ -475,7 +477,7 @@ def resolve_source(value: str | os.PathLike, *, base_dir: str | os.PathLike | No
     # A directory that happens to share a built-in's name (``./edge/``) is not a kernel file.
     if path is not None and not (path.is_dir() and key in builtin_names()):
         return load_file(path)
-    if _INLINE_HEAD.match(text) or text.lstrip().startswith("["):
+    if looks_inline(text):
         return parse_inline(text)
     if key in builtin_names():
         return load_builtin(key)
@@ -590,6 +592,21 @@ def parse_inline(text: str) -> FilterBank:
         raise KernelError(f"{source}: expected {width * height} values for {width}x{height}, got {len(values)}")
     kernel = Kernel("inline", np.array(values, dtype=np.float64).reshape(height, width), source=source)
     return FilterBank((kernel,))
+
+
+def looks_inline(value: str) -> bool:
+    """Whether a string has the form of an inline kernel (``'WxH: …'``, ``'N: …'`` or ``'[…]'``)."""
+    return bool(_INLINE_HEAD.match(value)) or value.lstrip().startswith("[")
+
+
+def parse_document(text: str, source: str, *, json_format: bool = False) -> Any:
+    """Parse YAML (or JSON) text with the kernel files' bounds, into lists, dicts and scalars.
+
+    The same safe, bounded parser kernel files use (nesting ≤ :data:`MAX_NESTING`, alias
+    expansion ≤ :data:`MAX_ALIAS_NODES`, duplicate keys refused); for other YAML files of
+    convcli such as pipelines. Errors are :class:`KernelError` starting with ``source``.
+    """
+    return _parse_json(text, source) if json_format else _parse_yaml(text, source)
 
 
 _INLINE_HEAD = re.compile(r"\s*\d+\s*(?:[xX]\s*\d+)?\s*(?:[+-]\d+\s*[+-]\d+)?\s*:")

@@ -722,6 +722,15 @@ def test_inline_errors(text, message):
         load_kernels(text)
 
 
+def test_looks_inline_and_parse_document():
+    assert K.looks_inline("3x3: 1") and K.looks_inline("5: 1") and K.looks_inline(" [1]")
+    assert not K.looks_inline("edge") and not K.looks_inline("k.yaml")
+    assert K.parse_document("a: [1, 2e1]", "p.yaml") == {"a": [1, 20.0]}
+    assert K.parse_document('{"a": 1}', "p.json", json_format=True) == {"a": 1}
+    with pytest.raises(KernelError, match=r"p.yaml: line 1: duplicate key 'a'"):
+        K.parse_document("{a: 1, a: 2}", "p.yaml")
+
+
 def test_inline_parser_direct_errors(monkeypatch):
     with pytest.raises(KernelError, match=r"inline kernel 'edge': expected 'WxH: values', e.g. '3x3: 0,1,0 0,1,0 0,1,0'"):
         K.parse_inline("edge")
