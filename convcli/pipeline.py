@@ -31,6 +31,10 @@ Every ``conv`` entry takes the keys and value syntax of ``apply``'s layer option
 A ``pool`` entry takes ``mode`` (max|avg, default max), ``size`` (default 2),
 ``stride`` (default: the size) and ``padding`` (valid|same, default valid).
 
+On a 1-D signal (an input of height 1), sizes written as one number — ``kernel_size``,
+``stride``, ``dilation``, explicit ``padding``, the pool's ``size`` and ``stride`` — act
+along its length only, as in Keras' Conv1D/MaxPooling1D: ``size: 2`` pools 1×2.
+
 Errors name the file, the layer and the key: ``net.yaml: layers[2].stride: must be at
 least 1, got 0``; shape errors found later name the layer the same way.
 """
@@ -39,7 +43,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +85,15 @@ class Pipeline(Stack):
     """
 
     source: str = ""
+    #: The steps for a 1-D signal (input height 1): sizes written as one number N mean 1×N,
+    #: as Keras' Conv1D/MaxPooling1D and PyTorch's Conv1d read them.
+    one_d: tuple[Step, ...] | None = field(default=None, compare=False, repr=False)
+
+    def for_input(self, input_shape) -> "Pipeline":
+        """The pipeline as it applies to an input of this shape (1-D signals: see ``one_d``)."""
+        if input_shape[0] == 1 and self.one_d is not None and self.one_d != self.steps:
+            return Pipeline(steps=self.one_d, source=self.source)
+        return self
 
     def _prefix(self, index: int, step: Step) -> str:
         where = f"{self.source}: " if self.source else ""
@@ -90,7 +103,7 @@ class Pipeline(Stack):
         """Per-layer geometry, as :meth:`Stack.geometry`; errors name ``layers[i] (name)``."""
         out: list[LayerGeometry] = []
         shape, rf, jump = tuple(input_shape), (1, 1), (1, 1)
-        for index, step in enumerate(self.steps):
+        for index, step in enumerate(self.for_input(shape).steps):
             try:
                 g = step.geometry(shape, locally_connected=locally_connected, rf_in=rf, jump_in=jump)  # type: ignore[arg-type]
             except ConvcliError as err:
@@ -98,6 +111,13 @@ class Pipeline(Stack):
             out.append(g)
             shape, rf, jump = g.output_shape, g.receptive_field, g.jump
         return out
+
+    def run(self, x, *, algorithm: str = "auto", keep_all: bool = False):
+        """Run every step on ``x`` (H×W×C float32), as :meth:`Stack.run`."""
+        adapted = self.for_input(x.shape)
+        if adapted is not self:
+            return adapted.run(x, algorithm=algorithm, keep_all=keep_all)
+        return super().run(x, algorithm=algorithm, keep_all=keep_all)
 
     def check_runnable(self) -> None:
         """Raise GeometryError naming the file and the first conv layer without weights."""
@@ -192,7 +212,8 @@ def parse_pipeline(data: Any, *, base_dir: Path | str = ".", source: str = "pipe
             steps.append(_conv_step(options, name, label, base))
         else:
             steps.append(_pool_step(options, name, label))
-    return Pipeline(steps=tuple(steps), source=source)
+    one_d = tuple(_one_d_step(step, options) for step, (_, options) in zip(steps, entries))
+    return Pipeline(steps=tuple(steps), source=source, one_d=one_d)
 
 
 def _kind(value: Any) -> str:
@@ -389,6 +410,37 @@ def _load_bank(value: Any, label: str, base_dir: Path):
         return load_kernels(*[_kernel_source(item, label, base_dir) for item in items])
     except KernelError as err:
         raise KernelError(f"{label}.kernels: {err}") from None
+
+
+def _scalar(value: Any) -> bool:
+    """A size written as one number (``3``, ``"3"``, ``[3]``), which means 1×N on a 1-D signal."""
+    if isinstance(value, list):
+        return len(value) == 1
+    if isinstance(value, str):
+        return not any(sep in value.lower() for sep in (",", "x"))
+    return isinstance(value, int)
+
+
+def _one_d_step(step: Step, options: dict) -> Step:
+    """The step as it applies to a 1-D signal (1×L): one-number sizes act along the length only."""
+    if isinstance(step, PoolStep):
+        spec = step.spec
+        size = (1, spec.size[1]) if _scalar(options.get("size", 2)) else spec.size
+        stride = spec.stride
+        if stride is not None and _scalar(options.get("stride")):
+            stride = (1, stride[1])
+        return replace(step, spec=replace(spec, size=size, stride=stride))
+    spec = step.spec
+    stride = (1, spec.stride[1]) if _scalar(options.get("stride", 1)) else spec.stride
+    dilation = (1, spec.dilation[1]) if _scalar(options.get("dilation", 1)) else spec.dilation
+    padding = spec.padding
+    if padding.mode is PaddingMode.EXPLICIT and _scalar(options.get("padding")):
+        padding = Padding(PaddingMode.EXPLICIT, (0, 0, padding.amounts[2], padding.amounts[3]))
+    kernel_size = step.kernel_size
+    if kernel_size is not None and _scalar(options.get("kernel_size")):
+        kernel_size = (1, kernel_size[1])
+    return replace(step, spec=replace(spec, stride=stride, dilation=dilation, padding=padding),
+                   kernel_size=kernel_size)
 
 
 def _pool_step(options: dict, name: str, label: str) -> PoolStep:

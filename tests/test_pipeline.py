@@ -640,3 +640,39 @@ def test_edge_pool_example_on_the_sample_image():
     assert output.shape == (x.shape[0] // 2, x.shape[1] // 2, 2)
     # The picture is not blank: both maps have edges.
     assert (output.reshape(-1, 2).max(axis=0) > 100).all()
+
+
+# --------------------------------------------------------------------------- 1-D signals
+
+
+def test_one_number_sizes_act_along_a_1d_signal_like_conv1d():
+    # Keras: Conv1D(4, 5, strides=2) then MaxPooling1D(2) on length 100.
+    stack = _parse([{"conv": {"filters": 4, "kernel_size": 5, "stride": 2}}, {"pool": {"size": 2}},
+                    {"conv": {"filters": 2, "kernel_size": "3", "dilation": [2], "padding": "same"}}])
+    length = 100
+    conv_len = (length - 5) // 2 + 1
+    pooled = conv_len // 2
+    geometry = stack.geometry((1, length, 1))
+    assert [g.output_shape for g in geometry] == [(1, conv_len, 4), (1, pooled, 4), (1, pooled, 2)]
+    assert [g.params for g in geometry] == [(5 * 1 + 1) * 4, 0, (3 * 4 + 1) * 2]
+    rf1, j1 = 1 + 4, 2
+    rf2, j2 = rf1 + 1 * j1, j1 * 2
+    rf3 = rf2 + 2 * 2 * j2
+    assert [(g.receptive_field, g.jump) for g in geometry] == [
+        ((1, rf1), (1, j1)), ((1, rf2), (1, j2)), ((1, rf3), (1, j2))]
+    # On an image the same numbers are square, as in Conv2D.
+    assert stack.geometry((30, 30, 1))[0].output_shape == (13, 13, 4)
+    # Two numbers stay as written, so a 2×2 pool on a signal is an error naming the layer.
+    with pytest.raises(GeometryError, match=r"layers\[1\] \(max_pooling2d\): pool 2×2 is larger than its input 1×48"):
+        _parse([{"conv": {"filters": 4, "kernel_size": 5, "stride": 2}}, {"pool": {"size": "2,2"}}]).geometry((1, 100, 1))
+
+
+def test_1d_seed_through_a_pipeline_with_padding_and_pool():
+    signal = np.array([0, 0, 0, 1, 1, 0, 0, 0], np.float32)
+    stack = _parse([{"conv": {"kernels": "bump", "padding": 1}}, {"pool": {"mode": "max", "size": 2}}])
+    output, _, (conv, _) = stack.run(signal.reshape(1, 8, 1), keep_all=True)
+    # PyTorch Conv1d(padding=1): the length grows by 2, there is still one row.
+    expected_conv = np.correlate(np.pad(signal, 1), [0, 1, 0], mode="valid")
+    np.testing.assert_array_equal(conv.reshape(-1), expected_conv)
+    np.testing.assert_array_equal(output.reshape(-1), expected_conv.reshape(-1, 2).max(axis=1))
+    assert output.shape == (1, 4, 1)
