@@ -36,7 +36,7 @@ On a 1-D signal (an input of height 1), sizes written as one number — ``kernel
 along its length only, as in Keras' Conv1D/MaxPooling1D: ``size: 2`` pools 1×2.
 
 Errors name the file, the layer and the key: ``net.yaml: layers[2].stride: must be at
-least 1, got 0``; shape errors found later name the layer the same way.
+least 1, got (0, 0)``; shape errors found later name the layer: ``layers[3] (conv2d_1): …``.
 """
 
 from __future__ import annotations
