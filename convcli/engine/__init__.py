@@ -22,7 +22,7 @@ import numpy as np
 from .. import geometry
 from ..errors import KernelError, OptionError
 from ..layer import ConvSpec, PoolSpec
-from . import direct
+from . import choose, direct, fft, opencv, separable
 from ._common import as_image
 from ._threads import get_threads, set_threads
 from .activations import activate
@@ -30,7 +30,7 @@ from .pooling import pool2d
 
 __all__ = [
     "ALGORITHMS", "LayerResult", "conv2d", "depthwise_conv2d", "apply_layer", "run_layer",
-    "pool2d", "activate", "set_threads", "get_threads",
+    "pool2d", "activate", "set_threads", "get_threads", "use_opencv",
 ]
 
 #: Names accepted by ``algorithm=`` (and ``--algorithm``).
@@ -38,10 +38,15 @@ ALGORITHMS = ("auto", "direct", "separable", "fft")
 
 @dataclass(frozen=True)
 class LayerResult:
-    """What :func:`run_layer` computed: the float32 H'×W'×F' output and the path that ran."""
+    """What :func:`run_layer` computed: the float32 H'×W'×F' output and the path that ran.
+
+    ``algorithm`` is direct, separable or fft; ``backend`` is numpy, or opencv when
+    ``cv2`` computed it (only in ``auto`` mode, when installed).
+    """
 
     output: np.ndarray
     algorithm: str
+    backend: str = "numpy"
 
 
 def _parse_algorithm(algorithm) -> str:
@@ -110,13 +115,59 @@ def _bias_vector(bias, n: int, name: str) -> np.ndarray:
     return b
 
 
+_use_opencv = True
+
+
+def use_opencv(enabled: bool) -> None:
+    """Allow (default) or forbid the optional OpenCV backend in ``auto`` mode."""
+    global _use_opencv
+    _use_opencv = bool(enabled)
+
+
+def _opencv_terms(w: np.ndarray) -> dict:
+    """Rank-1 factors of each (kh, kw) slice of ``w`` keyed (channel, filter); slices of higher rank are absent."""
+    out = {}
+    if min(w.shape[:2]) < 3:
+        return out
+    for c in range(w.shape[2]):
+        for m in range(w.shape[3]):
+            pair = separable.decompose(w[:, :, c, m], 1)
+            if pair:
+                out[(c, m)] = pair[0]
+    return out
+
+
 def _correlate(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm: str):
-    """Run the chosen path; returns (output, name of the path that ran)."""
-    if algorithm in ("auto", "direct"):
-        out = direct.correlate(x, w, pads=pads, stride=spec.stride, dilation=spec.dilation,
-                               border=spec.border, out_hw=out_hw, depthwise=depthwise)
-        return out, "direct"
-    raise OptionError(f"algorithm: {algorithm!r} is not available in this version of the engine")
+    """Run the chosen path; returns (output, path name, backend)."""
+    kwargs = dict(pads=pads, stride=spec.stride, dilation=spec.dilation, border=spec.border,
+                  out_hw=out_hw, depthwise=depthwise)
+    layer_rank = None
+
+    def rank() -> int:
+        nonlocal layer_rank
+        if layer_rank is None:
+            layer_rank = choose.rank_of(w)
+        return layer_rank
+
+    if algorithm == "auto":
+        cv_ok = _use_opencv and opencv.why_not(x.shape, w.shape, pads=pads, stride=spec.stride,
+                                               dilation=spec.dilation, border=spec.border,
+                                               depthwise=depthwise) is None
+        layer = choose.Layer(x.shape, w.shape, tuple(out_hw), spec.stride, spec.dilation, depthwise, rank())
+        algorithm = choose.choose(layer, opencv_ok=cv_ok)
+        if algorithm == "opencv":
+            terms = _opencv_terms(w)
+            name = "separable" if terms and len(terms) == w.shape[2] * w.shape[3] else "direct"
+            return opencv.correlate(x, w, terms=terms, **kwargs), name, "opencv"
+    if algorithm == "separable":
+        terms = separable.terms_of(w, depthwise, x.shape[2], choose.MAX_RANK)
+        if terms is None:
+            raise OptionError(f"algorithm: 'separable' cannot run this layer: a kernel has rank {rank()}"
+                              f" (at most {choose.MAX_RANK} is separable)")
+        return separable.correlate(x, w, terms=terms, **kwargs), "separable", "numpy"
+    if algorithm == "fft":
+        return fft.correlate(x, w, **kwargs), "fft", "numpy"
+    return direct.correlate(x, w, **kwargs), "direct", "numpy"
 
 
 def _finish(out: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, pool: PoolSpec | None) -> np.ndarray:
@@ -187,9 +238,9 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
     weights = np.asarray(weights, dtype=np.float32)
     if conv.flip:
         weights = weights[::-1, ::-1]  # spatial axes only; the channel axis is not flipped
-    out, used = _correlate(x, weights, pads=geom.pads, spec=conv, depthwise=conv.depthwise,
-                           out_hw=geom.output_shape[:2], algorithm=algo)
-    return LayerResult(_finish(out, bias, conv, pool), used)
+    out, used, backend = _correlate(x, weights, pads=geom.pads, spec=conv, depthwise=conv.depthwise,
+                                    out_hw=geom.output_shape[:2], algorithm=algo)
+    return LayerResult(_finish(out, bias, conv, pool), used, backend)
 
 
 def _pool_spec(pool, pool_size, pool_stride, pool_padding) -> PoolSpec | None:

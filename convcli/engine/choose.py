@@ -1,0 +1,125 @@
+"""Which path runs a layer: a cost model from the layer's sizes, and the checks for forced paths.
+
+The model estimates each path's time in seconds from counts of the work it does, with
+rates measured on a 2-core x86 machine (``benchmarks/run.py`` prints the real times):
+
+* direct: the patch copies (``pixels · kh·kw·C`` floats) plus the GEMM multiply-adds;
+* separable: per rank-1 term, a vertical band GEMM over ``tile + extent`` rows and a
+  horizontal one over ``block + extent`` columns (BLAS wastes some work on the band's zeros
+  and is still faster than a short loop);
+* fft: forward transforms of the input tiles, products with the kernel spectra, inverse
+  transforms of every output map, with overlap-save's extra rows;
+* opencv: per-channel filter2D/sepFilter2D calls, when cv2 is importable and can serve it.
+
+Only the ordering matters; a path that cannot run the layer costs infinity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import opencv, separable
+
+GEMM_MACS_PER_S = 40e9  # skinny sgemm on tiles, both cores
+COPY_FLOATS_PER_S = 3e9  # strided block copies into the patch matrix
+FFT_POINTS_PER_S = 1.5e9  # (points · log2 points) per second, scipy.fft float32
+SPECTRUM_MACS_PER_S = 1.5e9  # complex multiply-adds of the spectra
+CV_TAPS_PER_S = 8e9  # cv2.filter2D taps·pixels per second (SIMD, 2 threads)
+CV_FFT_KERNEL = 11  # cv2.filter2D switches to its DFT path from about this size
+MAX_RANK = 2  # separable path: at most this many rank-1 terms per 2-D kernel
+
+
+@dataclass(frozen=True)
+class Layer:
+    """The sizes the model needs (x after the channel-sum rewrite, if any)."""
+
+    in_hwc: tuple[int, int, int]
+    w_shape: tuple[int, int, int, int]
+    out_hw: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    depthwise: bool
+    rank: int  # largest rank of the 2-D kernel slices
+
+    @property
+    def n_maps(self) -> int:
+        c, f = self.in_hwc[2], self.w_shape[3]
+        return c * f if self.depthwise else f
+
+
+def cost_direct(layer: Layer) -> float:
+    kh, kw, _, f = layer.w_shape
+    c = layer.in_hwc[2]
+    pixels = layer.out_hw[0] * layer.out_hw[1]
+    copies = pixels * kh * kw * c
+    macs = pixels * kh * kw * c * f
+    if layer.depthwise and f < 4:
+        macs *= 4 / f  # a matrix-vector product per channel runs far below GEMM speed
+    return copies / COPY_FLOATS_PER_S + macs / GEMM_MACS_PER_S
+
+
+def cost_separable(layer: Layer) -> float:
+    kh, kw, _, f = layer.w_shape
+    if layer.rank > MAX_RANK or min(kh, kw) == 1:
+        return math.inf  # a 1×k or k×1 kernel gains nothing from splitting
+    c = layer.in_hwc[2]
+    oh, ow = layer.out_hw
+    (sh, sw), (dh, dw) = layer.stride, layer.dilation
+    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    terms = c * f * max(1, layer.rank)
+    tile = min(oh, 4 * eh)
+    vertical = oh * ((ow - 1) * sw + ew) * (tile * sh + eh)
+    horizontal = oh * ow * ((separable.BLOCK_COLS - 1) * sw + ew)
+    return terms * (vertical + horizontal) / GEMM_MACS_PER_S + oh * ow * layer.n_maps / COPY_FLOATS_PER_S
+
+
+def cost_fft(layer: Layer) -> float:
+    kh, kw, _, f = layer.w_shape
+    c = layer.in_hwc[2]
+    oh, ow = layer.out_hw
+    (sh, sw), (dh, dw) = layer.stride, layer.dilation
+    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    tile = min(oh, max(64, 4 * eh) // sh)
+    band = (tile - 1) * sh + eh
+    points = band * ((ow - 1) * sw + ew)
+    tiles = math.ceil(oh / tile)
+    transforms = (c + layer.n_maps) * tiles * points * math.log2(max(2, points)) / FFT_POINTS_PER_S
+    products = (layer.n_maps if layer.depthwise else c * f) * tiles * points / 2 / SPECTRUM_MACS_PER_S
+    return transforms + products
+
+
+def cost_opencv(layer: Layer) -> float:
+    kh, kw, _, f = layer.w_shape
+    c = layer.in_hwc[2]
+    h, w = layer.in_hwc[:2]
+    calls = c * f
+    taps = (kh + kw) if layer.rank == 1 else kh * kw
+    if layer.rank != 1 and max(kh, kw) >= CV_FFT_KERNEL:
+        taps = 40  # its DFT path: roughly constant per pixel
+    return calls * h * w * taps / CV_TAPS_PER_S
+
+
+COSTS = {"direct": cost_direct, "separable": cost_separable, "fft": cost_fft, "opencv": cost_opencv}
+
+
+def rank_of(w: np.ndarray) -> int:
+    """Largest rank of the kernels' 2-D slices (SVD; float32 tolerance)."""
+    if min(w.shape[0], w.shape[1]) == 1:
+        return 1
+    if w.shape[2] * w.shape[3] > 256:
+        return MAX_RANK + 1  # a big bank: the separable path would not pay off anyway
+    return separable.max_rank_of(w)
+
+
+def choose(layer: Layer, *, opencv_ok: bool) -> str:
+    """The cheapest path for ``layer`` (``opencv_ok``: cv2 is importable and can serve it)."""
+    costs = {name: fn(layer) for name, fn in COSTS.items() if name != "opencv" or opencv_ok}
+    return min(costs, key=costs.get)
+
+
+def estimates(layer: Layer, *, opencv_ok: bool = False) -> dict[str, float]:
+    """Estimated seconds of every path (for ``--explain``-style reports and tests)."""
+    return {name: fn(layer) for name, fn in COSTS.items() if name != "opencv" or opencv_ok}
