@@ -145,14 +145,6 @@ _LAYER_KEYS = ("stride", "padding", "border", "dilation", "depthwise", "flip", "
                "pool", "pool_size", "pool_stride", "pool_padding")
 
 
-def _kernel_size(value: str, *, one_d: bool) -> tuple[int, int]:
-    """``K`` or ``KH,KW``; a single ``K`` on a 1-D signal is a 1×K kernel (Keras Conv1D)."""
-    size = parse_pair(value, "--kernel-size")
-    if one_d and "," not in str(value) and "x" not in str(value).lower():
-        return (1, size[1])
-    return size
-
-
 def _build_stack(params: dict, *, shape_only: bool = False):
     """The layer stack from ``--pipeline`` or from ``-k`` + layer options."""
     from .stack import Stack
@@ -177,7 +169,7 @@ def _build_stack(params: dict, *, shape_only: bool = False):
         bank = load_kernels(*params["kernels"])
         return Stack.single(bank, conv, pool)
     if shape_only and (params.get("filters") or params.get("kernel_size")):
-        kernel_size = _kernel_size(params.get("kernel_size") or "3", one_d=params.get("one_d", False))
+        kernel_size = parse_pair(params.get("kernel_size") or "3", "--kernel-size")
         return Stack.single(None, conv, pool, filters=params.get("filters") or 1, kernel_size=kernel_size,
                             use_bias=not params.get("no_bias"))
     if shape_only:
@@ -323,7 +315,6 @@ def shape(image, input_shape, **params):
         h, w, c = read_shape(image)
         mode = params["mode"]
         shape3 = (h, w, {"gray": 1, "rgb": 3, "rgba": 4}.get(mode, c))
-    params["one_d"] = shape3[0] == 1
     stack = _build_stack(params, shape_only=True)
     layers = stack.geometry(shape3, locally_connected=params["locally_connected"])
     if params["as_json"]:
@@ -347,10 +338,10 @@ def kernels(name, as_json):
       convcli kernels sobel-x
     """
     from . import report
-    from .kernels import builtin_kernels, load_kernels
+    from .kernels import builtin_catalog, load_kernels
 
     if name is None:
-        report.print_kernel_list(builtin_kernels(), as_json=as_json)
+        report.print_kernel_list(builtin_catalog(), as_json=as_json)
     else:
         report.print_kernel(load_kernels(name), as_json=as_json)
     return ExitStatus.OK

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .geometry import LayerGeometry, Shape3
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .kernels import FilterBank, Kernel
+    from .kernels import BuiltinEntry, FilterBank, Kernel
 
 
 class _Plain:
@@ -110,21 +110,26 @@ def kernel_dict(kernel: "Kernel") -> dict:
     }
 
 
-def print_kernel_list(kernels: list["Kernel"], *, as_json: bool = False) -> None:
-    """``convcli kernels``: name, size and description of each built-in."""
+def print_kernel_list(entries: list["BuiltinEntry"], *, as_json: bool = False) -> None:
+    """``convcli kernels``: name, size, filter count and description of each built-in."""
+    rows = []
+    for entry in entries:
+        depth = entry.bank.depth
+        size = f"{entry.size[0]}×{entry.size[1]}" + (f"×{depth}" if depth is not None else "")
+        rows.append((entry, size))
     if as_json:
-        sys.stdout.write(json.dumps([{k: v for k, v in kernel_dict(kernel).items() if k != "weights"}
-                                     for kernel in kernels]) + "\n")
+        sys.stdout.write(json.dumps([{"name": e.name, "size": list(e.size), "depth": e.bank.depth,
+                                      "filters": e.filters, "description": e.description} for e, _ in rows]) + "\n")
         return
     from rich.table import Table
 
     table = Table(show_edge=False, box=None, pad_edge=False)
     table.add_column("name")
     table.add_column("size")
+    table.add_column("filters", justify="right")
     table.add_column("description")
-    for kernel in kernels:
-        size = "×".join(str(v) for v in kernel.weights.shape)
-        table.add_row(kernel.name, size, kernel.description)
+    for entry, size in rows:
+        table.add_row(entry.name, size, str(entry.filters), entry.description)
     _console().print(table)
 
 

@@ -7,12 +7,12 @@ pooling is asked for, one pool step; a ``--pipeline`` file is a longer stack. So
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Union
 
 from .errors import GeometryError
 from .geometry import LayerGeometry, Shape3, conv_layer, pool_layer
-from .layer import ConvSpec, Pair, PoolSpec
+from .layer import ConvSpec, Pair, Padding, PaddingMode, PoolSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -69,6 +69,29 @@ class PoolStep:
 Step = Union[ConvStep, PoolStep]
 
 
+def _along_signal(pair: Pair | None) -> Pair | None:
+    return (1, pair[1]) if pair is not None and pair[0] == pair[1] else pair
+
+
+def signal_step(step: Step) -> Step:
+    """The step as it applies to a 1-D signal (height 1), as Keras Conv1D/MaxPooling1D.
+
+    A square size, stride or dilation N×N means 1×N, and uniform explicit padding P pads
+    the two ends of the signal only: on a 1-row input the height parts could only add rows
+    of padding or fail.
+    """
+    if isinstance(step, PoolStep):
+        spec = replace(step.spec, size=_along_signal(step.spec.size), stride=_along_signal(step.spec.stride))
+        return replace(step, spec=spec)
+    conv = step.spec
+    padding = conv.padding
+    if padding.mode is PaddingMode.EXPLICIT and len(set(padding.amounts)) == 1:
+        amount = padding.amounts[0]
+        padding = Padding(PaddingMode.EXPLICIT, (0, 0, amount, amount))
+    spec = replace(conv, stride=_along_signal(conv.stride), dilation=_along_signal(conv.dilation), padding=padding)
+    return replace(step, spec=spec, kernel_size=_along_signal(step.kernel_size))
+
+
 @dataclass(frozen=True)
 class Stack:
     """Layers applied in order; see :meth:`geometry` and :meth:`run`."""
@@ -88,11 +111,18 @@ class Stack:
                                   else "average_pooling2d"))
         return cls(tuple(steps))
 
+    def for_input(self, input_shape) -> "Stack":
+        """The stack as it applies to an input of this shape (1-D signals: :func:`signal_step`)."""
+        if input_shape[0] != 1:
+            return self
+        adapted = tuple(signal_step(step) for step in self.steps)
+        return self if adapted == self.steps else replace(self, steps=adapted)
+
     def geometry(self, input_shape: Shape3, *, locally_connected: bool = False) -> list[LayerGeometry]:
         """Per-step geometry; raises GeometryError naming the step that cannot work."""
         out: list[LayerGeometry] = []
         shape, rf, jump = tuple(input_shape), (1, 1), (1, 1)
-        for step in self.steps:
+        for step in self.for_input(shape).steps:
             g = step.geometry(shape, locally_connected=locally_connected, rf_in=rf, jump_in=jump)  # type: ignore[arg-type]
             out.append(g)
             shape, rf, jump = g.output_shape, g.receptive_field, g.jump
@@ -125,6 +155,9 @@ class Stack:
         """
         from . import engine
 
+        adapted = self.for_input(x.shape)
+        if adapted is not self:
+            return adapted.run(x, algorithm=algorithm, keep_all=keep_all)
         self.check_runnable()
         self.geometry(tuple(x.shape))  # fail early, with the step's name, before any work
         algorithms: list[str] = []

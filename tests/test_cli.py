@@ -54,6 +54,17 @@ def test_seed_1d_with_keras_conv1d_weights_file(seeds, tmp_path):
     assert result.stdout == "[0.0, 0.0, 1.0, 1.0, 0.0, 0.0]\n"
 
 
+def test_1d_signal_sizes_mean_1xN_as_keras_conv1d(seeds):
+    # padding 1 pads the two ends only (PyTorch Conv1d(padding=1)); pool 2 is MaxPooling1D(2).
+    result = run("apply", seeds[0], "-k", "bump", "--padding", "1", "--pool", "max", "--print")
+    assert result.stdout == "[0.0, 1.0, 1.0, 0.0]\n"
+    result = run("apply", seeds[0], "-k", "bump", "--padding", "causal", "--dilation", "2", "--print")
+    assert result.stdout == "[0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0]\n"
+    data = json.loads(run("shape", "--input", "8", "--filters", "1", "--kernel-size", "3", "--pool", "max",
+                          "--json").stdout)
+    assert [layer["output_shape"] for layer in data["layers"]] == [[1, 6, 1], [1, 3, 1]]
+
+
 def test_seed_2d_vertical_line_prints_exactly(seeds):
     result = run("apply", seeds[1], "-k", "vertical-line", "--print")
     assert result.stdout == "[0.0, 0.0, 3.0, 3.0, 0.0, 0.0]\n" * 6
@@ -246,6 +257,7 @@ def test_shape_empty_output_is_a_usage_error():
 
 def test_kernels_listing_and_show():
     listing = run("kernels").stdout
+    assert "edges-bank" in listing  # banks are listed too
     for name in ("identity", "vertical-line", "horizontal-line", "edge", "box-blur", "gaussian-blur", "sobel-x",
                  "sobel-y", "prewitt-x", "prewitt-y", "sharpen", "emboss", "bump"):
         assert name in listing
