@@ -175,7 +175,7 @@ def _parse_text(text: str, source: str, *, json_format: bool) -> Any:
     from . import kernels
 
     try:
-        return kernels._parse_json(text, source) if json_format else kernels._parse_yaml(text, source)
+        return kernels.parse_document(text, source, json_format=json_format)
     except KernelError as err:
         raise OptionError(str(err)) from None
 
@@ -382,7 +382,7 @@ def _kernel_source(value: Any, label: str, base_dir: Path):
         raise OptionError(
             f"{label}.kernels: expected kernel file paths, built-in names or inline matrices, got {value!r}"
         )
-    if kernels._INLINE_HEAD.match(value) or value.lstrip().startswith("["):
+    if kernels.looks_inline(value):
         return kernels.parse_inline(value)
     candidate = base_dir / Path(value).expanduser()
     path_like = "/" in value or "\\" in value or value.lower().endswith(_KERNEL_SUFFIXES)
