@@ -22,7 +22,7 @@ import numpy as np
 from .. import geometry
 from ..errors import KernelError, OptionError
 from ..layer import ConvSpec, PoolSpec
-from . import choose, direct, fft, opencv, separable
+from . import _common, choose, direct, fft, opencv, separable
 from ._common import as_image
 from ._threads import get_threads, set_threads
 from .activations import activate
@@ -137,8 +137,8 @@ def _opencv_terms(w: np.ndarray) -> dict:
     return out
 
 
-def _correlate(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm: str):
-    """Run the chosen path; returns (output, path name, backend)."""
+def _select(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm: str):
+    """Pick the path; returns (run, path name, backend) with ``run(rows=None, epilogue=None) -> array``."""
     kwargs = dict(pads=pads, stride=spec.stride, dilation=spec.dilation, border=spec.border,
                   out_hw=out_hw, depthwise=depthwise)
     layer_rank = None
@@ -149,6 +149,9 @@ def _correlate(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm
             layer_rank = choose.rank_of(w)
         return layer_rank
 
+    def bind(fn, **extra):
+        return lambda rows=None, epilogue=None: fn(x, w, rows=rows, epilogue=epilogue, **kwargs, **extra)
+
     if algorithm == "auto":
         cv_ok = _use_opencv and opencv.why_not(x.shape, w.shape, pads=pads, stride=spec.stride,
                                                dilation=spec.dilation, border=spec.border,
@@ -158,24 +161,48 @@ def _correlate(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm
         if algorithm == "opencv":
             terms = _opencv_terms(w)
             name = "separable" if terms and len(terms) == w.shape[2] * w.shape[3] else "direct"
-            return opencv.correlate(x, w, terms=terms, **kwargs), name, "opencv"
+            return bind(opencv.correlate, terms=terms), name, "opencv"
     if algorithm == "separable":
         terms = separable.terms_of(w, depthwise, x.shape[2], choose.MAX_RANK)
         if terms is None:
             raise OptionError(f"algorithm: 'separable' cannot run this layer: a kernel has rank {rank()}"
                               f" (at most {choose.MAX_RANK} is separable)")
-        return separable.correlate(x, w, terms=terms, **kwargs), "separable", "numpy"
+        return bind(separable.correlate, terms=terms), "separable", "numpy"
     if algorithm == "fft":
-        return fft.correlate(x, w, **kwargs), "fft", "numpy"
-    return direct.correlate(x, w, **kwargs), "direct", "numpy"
+        return bind(fft.correlate), "fft", "numpy"
+    return bind(direct.correlate), "direct", "numpy"
 
 
-def _finish(out: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, pool: PoolSpec | None) -> np.ndarray:
-    if bias is not None and np.any(bias):
-        out += bias
-    activate(out, spec.activation, spec.negative_slope, out=out)
-    if pool is not None:
-        out = pool2d(out, pool)
+def _epilogue(bias: np.ndarray | None, spec: ConvSpec):
+    """Bias then activation, in place on a block of output rows (None when both are no-ops)."""
+    has_bias = bias is not None and bool(np.any(bias))
+    if not has_bias and spec.activation.value == "none":
+        return None
+
+    def finish(block: np.ndarray) -> None:
+        if has_bias:
+            block += bias
+        activate(block, spec.activation, spec.negative_slope, out=block)
+
+    return finish
+
+
+def _pooled(run, backend: str, conv_hw, n_maps: int, pool: PoolSpec, epilogue) -> np.ndarray:
+    """Convolve and pool in chunks of rows, so the full pre-pool map never exists at once."""
+    from .pooling import input_rows, pool_rows
+
+    oh, ow = conv_hw
+    poh, pow_ = geometry.pool_output_hw(conv_hw, pool)
+    if backend == "opencv":  # it filters the whole image per call: pool afterwards
+        return pool2d(run(epilogue=epilogue), pool)
+    out = np.empty((poh, pow_, n_maps), dtype=np.float32)
+    conv_row_bytes = 4 * ow * n_maps * pool.strides[0]
+    budget = max(_common.TILE_MIN_BYTES * 16, int(_common.TILE_FRACTION * out.nbytes))
+    chunk = max(1, min(poh, budget // max(1, conv_row_bytes)))
+    for p0 in range(0, poh, chunk):
+        p1 = min(poh, p0 + chunk)
+        a, b = input_rows(pool, conv_hw, (p0, p1))
+        out[p0:p1] = pool_rows(run(rows=(a, b), epilogue=epilogue), pool, in_h=oh, out_rows=(p0, p1))
     return out
 
 
@@ -238,9 +265,14 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
     weights = np.asarray(weights, dtype=np.float32)
     if conv.flip:
         weights = weights[::-1, ::-1]  # spatial axes only; the channel axis is not flipped
-    out, used, backend = _correlate(x, weights, pads=geom.pads, spec=conv, depthwise=conv.depthwise,
-                                    out_hw=geom.output_shape[:2], algorithm=algo)
-    return LayerResult(_finish(out, bias, conv, pool), used, backend)
+    run, used, backend = _select(x, weights, pads=geom.pads, spec=conv, depthwise=conv.depthwise,
+                                 out_hw=geom.output_shape[:2], algorithm=algo)
+    epilogue = _epilogue(bias, conv)
+    if pool is None:
+        out = run(epilogue=epilogue)
+    else:
+        out = _pooled(run, backend, geom.output_shape[:2], geom.output_shape[2], pool, epilogue)
+    return LayerResult(out, used, backend)
 
 
 def _pool_spec(pool, pool_size, pool_stride, pool_padding) -> PoolSpec | None:

@@ -12,6 +12,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import OptionError
+from . import _blas
 
 _threads = max(1, os.cpu_count() or 1)
 _pool: ThreadPoolExecutor | None = None
@@ -60,9 +61,15 @@ def split_rows(n_rows: int, min_rows: int = 1) -> list[tuple[int, int]]:
 def run_ranges(fn, ranges) -> None:
     """Call ``fn(r0, r1)`` for every range, in parallel when there are several; re-raise errors."""
     if len(ranges) <= 1 or threading.current_thread().name.startswith("convcli-engine"):
-        for r0, r1 in ranges:
-            fn(r0, r1)
+        with _blas.threads(_threads if len(ranges) <= 1 else 1):
+            for r0, r1 in ranges:
+                fn(r0, r1)
         return
-    futures = [_executor(len(ranges)).submit(fn, r0, r1) for r0, r1 in ranges]
+
+    def one(r0: int, r1: int) -> None:
+        with _blas.threads(1):  # the pool is the parallelism; BLAS threads would oversubscribe
+            fn(r0, r1)
+
+    futures = [_executor(len(ranges)).submit(one, r0, r1) for r0, r1 in ranges]
     for fut in futures:
         fut.result()

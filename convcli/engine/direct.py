@@ -25,18 +25,22 @@ _MIN_MACS_PER_THREAD = 2_000_000
 
 
 def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, out_hw,
-              depthwise: bool = False) -> np.ndarray:
+              depthwise: bool = False, rows=None, epilogue=None) -> np.ndarray:
     """Cross-correlate float32 ``x`` (H×W×C) with ``w``; returns float32 (oh, ow, maps).
 
     ``w`` is HWIO (kh, kw, C, F) giving F maps, or with ``depthwise`` (kh, kw, C or 1, M)
     giving C·M maps in channel-major order (c·M + m). ``pads`` are (top, bottom, left,
     right) from :mod:`convcli.geometry`; ``out_hw`` the output size it computed.
+    ``rows=(a, b)`` computes output rows [a, b) only (an (b−a, ow, maps) array);
+    ``epilogue(block)`` is called on each finished block of whole output rows while it is
+    still in cache (bias and activation, in place). Every path shares this contract.
     """
     h, w_in, c = x.shape
     kh, kw, cw, f = w.shape
     oh, ow = out_hw
+    row_a, row_b = rows if rows is not None else (0, oh)
     n_maps = c * f if depthwise else f
-    out = np.empty((oh, ow, n_maps), dtype=np.float32)
+    out = np.empty((row_b - row_a, ow, n_maps), dtype=np.float32)
     padder = Padder(x, pads, border)
     if depthwise:
         # (C or 1, M, kh·kw): per channel, the matrix applied to its (kh·kw × pixels) patches.
@@ -50,14 +54,18 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     def work(r_lo: int, r_hi: int) -> None:
         tile_h, tile_w = tile_plan(r_hi - r_lo, ow, per_pixel, out.nbytes)
         for r0, r1, c0, c1 in tiles(r_hi - r_lo, ow, tile_h, tile_w):
-            r0, r1 = r0 + r_lo, r1 + r_lo
-            _tile(padder, out, wmat, (r0, r1, c0, c1), (kh, kw), stride, dilation, depthwise)
+            dest = out[r0 + r_lo:r1 + r_lo]
+            r0, r1 = r0 + r_lo + row_a, r1 + r_lo + row_a
+            _tile(padder, dest, wmat, (r0, r1, c0, c1), (kh, kw), stride, dilation, depthwise)
+            if epilogue is not None and c1 == ow:
+                epilogue(dest)
 
-    _threads.run_ranges(work, _threads.split_rows(oh, min_rows))
+    _threads.run_ranges(work, _threads.split_rows(row_b - row_a, min_rows))
     return out
 
 
-def _tile(padder, out, wmat, box, ksize, stride, dilation, depthwise) -> None:
+def _tile(padder, dest, wmat, box, ksize, stride, dilation, depthwise) -> None:
+    """Compute output rows [r0, r1) × columns [c0, c1) of ``box`` into ``dest`` (those rows, all columns)."""
     r0, r1, c0, c1 = box
     kh, kw = ksize
     (sh, sw), (dh, dw) = stride, dilation
@@ -76,10 +84,10 @@ def _tile(padder, out, wmat, box, ksize, stride, dilation, depthwise) -> None:
         # (C, M, kh·kw) @ (C, kh·kw, pixels) -> (C, M, pixels); map c·M + m is row (c, m).
         per_channel = patches.reshape(kh * kw, c, th * tw).transpose(1, 0, 2)
         res = np.matmul(wmat, per_channel)
-        out[r0:r1, c0:c1] = res.reshape(c * wmat.shape[1], th, tw).transpose(1, 2, 0)
+        dest[:, c0:c1] = res.reshape(c * wmat.shape[1], th, tw).transpose(1, 2, 0)
         return
     p_t = patches.reshape(kh * kw * c, th * tw).T  # Fortran-ordered view: BLAS transposes it
-    if c0 == 0 and c1 == out.shape[1]:
-        np.matmul(p_t, wmat, out=out[r0:r1].reshape(th * tw, -1))
+    if c0 == 0 and c1 == dest.shape[1]:
+        np.matmul(p_t, wmat, out=dest.reshape(th * tw, -1))
     else:
-        out[r0:r1, c0:c1] = np.matmul(p_t, wmat).reshape(th, tw, -1)
+        dest[:, c0:c1] = np.matmul(p_t, wmat).reshape(th, tw, -1)

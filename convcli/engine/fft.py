@@ -37,7 +37,7 @@ def plan(out_hw, ksize, stride, dilation, channels: int, n_maps: int, out_bytes:
 
 
 def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, out_hw,
-              depthwise: bool = False) -> np.ndarray:
+              depthwise: bool = False, rows=None, epilogue=None) -> np.ndarray:
     """Cross-correlate ``x`` (H×W×C) with HWIO ``w`` by FFT; same contract as :func:`direct.correlate`."""
     from scipy import fft as sfft
 
@@ -47,8 +47,9 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     (sh, sw), (dh, dw) = stride, dilation
     eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
     n_maps = c * f if depthwise else f
-    out = np.empty((oh, ow, n_maps), dtype=np.float32)
-    tile_rows, n_h, n_w = plan(out_hw, (kh, kw), stride, dilation, c, n_maps, out.nbytes)
+    row_a, row_b = rows if rows is not None else (0, oh)
+    out = np.empty((row_b - row_a, ow, n_maps), dtype=np.float32)
+    tile_rows, n_h, n_w = plan((row_b - row_a, ow), (kh, kw), stride, dilation, c, n_maps, out.nbytes)
     padder = Padder(x, pads, border)
     dilated = np.zeros((eh, ew, cw, f), dtype=np.float32)
     dilated[::dh, ::dw] = w
@@ -56,12 +57,13 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     spectra = np.conj(sfft.rfft2(dilated.transpose(2, 3, 0, 1), s=(n_h, n_w), workers=_threads.get_threads()))
     spectra = spectra.astype(np.complex64)  # (cw, f, n_h, n_w//2+1)
     wb = (ow - 1) * sw + ew
-    ranges = _threads.split_rows(oh, tile_rows)
+    ranges = _threads.split_rows(row_b - row_a, tile_rows)
     workers = max(1, _threads.get_threads() // len(ranges))
 
     def work(r_lo: int, r_hi: int) -> None:
         for r0, r1, _, _ in tiles(r_hi - r_lo, 1, tile_rows, 1):
-            r0, r1 = r0 + r_lo, r1 + r_lo
+            dest = out[r0 + r_lo:r1 + r_lo]
+            r0, r1 = r0 + r_lo + row_a, r1 + r_lo + row_a
             th = r1 - r0
             band = padder.block(r0 * sh, (r1 - 1) * sh + eh, 0, wb, planar=True)
             spec = sfft.rfft2(band, s=(n_h, n_w), workers=workers)  # (C, n_h, n_w//2+1)
@@ -71,7 +73,9 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
             else:
                 prod = np.einsum("chw,cfhw->fhw", spec, spectra, optimize=False) if c > 1 else spec[0][None] * spectra[0]
             res = sfft.irfft2(prod, s=(n_h, n_w), workers=workers)
-            out[r0:r1] = res[:, 0:(th - 1) * sh + 1:sh, 0:(ow - 1) * sw + 1:sw].transpose(1, 2, 0)
+            dest[...] = res[:, 0:(th - 1) * sh + 1:sh, 0:(ow - 1) * sw + 1:sw].transpose(1, 2, 0)
+            if epilogue is not None:
+                epilogue(dest)
 
     _threads.run_ranges(work, ranges)
     return out

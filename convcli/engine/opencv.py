@@ -50,8 +50,20 @@ def why_not(x_shape, w_shape, *, pads, stride, dilation, border, depthwise: bool
 
 
 def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, out_hw,
-              depthwise: bool = False, terms=None) -> np.ndarray:
-    """Same contract as :func:`direct.correlate`; ``terms`` (rank-1 pairs) select sepFilter2D."""
+              depthwise: bool = False, terms=None, rows=None, epilogue=None) -> np.ndarray:
+    """Same contract as :func:`direct.correlate`; ``terms`` (rank-1 pairs) select sepFilter2D.
+
+    ``rows`` crops the rows afterwards (OpenCV filters the whole image in one call).
+    """
+    out = _correlate(x, w, pads=pads, border=border, out_hw=out_hw, depthwise=depthwise, terms=terms)
+    if rows is not None:
+        out = np.ascontiguousarray(out[rows[0]:rows[1]])
+    if epilogue is not None:
+        epilogue(out)
+    return out
+
+
+def _correlate(x, w, *, pads, border, out_hw, depthwise, terms):
     cv2 = module()
     h, w_in, c = x.shape
     kh, kw, cw, f = w.shape

@@ -13,9 +13,9 @@ from .. import geometry
 from ..layer import PoolMode, PoolSpec
 
 
-def _real_counts(size: int, before: int, pool: int, stride: int, n_out: int) -> np.ndarray:
-    """Number of real (unpadded) cells in each window along one axis."""
-    start = np.arange(n_out) * stride - before
+def _real_counts(size: int, before: int, pool: int, stride: int, first: int, stop: int) -> np.ndarray:
+    """Number of real (unpadded) cells in windows [first, stop) along one axis."""
+    start = np.arange(first, stop) * stride - before
     return (np.minimum(start + pool, size) - np.maximum(start, 0)).astype(np.float32)
 
 
@@ -28,16 +28,36 @@ def pool2d(x: np.ndarray, pool: PoolSpec) -> np.ndarray:
     """
     h, w, c = x.shape
     geometry.pool_layer((h, w, c), pool)  # raises the same GeometryError `shape` reports
-    oh, ow = geometry.pool_output_hw((h, w), pool)
-    top, bottom, left, right = geometry.pool_pad_amounts((h, w), pool)
+    oh, _ = geometry.pool_output_hw((h, w), pool)
+    return pool_rows(x, pool, in_h=h, out_rows=(0, oh))
+
+
+def input_rows(pool: PoolSpec, in_hw, out_rows) -> tuple[int, int]:
+    """Input rows [a, b) that pooled rows ``out_rows`` read (for pooling a map in row chunks)."""
+    top = geometry.pool_pad_amounts(in_hw, pool)[0]
+    sh, ph = pool.strides[0], pool.size[0]
+    p0, p1 = out_rows
+    return max(0, p0 * sh - top), min(in_hw[0], (p1 - 1) * sh - top + ph)
+
+
+def pool_rows(block: np.ndarray, pool: PoolSpec, *, in_h: int, out_rows) -> np.ndarray:
+    """Pooled rows [p0, p1) of a map of height ``in_h``, given its rows :func:`input_rows` in ``block``."""
+    w = block.shape[1]
+    oh_all, ow = geometry.pool_output_hw((in_h, w), pool)
+    top, bottom, left, right = geometry.pool_pad_amounts((in_h, w), pool)
     ph, pw = pool.size
     sh, sw = pool.strides
+    p0, p1 = out_rows
+    oh = p1 - p0
+    first, stop = p0 * sh - top, (p1 - 1) * sh - top + ph  # rows of the unpadded map, maybe outside it
+    pad_before, pad_after = max(0, -first), max(0, stop - in_h)
     is_max = pool.mode is PoolMode.MAX
-    if top or bottom or left or right:
+    x = block
+    if pad_before or pad_after or left or right:
         fill = -np.inf if is_max else 0.0
-        x = np.pad(x, ((top, bottom), (left, right), (0, 0)), mode="constant", constant_values=fill)
+        x = np.pad(x, ((pad_before, pad_after), (left, right), (0, 0)), mode="constant", constant_values=fill)
     out = None
-    # A loop over the ph·pw taps, each a strided slice of the whole map (vectorised per tap).
+    # A loop over the ph·pw taps, each a strided slice of the whole block (vectorised per tap).
     for i in range(ph):
         for j in range(pw):
             tap = x[i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw]
@@ -48,6 +68,6 @@ def pool2d(x: np.ndarray, pool: PoolSpec) -> np.ndarray:
             else:
                 out += tap
     if not is_max:
-        counts = np.outer(_real_counts(h, top, ph, sh, oh), _real_counts(w, left, pw, sw, ow))
+        counts = np.outer(_real_counts(in_h, top, ph, sh, p0, p1), _real_counts(w, left, pw, sw, 0, ow))
         out /= counts[:, :, None]
     return out

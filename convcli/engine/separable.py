@@ -82,7 +82,7 @@ def _band_matrix(taps: np.ndarray, n_out: int, stride: int, dilation: int) -> np
 
 
 def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, out_hw,
-              depthwise: bool = False, terms=None, max_rank: int = 2) -> np.ndarray:
+              depthwise: bool = False, terms=None, max_rank: int = 2, rows=None, epilogue=None) -> np.ndarray:
     """Cross-correlate ``x`` (H×W×C) with low-rank HWIO ``w``; same contract as :func:`direct.correlate`.
 
     ``terms`` (from :func:`terms_of`) may be passed when already computed. Raises
@@ -99,8 +99,11 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     if terms is None:
         raise ValueError(f"a kernel has rank above {max_rank}")
     n_maps = c * f if depthwise else f
-    out = np.zeros((oh, ow, n_maps), dtype=np.float32)
+    row_a, row_b = rows if rows is not None else (0, oh)
+    out = np.zeros((row_b - row_a, ow, n_maps), dtype=np.float32)
     if not terms:
+        if epilogue is not None:
+            epilogue(out)
         return out
     padder = Padder(x, pads, border)
     block = min(BLOCK_COLS, ow)
@@ -118,7 +121,8 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
 
     def work(r_lo: int, r_hi: int) -> None:
         for r0, r1, _, _ in tiles(r_hi - r_lo, 1, tile_rows, 1):
-            r0, r1 = r0 + r_lo, r1 + r_lo
+            dest = out[r0 + r_lo:r1 + r_lo]
+            r0, r1 = r0 + r_lo + row_a, r1 + r_lo + row_a
             th = r1 - r0
             band = padder.block(r0 * sh, (r1 - 1) * sh + eh, 0, (ow - 1) * sw + ew, planar=True)
             acc = np.zeros((n_maps, th, ow), dtype=np.float32)
@@ -133,8 +137,10 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
                 res = np.matmul(windows, bands).reshape(len(ch_terms), th, n_blocks * block)
                 for k, (_, t) in enumerate(ch_terms):
                     acc[t[1]] += res[k, :, :ow]
-            out[r0:r1] = acc.transpose(1, 2, 0)
+            dest[...] = acc.transpose(1, 2, 0)
+            if epilogue is not None:
+                epilogue(dest)
 
     macs_per_row = ow * len(terms) * (kh + kw)
-    _threads.run_ranges(work, _threads.split_rows(oh, max(tile_rows, 2_000_000 // max(1, macs_per_row))))
+    _threads.run_ranges(work, _threads.split_rows(row_b - row_a, max(tile_rows, 2_000_000 // max(1, macs_per_row))))
     return out
