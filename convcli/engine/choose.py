@@ -23,8 +23,13 @@ import numpy as np
 
 from . import opencv, separable
 
-GEMM_MACS_PER_S = 40e9  # skinny sgemm on tiles, both cores
+GEMM_MACS_PER_S = 25e9  # skinny sgemm on tiles, both cores
 COPY_FLOATS_PER_S = 3e9  # strided block copies into the patch matrix
+OUTPUT_BYTES_PER_S = 4e9  # first touch of a fresh output array (page faults), every path
+FIXED_SECONDS = {"direct": 2e-5, "separable": 3e-4, "fft": 5e-4, "opencv": 1e-4}  # set-up per layer
+CALL_SECONDS = 1.2e-6  # one numpy call on a small block (the interpreter's share)
+TERM_SECONDS_PER_PIXEL = 8e-9  # separable: the passes' copies and sums, per term and output pixel
+TILE_CHANNEL_SECONDS = 1.5e-4  # separable: fixed work per (tile, channel)
 FFT_POINTS_PER_S = 1.5e9  # (points · log2 points) per second, scipy.fft float32
 SPECTRUM_MACS_PER_S = 1.5e9  # complex multiply-adds of the spectra
 CV_TAPS_PER_S = 8e9  # cv2.filter2D taps·pixels per second (SIMD, 2 threads)
@@ -50,15 +55,26 @@ class Layer:
         return c * f if self.depthwise else f
 
 
+def _output_seconds(layer: Layer) -> float:
+    return 4 * layer.out_hw[0] * layer.out_hw[1] * layer.n_maps / OUTPUT_BYTES_PER_S
+
+
 def cost_direct(layer: Layer) -> float:
+    from ._common import TILE_MAX_BYTES
+
     kh, kw, _, f = layer.w_shape
     c = layer.in_hwc[2]
-    pixels = layer.out_hw[0] * layer.out_hw[1]
+    oh, ow = layer.out_hw
+    pixels = oh * ow
     copies = pixels * kh * kw * c
     macs = pixels * kh * kw * c * f
     if layer.depthwise and f < 4:
         macs *= 4 / f  # a matrix-vector product per channel runs far below GEMM speed
-    return copies / COPY_FLOATS_PER_S + macs / GEMM_MACS_PER_S
+    row_bytes = 4 * ow * (kh * kw * c + layer.n_maps)
+    n_tiles = math.ceil(oh / max(1, TILE_MAX_BYTES // row_bytes)) * math.ceil(row_bytes / TILE_MAX_BYTES)
+    calls = n_tiles * kh * kw  # one block copy per tap and tile
+    return (copies / COPY_FLOATS_PER_S + macs / GEMM_MACS_PER_S + calls * CALL_SECONDS
+            + _output_seconds(layer))
 
 
 def cost_separable(layer: Layer) -> float:
@@ -70,10 +86,12 @@ def cost_separable(layer: Layer) -> float:
     (sh, sw), (dh, dw) = layer.stride, layer.dilation
     eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
     terms = c * f * max(1, layer.rank)
-    tile = min(oh, 4 * eh)
+    tile = min(oh, max(separable.MIN_TILE_ROWS, 4 * eh))
     vertical = oh * ((ow - 1) * sw + ew) * (tile * sh + eh)
     horizontal = oh * ow * ((separable.BLOCK_COLS - 1) * sw + ew)
-    return terms * (vertical + horizontal) / GEMM_MACS_PER_S + oh * ow * layer.n_maps / COPY_FLOATS_PER_S
+    n_tiles = math.ceil(oh / tile)
+    return (terms * (vertical + horizontal) / GEMM_MACS_PER_S + terms * oh * ow * TERM_SECONDS_PER_PIXEL
+            + n_tiles * c * TILE_CHANNEL_SECONDS + _output_seconds(layer))
 
 
 def cost_fft(layer: Layer) -> float:
@@ -88,7 +106,7 @@ def cost_fft(layer: Layer) -> float:
     tiles = math.ceil(oh / tile)
     transforms = (c + layer.n_maps) * tiles * points * math.log2(max(2, points)) / FFT_POINTS_PER_S
     products = (layer.n_maps if layer.depthwise else c * f) * tiles * points / 2 / SPECTRUM_MACS_PER_S
-    return transforms + products
+    return transforms + products + _output_seconds(layer)
 
 
 def cost_opencv(layer: Layer) -> float:
@@ -99,7 +117,7 @@ def cost_opencv(layer: Layer) -> float:
     taps = (kh + kw) if layer.rank == 1 else kh * kw
     if layer.rank != 1 and max(kh, kw) >= CV_FFT_KERNEL:
         taps = 40  # its DFT path: roughly constant per pixel
-    return calls * h * w * taps / CV_TAPS_PER_S
+    return calls * h * w * taps / CV_TAPS_PER_S + _output_seconds(layer)
 
 
 COSTS = {"direct": cost_direct, "separable": cost_separable, "fft": cost_fft, "opencv": cost_opencv}
@@ -116,10 +134,10 @@ def rank_of(w: np.ndarray) -> int:
 
 def choose(layer: Layer, *, opencv_ok: bool) -> str:
     """The cheapest path for ``layer`` (``opencv_ok``: cv2 is importable and can serve it)."""
-    costs = {name: fn(layer) for name, fn in COSTS.items() if name != "opencv" or opencv_ok}
-    return min(costs, key=costs.get)
+    costs = estimates(layer, opencv_ok=opencv_ok)
+    return min(costs, key=costs.get)  # ties go to the first: direct (exact sums for small layers)
 
 
 def estimates(layer: Layer, *, opencv_ok: bool = False) -> dict[str, float]:
     """Estimated seconds of every path (for ``--explain``-style reports and tests)."""
-    return {name: fn(layer) for name, fn in COSTS.items() if name != "opencv" or opencv_ok}
+    return {name: fn(layer) + FIXED_SECONDS[name] for name, fn in COSTS.items() if name != "opencv" or opencv_ok}

@@ -23,6 +23,8 @@ from ._common import Padder, tile_plan, tiles
 RANK_TOL = 1e-6
 #: Output columns per horizontal block: larger blocks feed BLAS better, smaller waste less.
 BLOCK_COLS = 64
+#: Fewest output rows per tile (small kernels: fewer, larger matrix products).
+MIN_TILE_ROWS = 32
 
 
 def decompose(kernel: np.ndarray, max_rank: int) -> list[tuple[np.ndarray, np.ndarray]] | None:
@@ -117,7 +119,8 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     most = max(len(v) for v in by_channel.values())
     # Per output row: vertical results (terms × width), their block copies, and the planar accumulator.
     per_row = 4 * (most * width * (1 + span / max(1, block * sw)) + n_maps * ow + c * width * sh)
-    tile_rows = max(1, min(oh, 4 * eh, tile_plan(oh, 1, int(per_row), out.nbytes, max_bytes=4 << 20)[0]))
+    tile_rows = max(1, min(row_b - row_a, max(MIN_TILE_ROWS, 4 * eh),
+                           tile_plan(oh, 1, int(per_row), out.nbytes, max_bytes=4 << 20)[0]))
 
     def work(r_lo: int, r_hi: int) -> None:
         for r0, r1, _, _ in tiles(r_hi - r_lo, 1, tile_rows, 1):

@@ -1,0 +1,239 @@
+"""Every engine path (direct, separable, fft, and OpenCV when installed) against the loop reference.
+
+Inputs are random, of odd and even sizes; tiles are forced small so seams fall everywhere,
+including strides that do not divide the tile. The chooser is checked on layer sizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convcli import engine
+from convcli.engine import _common, choose, fft, opencv, separable
+from convcli.errors import OptionError
+from convcli.geometry import conv_layer
+from convcli.layer import ConvSpec, PoolSpec
+
+from test_engine import ATOL, RTOL, Bank, ref_conv, ref_pool  # the plain-loop references
+
+BORDERS = ["zeros", "reflect", "replicate", "circular"]
+GEOMETRIES = [  # stride, dilation, padding
+    ((1, 1), (1, 1), "same"),
+    ((2, 3), (2, 1), "same"),
+    ((1, 2), (1, 1), "full"),
+    ((3, 1), (1, 2), "valid"),
+    ((2, 2), (1, 1), (2, 0, 1, 3)),
+]
+
+
+def low_rank_weights(rng, kh, kw, c, f, rank=1):
+    """HWIO weights whose every 2-D slice has the given rank (so the separable path can serve them)."""
+    w = np.zeros((kh, kw, c, f), np.float64)
+    for ch in range(c):
+        for m in range(f):
+            for _ in range(rank):
+                w[:, :, ch, m] += np.outer(rng.standard_normal(kh), rng.standard_normal(kw))
+    return w.astype(np.float32)
+
+
+def _pad_arg(padding):
+    return ",".join(map(str, padding)) if isinstance(padding, tuple) else padding
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Budgets so small that every path cuts even these tiny layers into many tiles."""
+    monkeypatch.setattr(_common, "TILE_MAX_BYTES", 900)
+    monkeypatch.setattr(_common, "TILE_MIN_BYTES", 1)
+    monkeypatch.setattr(fft, "TILE_BYTES", 2000)
+    monkeypatch.setattr(separable, "MIN_TILE_ROWS", 1)
+    monkeypatch.setattr(separable, "BLOCK_COLS", 5)
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "separable", "fft"])
+@pytest.mark.parametrize("border", BORDERS)
+@pytest.mark.parametrize("hw", [(23, 30), (26, 19)])
+def test_path_matches_reference(rng, small_tiles, algorithm, border, hw):
+    x = rng.standard_normal(hw + (2,)).astype(np.float32)
+    w = low_rank_weights(rng, 5, 4, 2, 3, rank=2)
+    b = rng.standard_normal(3).astype(np.float32)
+    for stride, dilation, padding in GEOMETRIES:
+        y = engine.conv2d(x, w, b, stride=stride, dilation=dilation, padding=_pad_arg(padding), border=border,
+                          algorithm=algorithm)
+        ref = ref_conv(x, w, b, stride, dilation, padding, border)
+        assert y.shape == ref.shape and y.dtype == np.float32
+        np.testing.assert_allclose(y, ref, rtol=RTOL, atol=5 * ATOL)
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "separable", "fft"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_path_depthwise_matches_reference(rng, small_tiles, algorithm, shared):
+    x = rng.standard_normal((21, 24, 3)).astype(np.float32)
+    w = low_rank_weights(rng, 3, 5, 1 if shared else 3, 2)
+    for stride, dilation, padding in GEOMETRIES:
+        for border in ("zeros", "reflect"):
+            y = engine.depthwise_conv2d(x, w, stride=stride, dilation=dilation, padding=_pad_arg(padding),
+                                        border=border, algorithm=algorithm)
+            for c in range(3):
+                for m in range(2):
+                    k = w[:, :, 0 if shared else c, m]
+                    ref = ref_conv(x[:, :, c:c + 1], k[:, :, None, None], None, stride, dilation, padding, border)
+                    np.testing.assert_allclose(y[:, :, c * 2 + m], ref[:, :, 0], rtol=RTOL, atol=5 * ATOL)
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "separable", "fft"])
+def test_paths_on_1d_signal(rng, small_tiles, algorithm):
+    sig = rng.standard_normal(101).astype(np.float32)
+    k = rng.standard_normal(7).astype(np.float32)
+    for padding, dilation, stride in [("causal", 2, 1), ("same", 1, 3), ("valid", 3, 2)]:
+        y = engine.conv2d(sig, k, padding=padding, dilation=dilation, stride=stride, algorithm=algorithm)
+        ref = ref_conv(sig.reshape(1, -1, 1), k.reshape(1, -1, 1, 1), None, (stride, stride), (1, dilation), padding)
+        np.testing.assert_allclose(y, ref, rtol=RTOL, atol=5 * ATOL)
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "separable", "fft"])
+@pytest.mark.parametrize("pool", [("max", 2, None, "valid"), ("avg", 3, 2, "same"), ("max", 3, 2, "same")])
+def test_pool_fused_in_row_chunks(rng, monkeypatch, algorithm, pool):
+    # A small budget makes run_layer convolve and pool the map in many row chunks.
+    monkeypatch.setattr(_common, "TILE_MIN_BYTES", 1)
+    monkeypatch.setattr(_common, "TILE_FRACTION", 0.001)
+    mode, size, stride, padding = pool
+    x = rng.standard_normal((31, 28, 2)).astype(np.float32)
+    w = low_rank_weights(rng, 3, 3, 2, 2)
+    bank = Bank((w[:, :, :, 0], w[:, :, :, 1]), (0.5, -0.25))
+    spec = ConvSpec.from_options(padding="same", activation="leaky-relu", negative_slope=0.2)
+    pspec = PoolSpec.from_options(mode=mode, size=size, stride=stride, padding=padding)
+    result = engine.run_layer(x, bank, spec, pspec, algorithm=algorithm)
+    conv = ref_conv(x, w, [0.5, -0.25], padding="same")
+    conv = np.where(conv >= 0, conv, 0.2 * conv)
+    ref = ref_pool(conv, mode, (size, size), (stride or size,) * 2, padding)
+    assert result.algorithm == algorithm and result.output.shape == ref.shape
+    np.testing.assert_allclose(result.output, ref, rtol=RTOL, atol=5 * ATOL)
+
+
+def test_threads_do_not_change_results(rng):
+    x = rng.standard_normal((300, 257, 3)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 3, 8)).astype(np.float32)
+    before = engine.get_threads()
+    try:
+        outs = {}
+        for n in (1, 2, 3):
+            engine.set_threads(n)
+            outs[n] = [engine.conv2d(x, w, padding="same", stride=(1, 2), algorithm=a) for a in ("direct", "fft")]
+    finally:
+        engine.set_threads(before)
+    for n in (2, 3):
+        np.testing.assert_array_equal(outs[n][0], outs[1][0])
+        np.testing.assert_allclose(outs[n][1], outs[1][1], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(outs[1][0], ref_conv(x, w, None, (1, 2), padding="same"), rtol=RTOL, atol=ATOL)
+
+
+def test_separable_decompose(rng):
+    u, v = rng.standard_normal(7), rng.standard_normal(5)
+    terms = separable.decompose(np.outer(u, v), 1)
+    assert len(terms) == 1
+    np.testing.assert_allclose(np.outer(*terms[0]), np.outer(u, v), rtol=1e-5, atol=1e-6)
+    assert separable.decompose(rng.standard_normal((5, 5)), 2) is None
+    assert separable.decompose(np.zeros((3, 3)), 1) == []
+    two = np.outer(u, v) + np.outer(rng.standard_normal(7), rng.standard_normal(5))
+    assert len(separable.decompose(two, 2)) == 2
+
+
+def test_zero_kernel_on_separable_path(rng):
+    x = rng.standard_normal((9, 9)).astype(np.float32)
+    y = engine.conv2d(x, np.zeros((3, 3)), bias=2.0, algorithm="separable")
+    assert (y == 2.0).all()
+
+
+def test_separable_refuses_full_rank_kernel(rng):
+    x = rng.standard_normal((12, 12)).astype(np.float32)
+    k = np.eye(4, dtype=np.float32)  # rank 4
+    with pytest.raises(OptionError, match=r"algorithm: 'separable' cannot run this layer: a kernel has rank 4"):
+        engine.conv2d(x, k, algorithm="separable")
+
+
+# ----------------------------------------------------------------------------- the chooser
+def layer(hwc, w_shape, *, out_hw=None, stride=(1, 1), depthwise=False, rank=3):
+    return choose.Layer(hwc, w_shape, out_hw or hwc[:2], stride, (1, 1), depthwise, rank)
+
+
+@pytest.mark.parametrize("case,expected", [
+    (layer((1080, 1920, 3), (3, 3, 3, 64)), "direct"),  # many small filters: GEMM
+    (layer((1080, 1920, 3), (3, 3, 3, 4)), "direct"),
+    (layer((1080, 1920, 3), (31, 31, 1, 1), depthwise=True, rank=1), "separable"),  # big Gaussian blur
+    (layer((1080, 1920, 1), (21, 21, 1, 1)), "fft"),  # big kernel, not separable
+    (layer((1, 8, 1), (1, 3, 1, 1), rank=1), "direct"),  # tiny layers stay exact and cheap
+])
+def test_chooser_picks_each_path(case, expected):
+    assert choose.choose(case, opencv_ok=False) == expected
+
+
+def test_auto_reports_each_path(rng):
+    engine.use_opencv(False)
+    try:
+        x = rng.standard_normal((200, 220, 3)).astype(np.float32)
+        g = np.exp(-0.5 * ((np.arange(31) - 15) / 5.0) ** 2)
+        spec = ConvSpec.from_options(padding="same", depthwise=True)
+        seen = {
+            engine.run_layer(x, Bank((rng.standard_normal((3, 3)).astype(np.float32),) * 4), ConvSpec()).algorithm,
+            engine.run_layer(x, Bank((np.outer(g, g).astype(np.float32),)), spec).algorithm,
+            engine.run_layer(x[:, :, 0], Bank((rng.standard_normal((25, 25)).astype(np.float32),)),
+                             ConvSpec.from_options(padding="same")).algorithm,
+        }
+    finally:
+        engine.use_opencv(True)
+    assert seen == {"direct", "separable", "fft"}
+
+
+def test_auto_agrees_with_forced_paths(rng):
+    x = rng.standard_normal((64, 70, 3)).astype(np.float32)
+    w = low_rank_weights(rng, 7, 7, 3, 2)
+    ref = ref_conv(x, w, None, padding="same", border="replicate")
+    for algorithm in engine.ALGORITHMS:
+        y = engine.conv2d(x, w, padding="same", border="replicate", algorithm=algorithm)
+        np.testing.assert_allclose(y, ref, rtol=RTOL, atol=5 * ATOL)
+
+
+# ----------------------------------------------------------------------------- OpenCV (optional)
+@pytest.mark.parametrize("border", ["zeros", "reflect", "replicate"])
+@pytest.mark.parametrize("padding", ["same", "valid", (1, 0, 0, 2)])
+def test_opencv_path_matches_reference(rng, border, padding):
+    pytest.importorskip("cv2")
+    x = rng.standard_normal((33, 40, 3)).astype(np.float32)
+    g = np.outer([1, 4, 6, 4, 1], [1, 2, 1]).astype(np.float32)  # rank 1: sepFilter2D
+    full = rng.standard_normal((5, 3)).astype(np.float32)  # full rank: filter2D
+    for w, depthwise in [(np.stack([g, full], 2)[:, :, None, :], True),
+                               (rng.standard_normal((5, 3, 3, 2)).astype(np.float32), True),
+                               (rng.standard_normal((5, 3, 3, 2)).astype(np.float32), False)]:
+        spec = ConvSpec.from_options(padding=_pad_arg(padding), border=border, depthwise=depthwise)
+        geom = conv_layer(x.shape, kernel_size=w.shape[:2], filters=w.shape[3], spec=spec,
+                          kernel_depth=None if w.shape[2] == 1 else w.shape[2])
+        reason = opencv.why_not(x.shape, w.shape, pads=geom.pads, stride=(1, 1), dilation=(1, 1),
+                                border=spec.border, depthwise=depthwise)
+        if reason is not None:
+            continue
+        terms = engine._opencv_terms(w)
+        y = opencv.correlate(x, w, pads=geom.pads, stride=(1, 1), dilation=(1, 1), border=spec.border,
+                             out_hw=geom.output_shape[:2], depthwise=depthwise, terms=terms)
+        for m in range(y.shape[2]):
+            if depthwise:
+                c, f = divmod(m, w.shape[3])
+                k = w[:, :, 0 if w.shape[2] == 1 else c, f]
+                ref = ref_conv(x[:, :, c:c + 1], k[:, :, None, None], None, (1, 1), (1, 1), padding, border)[:, :, 0]
+            else:
+                ref = ref_conv(x, w[:, :, :, m:m + 1], None, (1, 1), (1, 1), padding, border)[:, :, 0]
+            np.testing.assert_allclose(y[:, :, m], ref, rtol=RTOL, atol=5 * ATOL)
+
+
+def test_opencv_refusals():
+    pytest.importorskip("cv2")
+    kw = dict(pads=(1, 1, 1, 1), dilation=(1, 1), border="zeros", depthwise=True)
+    assert "stride 1" in opencv.why_not((9, 9, 3), (3, 3, 1, 1), stride=(2, 2), **{**kw})
+    assert "circular" in opencv.why_not((9, 9, 3), (3, 3, 1, 1), stride=(1, 1), **{**kw, "border": "circular"})
+    assert "anchor" in opencv.why_not((9, 9, 3), (3, 3, 1, 1), stride=(1, 1), **{**kw, "pads": (2, 2, 2, 2)})
