@@ -224,7 +224,7 @@ def cli():
               "({stem} in FILE for several inputs).")
 @click.option("--save-all", is_flag=True, help="With --pipeline: write every layer's maps to {stem}/NN-layer/.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
-              help="Worker processes (default: the number of CPUs).")
+              help="Worker processes (default: the number of CPUs; 1 runs in this process).")
 @click.option("-r", "--recursive", is_flag=True, help="Descend into sub-folders of folder inputs.")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose outputs all exist (resume a batch).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
@@ -270,7 +270,7 @@ def apply(inputs, **params):
     items = expand_inputs(list(inputs), recursive=params["recursive"])
     if not items:
         raise OptionError(f"INPUT: no image or array files in {', '.join(inputs)}")
-    check_job(job, len(items))
+    check_job(job, len(items), json_lines=params["json_lines"])
     summary = run_batch(items, job, jobs=params["jobs"], quiet=params["quiet"], json_lines=params["json_lines"])
     return summary.exit_status
 
