@@ -20,6 +20,25 @@ if TYPE_CHECKING:  # pragma: no cover
     from .kernels import FilterBank
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """Keep names as given, but number repeats as Keras numbers layers: edge, edge_1, edge_2."""
+    seen: dict[str, int] = {}
+    taken = set(names)
+    out = []
+    for name in names:
+        if name not in seen:
+            seen[name] = 0
+            out.append(name)
+            continue
+        candidate = name
+        while candidate in taken:
+            seen[name] += 1
+            candidate = f"{name}_{seen[name]}"
+        taken.add(candidate)
+        out.append(candidate)
+    return out
+
+
 @dataclass(frozen=True)
 class ConvStep:
     """A convolution layer: weights from ``bank``, or only a size for shape-only layers."""
@@ -51,9 +70,9 @@ class ConvStep:
     @property
     def output_names(self) -> list[str]:
         """Names of this layer's filters (the ``{filter}`` field of output files)."""
-        if self.bank is not None:
-            return list(self.bank.names)
-        return [f"{self.name}[{i}]" for i in range(self.filters or 0)]
+        names = list(self.bank.names) if self.bank is not None else [
+            f"{self.name}[{i}]" for i in range(self.filters or 0)]
+        return unique_names(names)
 
 
 @dataclass(frozen=True)

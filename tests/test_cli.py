@@ -149,6 +149,17 @@ def test_apply_writes_one_png_per_filter_with_the_engine_numbers(tmp_path):
     assert np.abs(png.astype(int) - _minmax_u8(maps[:, :, 0]).astype(int)).max() <= 1
 
 
+def test_repeated_filter_names_are_numbered_not_overwritten(tmp_path, seeds):
+    named = tmp_path / "named.yaml"
+    named.write_text("name: edge_1\nweights: [[1, 0, 0], [0, 1, 0], [0, 0, 1]]\n")
+    result = run("apply", seeds[1], "-k", "edge", "-k", "edge", "-k", named, "--padding", "same", "-o",
+                 tmp_path / "d", "--json")
+    record = json.loads(result.stdout)
+    assert record["filters"] == ["edge", "edge_2", "edge_1"]
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["line_edge.png", "line_edge_1.png",
+                                                                  "line_edge_2.png"]
+
+
 def test_apply_png16_and_tiff_outputs(tmp_path, seeds):
     out = tmp_path / "o"
     run("apply", seeds[1], "-k", "vertical-line", "-o", out, "--format", "png16")
