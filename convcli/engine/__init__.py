@@ -29,7 +29,7 @@ from .activations import activate
 from .pooling import pool2d
 
 __all__ = [
-    "ALGORITHMS", "LayerResult", "conv2d", "depthwise_conv2d", "apply_layer", "run_layer",
+    "ALGORITHMS", "LayerResult", "WeightsBank", "conv2d", "depthwise_conv2d", "apply_layer", "run_layer",
     "pool2d", "activate", "set_threads", "get_threads", "use_opencv",
 ]
 
@@ -68,7 +68,7 @@ def _check_weights(w: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-class _ArrayBank:
+class WeightsBank:
     """The FilterBank interface (size, depth, filters, weights_hwio, biases) over plain arrays.
 
     ``weights``: (kw,) or (kh, kw) one 2-D kernel (used on every channel), (kh, kw, C)
@@ -179,10 +179,21 @@ def _epilogue(bias: np.ndarray | None, spec: ConvSpec):
     if not has_bias and spec.activation.value == "none":
         return None
 
+    rows: dict[int, np.ndarray] = {}  # the bias repeated along one output row, per row width
+
     def finish(block: np.ndarray) -> None:
         if has_bias:
-            block += bias
-        activate(block, spec.activation, spec.negative_slope, out=block)
+            if block.flags.c_contiguous:
+                # Adding a whole row at once: broadcasting the short (F,) vector makes numpy
+                # run an inner loop of F elements per pixel, several times slower.
+                width = block.shape[1]
+                if width not in rows:
+                    rows[width] = np.tile(bias, width)
+                block.reshape(block.shape[0], -1)[...] += rows[width]
+            else:
+                block += bias
+        if spec.activation.value != "none":
+            activate(block, spec.activation, spec.negative_slope, out=block)
 
     return finish
 
@@ -287,7 +298,7 @@ def _as_bank(bank):
     if hasattr(bank, "weights_hwio"):
         return bank
     if isinstance(bank, np.ndarray):
-        return _ArrayBank(bank)
+        return WeightsBank(bank)
     from ..kernels import load_kernels
 
     return load_kernels(*bank) if isinstance(bank, (list, tuple)) else load_kernels(bank)
@@ -318,7 +329,7 @@ def conv2d(x, weights, bias=None, *, stride=1, padding="valid", dilation=1, bord
     (valid/explicit/full/causal) or ceil(H / sh) (same), likewise W'.
     """
     spec = ConvSpec.from_options(stride=stride, padding=padding, dilation=dilation, border=border, flip=flip)
-    return run_layer(x, _ArrayBank(weights, bias), spec, algorithm=algorithm).output
+    return run_layer(x, WeightsBank(weights, bias), spec, algorithm=algorithm).output
 
 
 def depthwise_conv2d(x, weights, bias=None, *, stride=1, padding="valid", dilation=1, border="zeros",
@@ -345,10 +356,10 @@ def depthwise_conv2d(x, weights, bias=None, *, stride=1, padding="valid", dilati
     if bias is not None and np.size(bias) == c * m and c > 1 and m != c * m:
         # Keras' (C·M,) bias: hand the engine M zeros and add the full vector afterwards.
         full_bias = _bias_vector(bias, c * m, "bias")
-        bank = _ArrayBank(w, None)
+        bank = WeightsBank(w, None)
     else:
         full_bias = None
-        bank = _ArrayBank(w, bias)
+        bank = WeightsBank(w, bias)
     spec = ConvSpec.from_options(stride=stride, padding=padding, dilation=dilation, border=border,
                                  flip=flip, depthwise=True)
     out = run_layer(x, bank, spec, algorithm=algorithm).output

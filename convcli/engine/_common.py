@@ -107,12 +107,13 @@ class Padder:
             else:
                 view[p - r0] = np.take(x[src_row], col_idx, axis=0)
         if ir1 > ir0:
-            edge_cols = np.r_[np.arange(c0, min(c1, ic0)), np.arange(max(c0, ic1), c1)].astype(np.intp)
-            if edge_cols.size:
-                if zeros:
-                    view[ir0 - r0:ir1 - r0, edge_cols - c0] = 0
-                else:
-                    view[ir0 - r0:ir1 - r0, edge_cols - c0] = x[ir0 - self.top:ir1 - self.top][:, self.cols[edge_cols]]
+            inner = x[ir0 - self.top:ir1 - self.top]
+            for a, b in ((c0, min(c1, max(ic0, c0))), (max(c0, ic1, ic0), c1)):  # left and right edges
+                if b > a:
+                    if zeros:
+                        view[ir0 - r0:ir1 - r0, a - c0:b - c0] = 0
+                    else:
+                        view[ir0 - r0:ir1 - r0, a - c0:b - c0] = np.take(inner, self.cols[a:b], axis=1)
         return out
 
 

@@ -32,7 +32,8 @@ TERM_SECONDS_PER_PIXEL = 8e-9  # separable: the passes' copies and sums, per ter
 TILE_CHANNEL_SECONDS = 1.5e-4  # separable: fixed work per (tile, channel)
 FFT_POINTS_PER_S = 1.5e9  # (points · log2 points) per second, scipy.fft float32
 SPECTRUM_MACS_PER_S = 1.5e9  # complex multiply-adds of the spectra
-CV_TAPS_PER_S = 8e9  # cv2.filter2D taps·pixels per second (SIMD, 2 threads)
+CV_TAPS_PER_S = 3e9  # cv2.filter2D taps·pixels per second, one-channel planes
+CV_SEP_TAPS_PER_S = 9e9  # cv2.sepFilter2D taps·pixels per second (multi-channel, SIMD)
 CV_FFT_KERNEL = 11  # cv2.filter2D switches to its DFT path from about this size
 MAX_RANK = 2  # separable path: at most this many rank-1 terms per 2-D kernel
 
@@ -114,10 +115,12 @@ def cost_opencv(layer: Layer) -> float:
     c = layer.in_hwc[2]
     h, w = layer.in_hwc[:2]
     calls = c * f
-    taps = (kh + kw) if layer.rank == 1 else kh * kw
-    if layer.rank != 1 and max(kh, kw) >= CV_FFT_KERNEL:
-        taps = 40  # its DFT path: roughly constant per pixel
-    return calls * h * w * taps / CV_TAPS_PER_S + _output_seconds(layer)
+    if layer.rank == 1 and min(kh, kw) >= 3:
+        seconds = calls * h * w * (kh + kw) / CV_SEP_TAPS_PER_S
+    else:
+        taps = 40 if max(kh, kw) >= CV_FFT_KERNEL else kh * kw  # big kernels: its DFT path
+        seconds = calls * h * w * taps / CV_TAPS_PER_S
+    return seconds + _output_seconds(layer)
 
 
 COSTS = {"direct": cost_direct, "separable": cost_separable, "fft": cost_fft, "opencv": cost_opencv}

@@ -84,6 +84,10 @@ def _correlate(x, w, *, pads, border, out_hw, depthwise, terms):
         return None if terms is None else terms.get((cc, m))
 
     n_maps = c * f if depthwise else f
+    if depthwise and cw == 1 and f == 1 and c <= 4:
+        # One filter on every channel: OpenCV's multi-channel result is already our layout.
+        res = filt(x, w[:, :, 0, 0], rank1(0, 0))
+        return res if res.flags.c_contiguous else np.ascontiguousarray(res)
     out = np.empty((oh, ow, n_maps), dtype=np.float32)
     if depthwise and cw == 1:
         # cv2 filters every channel of a multi-channel image with the same kernel: one call per filter.
