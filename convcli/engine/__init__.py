@@ -208,7 +208,8 @@ def _pooled(run, backend: str, conv_hw, n_maps: int, pool: PoolSpec, epilogue) -
         return pool2d(run(epilogue=epilogue), pool)
     out = np.empty((poh, pow_, n_maps), dtype=np.float32)
     conv_row_bytes = 4 * ow * n_maps * pool.strides[0]
-    budget = max(_common.TILE_MIN_BYTES * 16, int(_common.TILE_FRACTION * out.nbytes))
+    # The pre-pool chunk shares the memory budget with the path's own tiles.
+    budget = max(_common.TILE_MIN_BYTES * 16, int(_common.TILE_FRACTION * out.nbytes) // 2)
     chunk = max(1, min(poh, budget // max(1, conv_row_bytes)))
     for p0 in range(0, poh, chunk):
         p1 = min(poh, p0 + chunk)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _threads
+from . import _common
 from ._common import Padder, tile_plan, tiles
 
 #: Work (multiply-accumulates) below which a layer runs on one thread.
@@ -55,11 +56,16 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     macs_per_pixel = kh * kw * (1 if depthwise else c) * f * (c if depthwise else 1)
     macs_per_row = ow * macs_per_pixel
     min_rows = max(1, _MIN_MACS_PER_THREAD // max(1, macs_per_row))
-    if macs_per_pixel < _MIN_MACS_PER_PIXEL_FOR_THREADS:
+    memory_bound = macs_per_pixel < _MIN_MACS_PER_PIXEL_FOR_THREADS
+    if memory_bound:
         min_rows = oh  # one range: the calling thread does it all
 
     def work(r_lo: int, r_hi: int) -> None:
-        tile_h, tile_w = tile_plan(r_hi - r_lo, ow, per_pixel, out.nbytes)
+        # Memory-bound tiles stay in L2; arithmetic-bound ones are larger, so fewer numpy
+        # calls (and fewer hand-offs of the GIL between threads) per multiply-add.
+        tile_h, tile_w = tile_plan(r_hi - r_lo, ow, per_pixel, out.nbytes,
+                                   max_bytes=min(_common.CACHE_TILE_BYTES, _common.TILE_MAX_BYTES)
+                                   if memory_bound else None)
         for r0, r1, c0, c1 in tiles(r_hi - r_lo, ow, tile_h, tile_w):
             dest = out[r0 + r_lo:r1 + r_lo]
             r0, r1 = r0 + r_lo + row_a, r1 + r_lo + row_a
@@ -83,10 +89,22 @@ def _tile(padder, dest, wmat, box, ksize, stride, dilation, depthwise) -> None:
                         c0 * sw, (c1 - 1) * sw + (kw - 1) * dw + 1, planar=True)
     # patches[i, j, ch] is the (th × tw) block that tap (i, j) of channel ch sees.
     patches = np.empty((kh, kw, c, th, tw), dtype=np.float32)
-    for i in range(kh):
-        rows = band[:, i * dh:i * dh + (th - 1) * sh + 1:sh]
-        for j in range(kw):
-            patches[i, j] = rows[:, :, j * dw:j * dw + (tw - 1) * sw + 1:sw]
+    if sh == 1 and sw == 1:
+        for i in range(kh):
+            rows = band[:, i * dh:i * dh + th]
+            for j in range(kw):
+                patches[i, j] = rows[:, :, j * dw:j * dw + tw]
+    else:
+        # Polyphase: split the band once into its sh·sw phases (rows ≡ a mod sh, columns ≡ b
+        # mod sw); tap (i, j) then reads one phase with unit steps. One strided pass over
+        # the band instead of a strided copy per tap.
+        phases = {(a, b): np.ascontiguousarray(band[:, a::sh, b::sw]) for a in range(sh) for b in range(sw)
+                  if a < band.shape[1] and b < band.shape[2]}
+        for i in range(kh):
+            a, ri = (i * dh) % sh, (i * dh) // sh
+            for j in range(kw):
+                b, cj = (j * dw) % sw, (j * dw) // sw
+                patches[i, j] = phases[a, b][:, ri:ri + th, cj:cj + tw]
     if depthwise:
         # (C, M, kh·kw) @ (C, kh·kw, pixels) -> (C, M, pixels); map c·M + m is row (c, m).
         per_channel = patches.reshape(kh * kw, c, th * tw).transpose(1, 0, 2)
