@@ -102,6 +102,14 @@ def tool_convcli(name, x, w, b, dw):
     return run, info
 
 
+def tool_convcli_numpy(name, x, w, b, dw):
+    """convcli with its optional OpenCV backend switched off (numpy/scipy paths only)."""
+    from convcli import engine
+
+    engine.use_opencv(False)
+    return tool_convcli(name, x, w, b, dw)
+
+
 def tool_scipy_ndimage(name, x, w, b, dw):
     from scipy import ndimage
 
@@ -278,6 +286,7 @@ def tool_tensorflow(name, x, w, b, dw):
 
 TOOLS = {
     "convcli": (tool_convcli, None),
+    "convcli (numpy only)": (tool_convcli_numpy, None),
     "scipy.ndimage": (tool_scipy_ndimage, "scipy"),
     "scipy.signal.fftconvolve": (tool_scipy_fft, "scipy"),
     "torch": (tool_torch, "torch"),
@@ -415,7 +424,7 @@ def main(argv=None) -> int:
             results[tool] = measure(name, tool, args.repeats, args.budget, python)
         ours = results.get("convcli", {})
         timed = {t: r for t, r in results.items() if "median" in r}
-        peers = {t: r for t, r in timed.items() if t != "convcli"}
+        peers = {t: r for t, r in timed.items() if not t.startswith("convcli")}
         fastest = min(peers, key=lambda t: peers[t]["median"]) if peers else None
         for tool, r in results.items():
             if "median" not in r:
@@ -423,10 +432,13 @@ def main(argv=None) -> int:
                 continue
             ratio = r["median"] / peers[fastest]["median"] if fastest else float("nan")
             diff = agree(r["sample"], ours["sample"]) if "sample" in ours and tool != "convcli" else 0.0
+            own = tool.startswith("convcli")
             extra = None if r["peak"] is None else r["peak"] - r["out_bytes"]
             share = "" if extra is None else f"{100 * extra / r['out_bytes']:.0f} %"
             rows.append((name, tool, r["algorithm"], fmt_ms(r["median"]), f"{ratio:.2f}×",
                          fmt_mb(extra), share, "" if tool == "convcli" else f"{diff:.1e}"))
+            if own:
+                rows[-1] = (rows[-1][0], f"**{tool}**") + rows[-1][2:]
         if "median" in ours:
             kind, limit = TARGETS.get(name, ("fastest", 1.0))
             ref_tool = fastest if kind == "fastest" else kind

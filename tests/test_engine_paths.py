@@ -237,3 +237,20 @@ def test_opencv_refusals():
     assert "stride 1" in opencv.why_not((9, 9, 3), (3, 3, 1, 1), stride=(2, 2), **{**kw})
     assert "circular" in opencv.why_not((9, 9, 3), (3, 3, 1, 1), stride=(1, 1), **{**kw, "border": "circular"})
     assert "anchor" in opencv.why_not((9, 9, 3), (3, 3, 1, 1), stride=(1, 1), **{**kw, "pads": (2, 2, 2, 2)})
+
+
+def test_separable_correlate_refuses_high_rank_directly(rng):
+    x = rng.standard_normal((8, 8, 1)).astype(np.float32)
+    w = np.eye(3, dtype=np.float32)[:, :, None, None]
+    with pytest.raises(ValueError, match=r"a kernel has rank above 2"):
+        separable.correlate(x, w, pads=(0, 0, 0, 0), stride=(1, 1), dilation=(1, 1), border="zeros",
+                            out_hw=(6, 6))
+
+
+def test_engine_import_stays_light():
+    import subprocess
+    import sys
+
+    code = "import sys, convcli.engine; print(sorted(m for m in ('scipy', 'cv2', 'PIL', 'skimage') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

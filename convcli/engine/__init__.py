@@ -22,7 +22,7 @@ import numpy as np
 from .. import geometry
 from ..errors import KernelError, OptionError
 from ..layer import ConvSpec, PoolSpec
-from . import _common, choose, direct, fft, opencv, separable
+from . import _common, _threads, choose, direct, fft, opencv, separable
 from ._common import as_image
 from ._threads import get_threads, set_threads
 from .activations import activate
@@ -35,6 +35,7 @@ __all__ = [
 
 #: Names accepted by ``algorithm=`` (and ``--algorithm``).
 ALGORITHMS = ("auto", "direct", "separable", "fft")
+
 
 @dataclass(frozen=True)
 class LayerResult:
@@ -150,12 +151,13 @@ def _select(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm: s
         return layer_rank
 
     def bind(fn, **extra):
-        return lambda rows=None, epilogue=None: fn(x, w, rows=rows, epilogue=epilogue, **kwargs, **extra)
+        return lambda rows=None, epilogue=None, scratch=None: fn(x, w, rows=rows, epilogue=epilogue,
+                                                                 scratch=scratch, **kwargs, **extra)
 
     if algorithm == "auto":
         cv_ok = _use_opencv and opencv.why_not(x.shape, w.shape, pads=pads, stride=spec.stride,
                                                dilation=spec.dilation, border=spec.border,
-                                               depthwise=depthwise) is None
+                                               depthwise=depthwise, rank1=rank() == 1) is None
         layer = choose.Layer(x.shape, w.shape, tuple(out_hw), spec.stride, spec.dilation, depthwise, rank())
         algorithm = choose.choose(layer, opencv_ok=cv_ok)
         if algorithm == "opencv":
@@ -208,13 +210,21 @@ def _pooled(run, backend: str, conv_hw, n_maps: int, pool: PoolSpec, epilogue) -
         return pool2d(run(epilogue=epilogue), pool)
     out = np.empty((poh, pow_, n_maps), dtype=np.float32)
     conv_row_bytes = 4 * ow * n_maps * pool.strides[0]
-    # The pre-pool chunk shares the memory budget with the path's own tiles.
+    # The pre-pool chunks (one per thread) share the memory budget with the path's tiles.
     budget = max(_common.TILE_MIN_BYTES * 16, int(_common.TILE_FRACTION * out.nbytes) // 2)
-    chunk = max(1, min(poh, budget // max(1, conv_row_bytes)))
-    for p0 in range(0, poh, chunk):
-        p1 = min(poh, p0 + chunk)
-        a, b = input_rows(pool, conv_hw, (p0, p1))
-        out[p0:p1] = pool_rows(run(rows=(a, b), epilogue=epilogue), pool, in_h=oh, out_rows=(p0, p1))
+    per_thread = budget // get_threads()
+    chunk = max(1, min(poh, per_thread // max(1, conv_row_bytes)))
+
+    def work(p_lo: int, p_hi: int) -> None:
+        # Each thread convolves and pools its own chunks; the path inside runs on this
+        # thread alone (nested ranges run inline), so chunks need no locking.
+        for p0 in range(p_lo, p_hi, chunk):
+            p1 = min(p_hi, p0 + chunk)
+            a, b = input_rows(pool, conv_hw, (p0, p1))
+            conv = run(rows=(a, b), epilogue=epilogue, scratch=per_thread)
+            out[p0:p1] = pool_rows(conv, pool, in_h=oh, out_rows=(p0, p1))
+
+    _threads.run_ranges(work, _threads.split_rows(poh, chunk))
     return out
 
 

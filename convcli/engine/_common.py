@@ -120,15 +120,18 @@ class Padder:
 
 
 def tile_plan(out_h: int, out_w: int, bytes_per_pixel: int, out_bytes: int,
-              *, max_bytes: int | None = None) -> tuple[int, int]:
+              *, max_bytes: int | None = None, budget: int | None = None) -> tuple[int, int]:
     """Tile size (rows, cols) of output pixels whose scratch memory fits the budget.
 
-    The budget is ``TILE_FRACTION`` of the output's size, between ``TILE_MIN_BYTES`` and
-    ``max_bytes``. Whole rows are preferred (contiguous output); a row is split only
+    The budget is ``TILE_FRACTION`` of the output's size (or ``budget`` when given: a caller
+    that computes the output in chunks knows the whole layer's size), between
+    ``TILE_MIN_BYTES`` and ``max_bytes``. Whole rows are preferred (contiguous output); a row is split only
     when a single row is over budget (long 1-D signals, very wide kernels).
     """
     max_bytes = TILE_MAX_BYTES if max_bytes is None else max_bytes
-    budget = min(max_bytes, max(TILE_MIN_BYTES, int(TILE_FRACTION * out_bytes)))
+    if budget is None:
+        budget = int(TILE_FRACTION * out_bytes)
+    budget = min(max_bytes, max(TILE_MIN_BYTES, budget))
     row_bytes = max(1, bytes_per_pixel * out_w)
     if row_bytes <= budget:
         return max(1, min(out_h, budget // row_bytes)), out_w

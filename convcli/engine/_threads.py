@@ -60,8 +60,9 @@ def split_rows(n_rows: int, min_rows: int = 1) -> list[tuple[int, int]]:
 
 def run_ranges(fn, ranges) -> None:
     """Call ``fn(r0, r1)`` for every range, in parallel when there are several; re-raise errors."""
-    if len(ranges) <= 1 or threading.current_thread().name.startswith("convcli-engine"):
-        with _blas.threads(_threads if len(ranges) <= 1 else 1):
+    nested = threading.current_thread().name.startswith("convcli-engine")
+    if len(ranges) <= 1 or nested:
+        with _blas.threads(1 if nested or len(ranges) > 1 else _threads):
             for r0, r1 in ranges:
                 fn(r0, r1)
         return

@@ -30,7 +30,7 @@ _MIN_MACS_PER_PIXEL_FOR_THREADS = 256
 
 
 def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, out_hw,
-              depthwise: bool = False, rows=None, epilogue=None) -> np.ndarray:
+              depthwise: bool = False, rows=None, epilogue=None, scratch=None) -> np.ndarray:
     """Cross-correlate float32 ``x`` (H×W×C) with ``w``; returns float32 (oh, ow, maps).
 
     ``w`` is HWIO (kh, kw, C, F) giving F maps, or with ``depthwise`` (kh, kw, C or 1, M)
@@ -38,7 +38,8 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     right) from :mod:`convcli.geometry`; ``out_hw`` the output size it computed.
     ``rows=(a, b)`` computes output rows [a, b) only (an (b−a, ow, maps) array);
     ``epilogue(block)`` is called on each finished block of whole output rows while it is
-    still in cache (bias and activation, in place). Every path shares this contract.
+    still in cache (bias and activation, in place); ``scratch`` is the tile memory budget in
+    bytes when the caller computes the layer in chunks. Every path shares this contract.
     """
     h, w_in, c = x.shape
     kh, kw, cw, f = w.shape
@@ -65,7 +66,7 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
         # calls (and fewer hand-offs of the GIL between threads) per multiply-add.
         tile_h, tile_w = tile_plan(r_hi - r_lo, ow, per_pixel, out.nbytes,
                                    max_bytes=min(_common.CACHE_TILE_BYTES, _common.TILE_MAX_BYTES)
-                                   if memory_bound else None)
+                                   if memory_bound else None, budget=scratch)
         for r0, r1, c0, c1 in tiles(r_hi - r_lo, ow, tile_h, tile_w):
             dest = out[r0 + r_lo:r1 + r_lo]
             r0, r1 = r0 + r_lo + row_a, r1 + r_lo + row_a

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _threads
+from . import _common, _threads
 from ._common import Padder, tiles
 
 #: Scratch bytes one tile of spectra may use (several tiles run at once, one per thread).
 TILE_BYTES = 16 << 20
 
 
-def plan(out_hw, ksize, stride, dilation, channels: int, n_maps: int, out_bytes: int) -> tuple[int, int, int]:
-    """(tile rows, FFT height, FFT width) for this layer."""
+def plan(out_hw, ksize, stride, dilation, channels: int, n_maps: int, budget: int) -> tuple[int, int, int]:
+    """(tile rows, FFT height, FFT width) for this layer; ``budget``: scratch bytes per tile."""
     from scipy import fft as sfft
 
     oh, ow = out_hw
@@ -29,7 +29,7 @@ def plan(out_hw, ksize, stride, dilation, channels: int, n_maps: int, out_bytes:
     eh, ew = (ksize[0] - 1) * dh + 1, (ksize[1] - 1) * dw + 1
     n_w = sfft.next_fast_len((ow - 1) * sw + ew, real=True)
     per_row = 8 * (n_w // 2 + 1) * (channels + n_maps) + 4 * n_w * (channels + n_maps)
-    budget = min(TILE_BYTES, max(1 << 20, out_bytes // 4))
+    budget = min(TILE_BYTES, max(1 << 20, budget))
     rows = max(1, min(oh, budget // max(1, per_row * sh), max(64, 4 * eh) // sh))
     n_h = sfft.next_fast_len((rows - 1) * sh + eh, real=True)
     rows = max(1, min(oh, (n_h - eh) // sh + 1))  # use the whole fast length
@@ -37,7 +37,7 @@ def plan(out_hw, ksize, stride, dilation, channels: int, n_maps: int, out_bytes:
 
 
 def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, out_hw,
-              depthwise: bool = False, rows=None, epilogue=None) -> np.ndarray:
+              depthwise: bool = False, rows=None, epilogue=None, scratch=None) -> np.ndarray:
     """Cross-correlate ``x`` (H×W×C) with HWIO ``w`` by FFT; same contract as :func:`direct.correlate`."""
     from scipy import fft as sfft
 
@@ -49,7 +49,9 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     n_maps = c * f if depthwise else f
     row_a, row_b = rows if rows is not None else (0, oh)
     out = np.empty((row_b - row_a, ow, n_maps), dtype=np.float32)
-    tile_rows, n_h, n_w = plan((row_b - row_a, ow), (kh, kw), stride, dilation, c, n_maps, out.nbytes)
+    if scratch is None:  # every thread holds one tile's spectra at a time
+        scratch = int(_common.TILE_FRACTION * out.nbytes) // _threads.get_threads()
+    tile_rows, n_h, n_w = plan((row_b - row_a, ow), (kh, kw), stride, dilation, c, n_maps, scratch)
     padder = Padder(x, pads, border)
     dilated = np.zeros((eh, ew, cw, f), dtype=np.float32)
     dilated[::dh, ::dw] = w

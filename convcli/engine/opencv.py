@@ -16,6 +16,9 @@ from . import _threads
 _BORDERS = {"zeros": "BORDER_CONSTANT", "reflect": "BORDER_REFLECT_101", "replicate": "BORDER_REPLICATE"}
 #: Most (input channel, filter) 2-D filter calls a non-depthwise layer may take here.
 MAX_CALLS = 16
+#: From this kernel size filter2D switches to a DFT over the whole image (memory ≈ several
+#: image copies, over the engine's budget): such kernels go to the engine's tiled FFT path.
+DFT_KERNEL = 11
 
 
 def module():
@@ -28,8 +31,12 @@ def module():
     return cv2
 
 
-def why_not(x_shape, w_shape, *, pads, stride, dilation, border, depthwise: bool) -> str | None:
-    """None when this path can run the layer, otherwise the reason (for the OptionError)."""
+def why_not(x_shape, w_shape, *, pads, stride, dilation, border, depthwise: bool,
+            rank1: bool = False) -> str | None:
+    """None when this path can run the layer, otherwise the reason.
+
+    ``rank1``: every 2-D kernel is separable (sepFilter2D, no DFT buffers).
+    """
     h, w_in, c = x_shape
     kh, kw, cw, f = w_shape
     top, bottom, left, right = pads
@@ -46,11 +53,13 @@ def why_not(x_shape, w_shape, *, pads, stride, dilation, border, depthwise: bool
         return "the reflected padding is wider than the image"
     if not depthwise and c * f > MAX_CALLS:
         return f"{c}×{f} per-channel filter calls are too many"
+    if max(kh, kw) >= DFT_KERNEL and not rank1:
+        return "large non-separable kernels make filter2D allocate whole-image DFT buffers"
     return None
 
 
 def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, out_hw,
-              depthwise: bool = False, terms=None, rows=None, epilogue=None) -> np.ndarray:
+              depthwise: bool = False, terms=None, rows=None, epilogue=None, scratch=None) -> np.ndarray:
     """Same contract as :func:`direct.correlate`; ``terms`` (rank-1 pairs) select sepFilter2D.
 
     ``rows`` crops the rows afterwards (OpenCV filters the whole image in one call).

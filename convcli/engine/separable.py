@@ -84,7 +84,7 @@ def _band_matrix(taps: np.ndarray, n_out: int, stride: int, dilation: int) -> np
 
 
 def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, out_hw,
-              depthwise: bool = False, terms=None, max_rank: int = 2, rows=None, epilogue=None) -> np.ndarray:
+              depthwise: bool = False, terms=None, max_rank: int = 2, rows=None, epilogue=None, scratch=None) -> np.ndarray:
     """Cross-correlate ``x`` (H×W×C) with low-rank HWIO ``w``; same contract as :func:`direct.correlate`.
 
     ``terms`` (from :func:`terms_of`) may be passed when already computed. Raises
@@ -120,7 +120,7 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     # Per output row: vertical results (terms × width), their block copies, and the planar accumulator.
     per_row = 4 * (most * width * (1 + span / max(1, block * sw)) + n_maps * ow + c * width * sh)
     tile_rows = max(1, min(row_b - row_a, max(MIN_TILE_ROWS, 4 * eh),
-                           tile_plan(oh, 1, int(per_row), out.nbytes, max_bytes=4 << 20)[0]))
+                           tile_plan(oh, 1, int(per_row), out.nbytes, max_bytes=4 << 20, budget=scratch)[0]))
 
     def work(r_lo: int, r_hi: int) -> None:
         for r0, r1, _, _ in tiles(r_hi - r_lo, 1, tile_rows, 1):
