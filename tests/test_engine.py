@@ -452,7 +452,7 @@ def test_errors_each_raise():
 
 
 def test_array_bank_depth_check():
-    bank = engine._ArrayBank(np.ones((3, 3, 2, 1)))
+    bank = engine.WeightsBank(np.ones((3, 3, 2, 1)))
     with pytest.raises(KernelError, match=r"weights: depth 2 does not match 3 channels"):
         bank.weights_hwio(3)
 
