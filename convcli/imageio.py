@@ -733,10 +733,8 @@ def encode_png(array: Any, *, bits: int | None = None, compress_level: int | Non
 
     Notes
     -----
-    8-bit images and 16-bit gray go through Pillow. Pillow cannot write 16-bit colour, so
-    those are written here: big-endian samples, each row filtered with the PNG filter
-    (None, Sub, Up, Average or Paeth) that minimises the sum of absolute signed bytes —
-    libpng's heuristic — computed for all rows at once.
+    Written here with numpy and zlib, not Pillow (which cannot write 16-bit colour and is
+    2–3× slower at level 1): see :func:`_png_bytes` for the filters.
 
     Raises
     ------
@@ -763,22 +761,51 @@ def encode_png(array: Any, *, bits: int | None = None, compress_level: int | Non
     if pixels.ndim not in (2, 3) or channels > 4:
         raise OutputError(f"cannot write an array of shape {pixels.shape} as PNG (gray, gray+alpha, RGB "
                           "or RGBA only); use --format tiff or npy")
-    if expected == 16 and channels > 1:
-        return _png16_bytes(pixels, level)
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG", compress_level=level)
-    return buffer.getvalue()
+    return _png_bytes(pixels if pixels.ndim == 3 else pixels[:, :, None], expected, level)
 
 
-def _png16_bytes(pixels: Any, level: int) -> bytes:
-    """A 16-bit gray+alpha/RGB/RGBA PNG, per-row adaptive filters, vectorised."""
+def _png_bytes(pixels: Any, bits: int, level: int) -> bytes:
+    """A PNG of H×W×C (C in 1..4) uint8/uint16 pixels, filtered and deflated with numpy + zlib.
+
+    Fast levels (0–2) filter every row with PNG's Sub filter and deflate with zlib's RLE
+    strategy — the recipe of fast PNG encoders: 2–3× faster than Pillow's level 1 at about
+    the same size on feature maps, and zlib releases the GIL, so maps encode in parallel
+    threads. Levels 3–9 pick, for each row, the filter (None, Sub, Up, Average or Paeth)
+    that minimises the sum of absolute signed bytes — libpng's heuristic, computed for all
+    rows at once — for smaller files.
+    """
     import numpy as np
 
     height, width, channels = pixels.shape
-    rows = pixels.astype(">u2").reshape(height, width * channels).view(np.uint8)
-    bpp = 2 * channels  # PNG filters work on bytes, one pixel back
+    if bits == 16:
+        rows = pixels.astype(">u2").reshape(height, width * channels).view(np.uint8)
+    else:
+        rows = np.ascontiguousarray(pixels).reshape(height, width * channels)
+    bpp = channels * bits // 8  # PNG filters work on bytes, one pixel back
+    if level <= 2:
+        scanlines = np.empty((height, rows.shape[1] + 1), np.uint8)
+        scanlines[:, 0] = 1  # Sub
+        scanlines[:, 1:1 + bpp] = rows[:, :bpp]
+        # uint8 subtraction wraps, which is exactly PNG's modulo-256 filter arithmetic.
+        np.subtract(rows[:, bpp:], rows[:, :-bpp], out=scanlines[:, 1 + bpp:])
+        strategy = zlib.Z_RLE
+    else:
+        scanlines = _adaptive_scanlines(rows, bpp)
+        strategy = zlib.Z_DEFAULT_STRATEGY
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
+    compressed = compressor.compress(scanlines.data) + compressor.flush()
+    step = 1 << 24  # several IDAT chunks keep each one well under PNG's 2**31 - 1 limit
+    idats = b"".join(_png_chunk(b"IDAT", compressed[i:i + step]) for i in range(0, max(len(compressed), 1), step))
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    header = struct.pack(">IIBBBBB", width, height, bits, color_type, 0, 0, 0)
+    return _PNG_MAGIC + _png_chunk(b"IHDR", header) + idats + _png_chunk(b"IEND", b"")
+
+
+def _adaptive_scanlines(rows: Any, bpp: int) -> Any:
+    """Filter type byte + filtered bytes for each row, libpng's minimum-sum heuristic."""
+    import numpy as np
+
+    height = rows.shape[0]
     left = np.zeros_like(rows)
     left[:, bpp:] = rows[:, :-bpp]
     up = np.zeros_like(rows)
@@ -791,8 +818,6 @@ def _png16_bytes(pixels: Any, level: int) -> bytes:
     paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
     del a, b, c, pa, pb, pc
     average = (left >> 1) + (up >> 1) + (left & up & 1)  # floor((left + up) / 2) in 8 bits
-    # libpng's choice per row: the smallest sum of the filtered bytes read as signed values.
-    # uint8 subtraction wraps, which is exactly PNG's modulo-256 filter arithmetic.
     signed_size = np.abs(np.arange(256, dtype=np.uint8).view(np.int8).astype(np.int16)).astype(np.uint8)
     best = rows.copy()
     best_kind = np.zeros(height, np.uint8)
@@ -804,13 +829,7 @@ def _png16_bytes(pixels: Any, level: int) -> bytes:
         best[better] = candidate[better]
         best_kind[better] = kind
         best_cost = np.minimum(cost, best_cost)
-    scanlines = np.concatenate([best_kind[:, None], best], axis=1)
-    color_type = {2: 4, 3: 2, 4: 6}[channels]
-    compressed = zlib.compress(scanlines.tobytes(), level)
-    step = 1 << 24  # several IDAT chunks keep each one well under PNG's 2**31 - 1 limit
-    idats = b"".join(_png_chunk(b"IDAT", compressed[i:i + step]) for i in range(0, max(len(compressed), 1), step))
-    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    return _PNG_MAGIC + _png_chunk(b"IHDR", header) + idats + _png_chunk(b"IEND", b"")
+    return np.concatenate([best_kind[:, None], best], axis=1)
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

@@ -124,14 +124,15 @@ def test_16bit_colour_png_exact_every_filter(channels, interlace, size):
     assert imageio.read_shape(blob) == pixels.shape
 
 
+@pytest.mark.parametrize("level", [1, 6])
 @pytest.mark.parametrize("channels", [2, 3, 4])
 @pytest.mark.parametrize("size", SIZES)
-def test_encode_png_16bit_colour_round_trip(channels, size):
+def test_encode_png_16bit_colour_round_trip(channels, size, level):
     y, x = np.mgrid[0:size[0], 0:size[1]]
     smooth = (x * 997 + y * 3001) % 65536  # Sub/Up/Paeth rows get chosen on smooth data
     noise = rng(size[1]).integers(0, 65536, size + (channels,))
     pixels = np.where(np.arange(channels) % 2 == 0, smooth[..., None], noise).astype(np.uint16)
-    blob = imageio.encode_png(pixels, bits=16)
+    blob = imageio.encode_png(pixels, bits=16, compress_level=level)
     np.testing.assert_array_equal(imageio.read_input(blob).array, pixels.astype(np.float32))
     # Pillow's own decoder (8-bit for colour) sees the same high bytes: the file is valid PNG.
     with Image.open(io.BytesIO(blob)) as im:
@@ -144,7 +145,7 @@ def test_encode_png_16bit_colour_round_trip(channels, size):
 def test_encode_png_16bit_uses_several_filters():
     y, x = np.mgrid[0:40, 0:50]
     pixels = np.stack([x * 1300, y * 1600, (x * y) % 65536], axis=-1).astype(np.uint16)
-    blob = imageio.encode_png(pixels)
+    blob = imageio.encode_png(pixels, compress_level=6)
     idat = blob[blob.index(b"IDAT") + 4:]
     raw = zlib.decompress(idat[:struct.unpack(">I", blob[blob.index(b"IDAT") - 4:blob.index(b"IDAT")])[0]])
     row_bytes = 1 + 50 * 6
@@ -704,11 +705,17 @@ def test_to_display_errors():
 # --------------------------------------------------------------------------- encoders
 
 
-def test_encode_png_8bit_all_layouts():
+@pytest.mark.parametrize("level", [0, 1, 2, 3, 9])
+@pytest.mark.parametrize("size", SIZES)
+def test_encode_png_8bit_all_layouts_decode_in_pillow(level, size):
     for channels in (1, 2, 3, 4):
-        pixels = rng(channels).integers(0, 256, (6, 7, channels), dtype=np.uint8)
-        blob = imageio.encode_png(pixels, bits=8, compress_level=9)
-        np.testing.assert_array_equal(imageio.read_input(blob).array, pixels)
+        pixels = rng(channels).integers(0, 256, size + (channels,), dtype=np.uint8)
+        pixels[: size[0] // 2] = np.arange(size[1], dtype=np.uint8)[None, :, None]  # smooth rows too
+        blob = imageio.encode_png(pixels, bits=8, compress_level=level)
+        with Image.open(io.BytesIO(blob)) as im:
+            assert im.mode == {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
+            decoded = np.asarray(im)
+        np.testing.assert_array_equal(decoded.reshape(pixels.shape), pixels)
 
 
 def test_encode_png_default_level_is_fast_level():
