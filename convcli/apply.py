@@ -254,17 +254,32 @@ def encode_group(array, *, fmt: str, normalize: str, compress_level: int | None)
                               compress_level=compress_level)
 
 
-def _encode_all(arrays: list, *, fmt: str, normalize: str, compress_level: int | None) -> list[bytes]:
-    """Encode several maps, in parallel threads (zlib and Pillow release the GIL)."""
-    if len(arrays) <= 1:
-        return [encode_group(a, fmt=fmt, normalize=normalize, compress_level=compress_level) for a in arrays]
+def _encode_and_write(items: list[tuple[Path, object]], *, fmt: str, normalize: str,
+                      compress_level: int | None) -> None:
+    """Encode each (path, array) and write it atomically, maps in parallel threads.
+
+    numpy, zlib and file writes release the GIL, so the maps of a many-filter layer
+    encode on every core the engine may use; each thread holds one encoded map at a time.
+    """
+    from . import imageio
+
+    def one(item: tuple[Path, object]) -> None:
+        path, array = item
+        blob = encode_group(array, fmt=fmt, normalize=normalize, compress_level=compress_level)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        imageio.write_atomic(path, blob)
+
+    if len(items) <= 1:
+        for item in items:
+            one(item)
+        return
     from concurrent.futures import ThreadPoolExecutor
 
     from . import engine
 
-    with ThreadPoolExecutor(max_workers=max(1, min(len(arrays), engine.get_threads()))) as pool:
-        return list(pool.map(lambda a: encode_group(a, fmt=fmt, normalize=normalize,
-                                                    compress_level=compress_level), arrays))
+    with ThreadPoolExecutor(max_workers=max(1, min(len(items), engine.get_threads()))) as pool:
+        for _ in pool.map(one, items):  # re-raises the first error
+            pass
 
 
 def _group_arrays(output, groups: list[MapGroup]) -> list:
@@ -274,28 +289,24 @@ def _group_arrays(output, groups: list[MapGroup]) -> list:
 
 def _write_maps(output, names: list[str], *, job: Job, stem: str, directory: Path, in_channels: int,
                 depthwise: bool, inputs: frozenset[str]) -> list[str]:
-    from . import imageio
-
     out = job.output
     ext = _EXT[out.format]
     if out.format == "npy":
         paths = [output_path(directory, "{stem}.{ext}" if out.name == DEFAULT_NAME else out.name,
                              stem=stem, filter="all", index=0, ext=ext)]
-        blobs = [imageio.encode_npy(output)]
+        arrays = [output]
     else:
         groups = map_groups(names, output.shape[2], depthwise=depthwise, in_channels=in_channels)
         paths = [output_path(directory, out.name, stem=stem, filter=g.name, index=g.index, ext=ext)
                  for g in groups]
-        blobs = _encode_all(_group_arrays(output, groups), fmt=out.format, normalize=out.normalize,
-                            compress_level=out.compress_level)
+        arrays = _group_arrays(output, groups)
     if len(set(paths)) != len(paths):
         raise OptionError(f"--name: {out.name!r} gives the same file name to several maps; add {{filter}} or {{index}}")
     for path in paths:
         if _is_input(path, inputs):
             raise OutputError(f"{path}: refusing to overwrite an input file")
-    for path, blob in zip(paths, blobs):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        imageio.write_atomic(path, blob)
+    _encode_and_write(list(zip(paths, arrays)), fmt=out.format, normalize=out.normalize,
+                      compress_level=out.compress_level)
     return [str(p) for p in paths]
 
 
