@@ -254,58 +254,91 @@ def encode_group(array, *, fmt: str, normalize: str, compress_level: int | None)
                               compress_level=compress_level)
 
 
-def _encode_and_write(items: list[tuple[Path, object]], *, fmt: str, normalize: str,
+#: Gray maps normalised per block: 16 float32 channels are one 64-byte cache line per pixel.
+_PLANE_CHUNK = 16
+
+
+def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt: str, normalize: str,
                       compress_level: int | None) -> None:
-    """Encode each (path, array) and write it atomically, maps in parallel threads.
+    """Encode each group of ``output`` and write it atomically to its path, in threads.
 
     numpy, zlib and file writes release the GIL, so the maps of a many-filter layer
-    encode on every core the engine may use; each thread holds one encoded map at a time.
+    encode on every core the engine may use. Gray maps are strided views of the H×W×F
+    output; for PNG they are normalised 16 channels at a time into contiguous planes
+    (:func:`imageio.to_display_planes`), so the output is read once, not once per map.
     """
-    from . import imageio
+    from concurrent.futures import ThreadPoolExecutor
 
-    def one(item: tuple[Path, object]) -> None:
-        path, array = item
-        blob = encode_group(array, fmt=fmt, normalize=normalize, compress_level=compress_level)
+    from . import engine, imageio
+
+    def write(path: Path, blob: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         imageio.write_atomic(path, blob)
 
-    if len(items) <= 1:
-        for item in items:
-            one(item)
+    def one(item) -> None:
+        path, array = item
+        write(path, encode_group(array, fmt=fmt, normalize=normalize, compress_level=compress_level))
+
+    bits = 16 if fmt == "png16" else 8
+
+    def one_plane(item) -> None:
+        path, plane = item
+        write(path, imageio.encode_png(plane, bits=bits, compress_level=compress_level))
+
+    if fmt == "npy":
+        write(paths[0], imageio.encode_npy(output))
         return
-    from concurrent.futures import ThreadPoolExecutor
-
-    from . import engine
-
-    with ThreadPoolExecutor(max_workers=max(1, min(len(items), engine.get_threads()))) as pool:
-        for _ in pool.map(one, items):  # re-raises the first error
-            pass
+    planar = fmt in ("png", "png16") and all(len(g.channels) == 1 for g in groups)
+    threads = max(1, min(len(groups), engine.get_threads()))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        if not planar:
+            for _ in pool.map(one, zip(paths, _group_arrays(output, groups))):  # re-raises errors
+                pass
+            return
+        for start in range(0, len(groups), _PLANE_CHUNK):
+            part = groups[start:start + _PLANE_CHUNK]
+            channels = [g.channels[0] for g in part]
+            first = channels[0]
+            block = (output[:, :, first:first + len(part)] if channels == list(range(first, first + len(part)))
+                     else output[:, :, channels])
+            planes = imageio.to_display_planes(block, normalize=normalize, bits=bits,
+                                               names=[g.name for g in part])
+            for _ in pool.map(one_plane, zip(paths[start:start + _PLANE_CHUNK], planes)):
+                pass
 
 
 def _group_arrays(output, groups: list[MapGroup]) -> list:
-    return [output[:, :, g.channels[0]] if len(g.channels) == 1 else output[:, :, list(g.channels)]
-            for g in groups]
+    """Each group's channels of ``output``: a view when they are consecutive, else a copy."""
+    arrays = []
+    for g in groups:
+        first, count = g.channels[0], len(g.channels)
+        if count == 1:
+            arrays.append(output[:, :, first])
+        elif g.channels == tuple(range(first, first + count)):
+            arrays.append(output[:, :, first:first + count])
+        else:
+            arrays.append(output[:, :, list(g.channels)])
+    return arrays
 
 
 def _write_maps(output, names: list[str], *, job: Job, stem: str, directory: Path, in_channels: int,
                 depthwise: bool, inputs: frozenset[str]) -> list[str]:
     out = job.output
     ext = _EXT[out.format]
-    if out.format == "npy":
+    if out.format == "npy":  # one H×W×F array per input
         paths = [output_path(directory, "{stem}.{ext}" if out.name == DEFAULT_NAME else out.name,
                              stem=stem, filter="all", index=0, ext=ext)]
-        arrays = [output]
+        groups = [MapGroup("all", 0, tuple(range(output.shape[2])))]
     else:
         groups = map_groups(names, output.shape[2], depthwise=depthwise, in_channels=in_channels)
         paths = [output_path(directory, out.name, stem=stem, filter=g.name, index=g.index, ext=ext)
                  for g in groups]
-        arrays = _group_arrays(output, groups)
     if len(set(paths)) != len(paths):
         raise OptionError(f"--name: {out.name!r} gives the same file name to several maps; add {{filter}} or {{index}}")
     for path in paths:
         if _is_input(path, inputs):
             raise OutputError(f"{path}: refusing to overwrite an input file")
-    _encode_and_write(list(zip(paths, arrays)), fmt=out.format, normalize=out.normalize,
+    _encode_and_write(paths, output, groups, fmt=out.format, normalize=out.normalize,
                       compress_level=out.compress_level)
     return [str(p) for p in paths]
 

@@ -679,8 +679,8 @@ def to_display(maps: Any, *, normalize: str = "minmax", bits: int = 8, name: str
     Returns
     -------
     numpy.ndarray
-        uint8 or uint16 of the input's shape. Values are rounded half to even
-        (``numpy.rint``), after the scaling is done in float64.
+        uint8 or uint16 of the input's shape. Values are ``rint(x·a + b)`` (half to
+        even), with ``a`` and ``b`` computed in float64 and applied in float32.
 
     Raises
     ------
@@ -691,32 +691,78 @@ def to_display(maps: Any, *, normalize: str = "minmax", bits: int = 8, name: str
     """
     import numpy as np
 
+    values = np.asarray(maps, dtype=np.float32)
+    if values.ndim < 2:
+        values = values.reshape(1, -1)
+    whole = values.reshape(values.shape[0], values.shape[1], -1)
+    # One picture: its channels share one scale, so flatten them into a single plane.
+    plane = whole.reshape(whole.shape[0], -1, 1)
+    return to_display_planes(plane, normalize=normalize, bits=bits, names=[name])[0].reshape(values.shape)
+
+
+def to_display_planes(block: Any, *, normalize: str = "minmax", bits: int = 8,
+                      names: Sequence[str] | None = None) -> Any:
+    """:func:`to_display` of each channel of an H×W×k block on its own, as k contiguous planes.
+
+    Returns uint8/uint16 of shape (k, H, W). The block may be a strided view of a layer's
+    H×W×F output (``output[:, :, f0:f1]``): it is read once, band by band, instead of once
+    per map, and each plane comes out contiguous for the PNG encoder.
+
+    Each channel is mapped by ``rint(x·a + b)`` clipped to [0, top], with ``a`` and ``b``
+    computed in float64 from the channel's min/max (or max|x|) and applied in float32.
+    """
+    import numpy as np
+
     normalize = getattr(normalize, "value", normalize)
     _check_choice("--normalize", normalize, NORMALIZE_MODES)
     if bits not in (8, 16):
         raise OptionError(f"bits: expected 8 or 16, got {bits!r}")
-    values = np.asarray(maps, dtype=np.float64)
+    values = np.asarray(block)
+    if values.dtype != np.float32:
+        values = values.astype(np.float32)
+    height, width, count = values.shape
     dtype = np.uint8 if bits == 8 else np.uint16
     top = float(2**bits - 1)
+    out = np.empty((count, height, width), dtype)
     if values.size == 0:
-        return np.zeros(values.shape, dtype)
-    if not np.isfinite(values).all():
-        count = int(values.size - np.isfinite(values).sum())
-        raise OutputError(f"{name}: {count} NaN/Inf values cannot be shown as pixels; "
-                          "use --format tiff or npy")
+        out[...] = 0
+        return out
+    low = values.min(axis=(0, 1)).astype(np.float64)
+    high = values.max(axis=(0, 1)).astype(np.float64)
+    broken = ~(np.isfinite(low) & np.isfinite(high))
+    if broken.any():
+        channel = int(np.argmax(broken))
+        plane = values[:, :, channel]
+        bad = int(plane.size - np.isfinite(plane).sum())
+        label = names[channel] if names is not None and channel < len(names) else f"map {channel}"
+        raise OutputError(f"{label}: {bad} NaN/Inf values cannot be shown as pixels; use --format tiff or npy")
+    absolute = False
     if normalize == "minmax":
-        low, high = values.min(), values.max()
-        scaled = (values - low) * (top / (high - low)) if high > low else np.zeros_like(values)
+        span = high - low
+        scale = np.divide(top, span, out=np.zeros_like(span), where=span > 0)
+        offset = -low * scale
     elif normalize == "clip":
-        scaled = values
+        scale, offset = np.ones(count), np.zeros(count)
     else:
-        peak = np.abs(values).max()
+        peak = np.maximum(np.abs(low), np.abs(high))
         if normalize == "abs":
-            scaled = np.abs(values) * (top / peak) if peak > 0 else np.zeros_like(values)
-        else:
-            scaled = ((values / peak + 1.0) * (top / 2.0) if peak > 0
-                      else np.full_like(values, top / 2.0))
-    return np.clip(np.rint(scaled), 0.0, top).astype(dtype)
+            absolute = True
+            scale = np.divide(top, peak, out=np.zeros_like(peak), where=peak > 0)
+            offset = np.zeros(count)
+        else:  # offset: 0 at mid-grey, ±peak at the ends
+            scale = np.divide(top / 2.0, peak, out=np.zeros_like(peak), where=peak > 0)
+            offset = np.full(count, top / 2.0)
+    scale32, offset32 = scale.astype(np.float32), offset.astype(np.float32)
+    band = max(1, (1 << 20) // max(1, width * count))  # ~4 MB of float32 at a time
+    for row in range(0, height, band):
+        part = values[row:row + band]
+        scaled = np.abs(part) if absolute else part.copy()
+        scaled *= scale32
+        scaled += offset32
+        np.rint(scaled, out=scaled)
+        np.clip(scaled, 0.0, top, out=scaled)
+        out[:, row:row + band, :] = np.moveaxis(scaled, 2, 0)
+    return out
 
 
 def encode_png(array: Any, *, bits: int | None = None, compress_level: int | None = None) -> bytes:

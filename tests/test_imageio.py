@@ -838,3 +838,33 @@ def test_format_map_rows_values():
 def test_is_supported():
     assert imageio.is_supported("a/b.PNG") and imageio.is_supported("x.csv") and imageio.is_supported("y.tif")
     assert not imageio.is_supported("notes.md")
+
+
+@pytest.mark.parametrize("normalize", ["minmax", "clip", "abs", "offset"])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_to_display_planes_equals_per_map_to_display_on_strided_views(normalize, bits):
+    generator = rng(11)
+    output = (generator.standard_normal((9, 14, 40)) * 300).astype(np.float32)
+    output[:, :, 5] = 7.0  # a constant map
+    output[:, :, 6] = 0.0  # an all-zero map
+    block = output[:, :, 3:22]  # a strided view, as apply passes it
+    planes = imageio.to_display_planes(block, normalize=normalize, bits=bits)
+    assert planes.shape == (19, 9, 14) and planes.flags["C_CONTIGUOUS"]
+    for index in range(19):
+        expected = imageio.to_display(output[:, :, 3 + index], normalize=normalize, bits=bits)
+        np.testing.assert_array_equal(planes[index], expected)
+
+
+def test_to_display_planes_reference_values():
+    block = np.array([[[-2.0, -4.0], [0.0, 0.0]], [[2.0, 4.0], [6.0, 2.0]]], np.float32)  # 2×2×2
+    np.testing.assert_array_equal(imageio.to_display_planes(block, normalize="minmax")[0],
+                                  [[0, 64], [128, 255]])  # (-2, 0, 2, 6) over [-2, 6]; 63.75 -> 64
+    np.testing.assert_array_equal(imageio.to_display_planes(block, normalize="abs")[1], [[255, 0], [255, 128]])
+    np.testing.assert_array_equal(imageio.to_display_planes(block, normalize="offset")[1], [[0, 128], [255, 191]])
+
+
+def test_to_display_planes_names_the_map_with_nan():
+    block = np.zeros((2, 2, 3), np.float32)
+    block[0, 1, 2] = np.inf
+    with pytest.raises(OutputError, match=r"^x_sobel-y: 1 NaN/Inf values cannot be shown as pixels"):
+        imageio.to_display_planes(block, names=["x_edge", "x_sobel-x", "x_sobel-y"])
