@@ -269,6 +269,8 @@ def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt:
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    import numpy as np
+
     from . import engine, imageio
 
     def write(path: Path, blob: bytes) -> None:
@@ -295,6 +297,10 @@ def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt:
             for _ in pool.map(one, zip(paths, _group_arrays(output, groups))):  # re-raises errors
                 pass
             return
+        # Every channel's min and max in one pass over the contiguous output.
+        flat = np.ascontiguousarray(output).reshape(-1, output.shape[2])
+        low, high = flat.min(axis=0), flat.max(axis=0)
+        pending: list = []  # the previous block's encodes run while the next block is normalised
         for start in range(0, len(groups), _PLANE_CHUNK):
             part = groups[start:start + _PLANE_CHUNK]
             channels = [g.channels[0] for g in part]
@@ -302,9 +308,13 @@ def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt:
             block = (output[:, :, first:first + len(part)] if channels == list(range(first, first + len(part)))
                      else output[:, :, channels])
             planes = imageio.to_display_planes(block, normalize=normalize, bits=bits,
-                                               names=[g.name for g in part])
-            for _ in pool.map(one_plane, zip(paths[start:start + _PLANE_CHUNK], planes)):
-                pass
+                                               names=[g.name for g in part], low=low[channels],
+                                               high=high[channels])
+            for future in pending:
+                future.result()  # re-raises a failed write
+            pending = [pool.submit(one_plane, item) for item in zip(paths[start:start + _PLANE_CHUNK], planes)]
+        for future in pending:
+            future.result()
 
 
 def _group_arrays(output, groups: list[MapGroup]) -> list:
