@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import opencv, separable
+from . import separable
 
 GEMM_MACS_PER_S = 25e9  # skinny sgemm on tiles, both cores
 COPY_FLOATS_PER_S = 3e9  # strided block copies into the patch matrix

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _threads
-from . import _common
+from . import _common, _threads
 from ._common import Padder, tile_plan, tiles
 
 #: Work (multiply-accumulates) below which a layer runs on one thread.
@@ -41,7 +40,7 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     still in cache (bias and activation, in place); ``scratch`` is the tile memory budget in
     bytes when the caller computes the layer in chunks. Every path shares this contract.
     """
-    h, w_in, c = x.shape
+    c = x.shape[2]
     kh, kw, cw, f = w.shape
     oh, ow = out_hw
     row_a, row_b = rows if rows is not None else (0, oh)
