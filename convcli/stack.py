@@ -185,7 +185,8 @@ class Stack:
             if isinstance(step, ConvStep):
                 result = engine.run_layer(x, step.bank, step.spec, None, algorithm=algorithm)
                 x = result.output
-                algorithms.append(result.algorithm)
+                backend = "" if result.backend == "numpy" else f"/{result.backend}"
+                algorithms.append(result.algorithm + backend)  # e.g. "direct", "separable/opencv"
             else:
                 x = engine.pool2d(x, step.spec)
             if keep_all:

@@ -278,6 +278,13 @@ def test_kernels_listing_and_show():
     assert data[0]["weights"] == [[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]]
 
 
+def test_cli_algorithm_choices_are_the_engines():
+    # cli.py keeps its own tuple so `convcli --help` does not import numpy; they must agree.
+    from convcli import cli as cli_module, engine
+
+    assert cli_module.ALGORITHMS == engine.ALGORITHMS
+
+
 def test_every_command_has_help_with_an_example():
     for command in (["--help"], ["apply", "--help"], ["shape", "--help"], ["kernels", "--help"]):
         text = run(*command).stdout
