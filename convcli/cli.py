@@ -192,7 +192,7 @@ def cli():
 
     \b
     Examples:
-      convcli apply sample_images/window.png -k vertical-line -k horizontal-line --padding same -o out/
+      convcli apply sample_images/building.png -k vertical-line -k horizontal-line --padding same -o out/
       convcli shape --input 725x1280x3 --filters 32 --kernel-size 4
       convcli kernels sobel-x
     """
