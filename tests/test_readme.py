@@ -38,3 +38,13 @@ def test_readme_console_example(command, expected, monkeypatch):
     result = CliRunner().invoke(cli, shlex.split(command)[1:], catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
     assert result.stdout == expected
+
+
+def test_files_the_readme_and_help_name_exist():
+    from convcli import cli as cli_module
+
+    text = (REPO / "README.md").read_text(encoding="utf-8") + Path(cli_module.__file__).read_text(encoding="utf-8")
+    named = set(re.findall(r"\b((?:sample_images|examples|kernels|docs|benchmarks|tools)/[\w./-]*\w)", text))
+    assert named
+    missing = sorted(path for path in named if not (REPO / path).exists())
+    assert not missing, missing
