@@ -322,3 +322,30 @@ def test_real_subprocess_apply_and_read_back(tmp_path, seeds):
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_many_filters_are_written_group_by_group_with_the_same_files(tmp_path, monkeypatch):
+    """A 40-filter bank runs 16 filters at a time; the files equal those of one whole run."""
+    import convcli.apply
+
+    rng = np.random.default_rng(40)
+    source = tmp_path / "pic.png"
+    Image.fromarray(rng.integers(0, 256, (23, 18, 3), dtype=np.uint8)).save(source)
+    bank = tmp_path / "bank40.npy"
+    np.save(bank, rng.standard_normal((3, 3, 3, 40)).astype(np.float32))
+    args = ["apply", source, "-k", bank, "--padding", "same", "--activation", "relu", "--pool", "max",
+            "--name", "{stem}_{index:02d}_{filter}.{ext}"]
+    assert convcli.apply.FILTER_GROUP < 40
+    runs = []
+    real_run = convcli.apply.Stack.run
+    monkeypatch.setattr(convcli.apply.Stack, "run", lambda self, x, **kw: runs.append(1) or real_run(self, x, **kw))
+    grouped = json.loads(run(*args, "-o", tmp_path / "grouped", "--json").stdout)
+    assert len(runs) == 3  # 16 + 16 + 8 filters
+    monkeypatch.setattr(convcli.apply, "FILTER_GROUP", 1000)
+    whole = json.loads(run(*args, "-o", tmp_path / "whole", "--json").stdout)
+    assert grouped["output_shape"] == whole["output_shape"] == [11, 9, 40]
+    names = sorted(p.name for p in (tmp_path / "grouped").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert len(names) == 40 and names[17] == "pic_17_bank40[17].png"
+    for name in names:
+        assert (tmp_path / "grouped" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
