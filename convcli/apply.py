@@ -269,8 +269,6 @@ def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    import numpy as np
-
     from . import engine, imageio
 
     def write(path: Path, blob: bytes) -> None:
@@ -298,8 +296,7 @@ def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt:
                 pass
             return
         # Every channel's min and max in one pass over the contiguous output.
-        flat = np.ascontiguousarray(output).reshape(-1, output.shape[2])
-        low, high = flat.min(axis=0), flat.max(axis=0)
+        low, high = imageio.channel_extrema(output)
         pending: list = []  # the previous block's encodes run while the next block is normalised
         for start in range(0, len(groups), _PLANE_CHUNK):
             part = groups[start:start + _PLANE_CHUNK]

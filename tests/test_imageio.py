@@ -868,3 +868,11 @@ def test_to_display_planes_names_the_map_with_nan():
     block[0, 1, 2] = np.inf
     with pytest.raises(OutputError, match=r"^x_sobel-y: 1 NaN/Inf values cannot be shown as pixels"):
         imageio.to_display_planes(block, names=["x_edge", "x_sobel-x", "x_sobel-y"])
+
+
+@pytest.mark.parametrize("shape", [(7, 10, 1), (8, 9, 3), (1, 5, 64), (13, 1, 16), (33, 31, 5)])
+def test_channel_extrema_equals_numpy_per_channel(shape):
+    values = rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    low, high = imageio.channel_extrema(values)
+    np.testing.assert_array_equal(low, values.min(axis=(0, 1)))
+    np.testing.assert_array_equal(high, values.max(axis=(0, 1)))
