@@ -105,6 +105,9 @@ __all__ = [
     "builtin_catalog",
     "load_builtin",
     "safe_name",
+    "read_text",
+    "parse_document",
+    "looks_inline",
     "MAX_FILE_BYTES",
     "MAX_WEIGHTS",
     "MAX_ALIAS_NODES",
@@ -723,23 +726,36 @@ def _trim(text: str) -> str:
 # --------------------------------------------------------------------------- reading files
 
 
-def _read_bounded(path: Path, source: str) -> bytes:
+def _read_bounded(path: Path, source: str, *, limit: int | None = None, what: str = "kernel file") -> bytes:
+    limit = MAX_FILE_BYTES if limit is None else limit
     try:
         if path.is_dir():
-            raise KernelError(f"{source}: is a directory, not a kernel file")
+            raise KernelError(f"{source}: is a directory, not a {what}")
         size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise KernelError(
-                f"{source}: {size / 2**20:.1f} MiB, larger than the {MAX_FILE_BYTES >> 20} MiB allowed for a kernel file"
-            )
+        if size > limit:
+            raise KernelError(f"{source}: {size / 2**20:.1f} MiB, larger than the {_mib(limit)} allowed for a {what}")
         with open(path, "rb") as handle:
             # Read one byte more than allowed: pipes and special files report size 0.
-            data = handle.read(MAX_FILE_BYTES + 1)
+            data = handle.read(limit + 1)
     except OSError as exc:
         raise KernelError(f"{source}: cannot read: {exc.strerror or exc}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise KernelError(f"{source}: larger than the {MAX_FILE_BYTES >> 20} MiB allowed for a kernel file")
+    if len(data) > limit:
+        raise KernelError(f"{source}: larger than the {_mib(limit)} allowed for a {what}")
     return data
+
+
+def _mib(limit: int) -> str:
+    return f"{limit >> 20} MiB"
+
+
+def read_text(path: str | os.PathLike, *, limit: int | None = None, what: str = "kernel file") -> str:
+    """A UTF-8 text file of at most ``limit`` bytes (default :data:`MAX_FILE_BYTES`).
+
+    For convcli's other small YAML/JSON files (pipelines); errors are one-line
+    :class:`KernelError` messages naming the file.
+    """
+    path = Path(path)
+    return _decode(_read_bounded(path, str(path), limit=limit, what=what), str(path))
 
 
 def _decode(data: bytes, source: str) -> str:

@@ -63,7 +63,7 @@ from .layer import (
 from .stack import ConvStep, PoolStep, Stack, Step
 
 #: Largest pipeline file read; a stack of layers is a few kilobytes.
-MAX_PIPELINE_BYTES = 1 << 20
+MAX_PIPELINE_BYTES = 1 << 20  # 1 MiB
 
 CONV_KEYS = ("kernels", "filters", "kernel_size", "stride", "padding", "border", "dilation", "depthwise",
              "flip", "activation", "negative_slope", "bias", "name")
@@ -152,19 +152,14 @@ def load_pipeline(path: str | Path) -> Pipeline:
     KernelError
         A kernel named by an entry cannot be loaded (the message names the entry).
     """
+    from . import kernels
+
     path = Path(path)
     source = str(path)
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_PIPELINE_BYTES + 1)
-    except OSError as err:
-        raise OptionError(f"{source}: cannot read the pipeline file ({err.strerror or err})") from None
-    if len(raw) > MAX_PIPELINE_BYTES:
-        raise OptionError(f"{source}: pipeline file is larger than {MAX_PIPELINE_BYTES:,} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise OptionError(f"{source}: not a UTF-8 text file (byte {err.start})") from None
+        text = kernels.read_text(path, limit=MAX_PIPELINE_BYTES, what="pipeline file")
+    except KernelError as err:  # a bad pipeline file is a bad option (exit 2)
+        raise OptionError(str(err)) from None
     data = _parse_text(text, source, json_format=path.suffix.lower() == ".json")
     return parse_pipeline(data, base_dir=path.parent, source=source)
 
