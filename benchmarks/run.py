@@ -110,6 +110,18 @@ def tool_convcli_numpy(name, x, w, b, dw):
     return tool_convcli(name, x, w, b, dw)
 
 
+def epilogue(out, b, spec):
+    """Bias, ReLU and 2×2 max-pool, as the workload asks, for peers that only correlate."""
+    if b is not None:
+        out += b
+    if spec.get("relu"):
+        np.maximum(out, 0, out=out)
+    if spec.get("pool"):
+        ph, pw = out.shape[0] // 2, out.shape[1] // 2
+        out = out[:2 * ph, :2 * pw].reshape(ph, 2, pw, 2, -1).max(axis=(1, 3))
+    return out
+
+
 def tool_scipy_ndimage(name, x, w, b, dw):
     from scipy import ndimage
 
@@ -146,14 +158,7 @@ def tool_scipy_ndimage(name, x, w, b, dw):
                 acc = acc[off::stride, off::stride]
             maps.append(acc)
         out = np.stack(maps, axis=2)
-        if b is not None:
-            out += b
-        if spec.get("relu"):
-            np.maximum(out, 0, out=out)
-        if spec.get("pool"):
-            ph, pw = out.shape[0] // 2, out.shape[1] // 2
-            out = out[:2 * ph, :2 * pw].reshape(ph, 2, pw, 2, -1).max(axis=(1, 3))
-        return out
+        return epilogue(out, b, spec)
     return run, {"algorithm": "correlate"}
 
 
@@ -240,14 +245,7 @@ def tool_opencv(name, x, w, b, dw):
             maps.append(acc[off::stride, off::stride] if stride > 1 else acc)
         out = cv2.merge(maps) if len(maps) <= 512 else np.stack(maps, axis=2)
         out = out.reshape(out.shape[0], out.shape[1], -1)
-        if b is not None:
-            out += b
-        if spec.get("relu"):
-            np.maximum(out, 0, out=out)
-        if spec.get("pool"):
-            ph, pw = out.shape[0] // 2, out.shape[1] // 2
-            out = out[:2 * ph, :2 * pw].reshape(ph, 2, pw, 2, -1).max(axis=(1, 3))
-        return out
+        return epilogue(out, b, spec)
     return run, {"algorithm": "filter2D per channel"}
 
 
