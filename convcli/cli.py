@@ -58,8 +58,18 @@ def _choice(*values: str) -> click.Choice:
 
 # --- error handling ---------------------------------------------------------------------------
 
+class _Interrupted(Exception):
+    """Ctrl-C, carried past click's own handler (which prints a blank line first)."""
+
+
 class ConvcliGroup(click.Group):
     """A group whose errors are one line on stderr with a meaningful exit status."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _Interrupted() from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
@@ -77,7 +87,7 @@ class ConvcliGroup(click.Group):
         except ConvcliError as err:
             click.echo(f"convcli: error: {err}", err=True)
             status = err.exit_status
-        except (KeyboardInterrupt, click.exceptions.Abort):
+        except (_Interrupted, KeyboardInterrupt, click.exceptions.Abort):
             click.echo("convcli: interrupted", err=True)
             status = ExitStatus.INTERRUPTED
         except BrokenPipeError:

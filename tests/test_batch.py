@@ -417,7 +417,8 @@ def test_ctrl_c_stops_the_workers_and_leaves_only_complete_files(tmp_path, targe
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     assert time.monotonic() - stopped < 10
-    assert b"interrupted" in stderr and b"Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == b"convcli: interrupted" and b"Traceback" not in stderr
+    assert not stderr.startswith(b"\n")  # no stray blank line before the message
     names = sorted(os.listdir(out))
     time.sleep(1.0)
     assert sorted(os.listdir(out)) == names  # no worker is still writing
