@@ -77,6 +77,10 @@ class ConvcliGroup(click.Group):
                                   standalone_mode=False, **extra)
         except click.exceptions.Exit as done:
             status = done.exit_code
+        except click.exceptions.NoArgsIsHelpError as err:
+            # `convcli` alone: the help, on stderr (it is not data), as a usage error.
+            click.echo(err.ctx.get_help() if err.ctx is not None else err.format_message(), err=True)
+            status = ExitStatus.USAGE
         except click.UsageError as err:
             hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
             click.echo(f"convcli: error: {err.format_message()}{hint}", err=True)
@@ -208,7 +212,7 @@ def cli():
     """
 
 
-@cli.command()
+@cli.command(short_help="Apply a layer (or a --pipeline of layers) to images or arrays.")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @layer_options
 @click.option("--algorithm", type=_choice(*ALGORITHMS), default="auto", show_default=True,
@@ -285,7 +289,7 @@ def apply(inputs, **params):
     return summary.exit_status
 
 
-@cli.command()
+@cli.command(short_help="Report shapes, parameters and MACs of a layer or a stack.")
 @click.argument("image", required=False, type=click.Path(dir_okay=False))
 @click.option("--input", "input_shape", metavar="HxWxC",
               help="Input shape HxWxC (also H,W,C; HxW = one channel; L = a 1-D signal of length L).")

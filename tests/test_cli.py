@@ -285,6 +285,12 @@ def test_cli_algorithm_choices_are_the_engines():
     assert cli_module.ALGORITHMS == engine.ALGORITHMS
 
 
+def test_bare_convcli_shows_the_help_on_stderr_as_a_usage_error():
+    result = run(status=2)
+    assert result.stdout == ""
+    assert result.stderr.startswith("Usage: convcli") and "apply" in result.stderr
+
+
 def test_every_command_has_help_with_an_example():
     for command in (["--help"], ["apply", "--help"], ["shape", "--help"], ["kernels", "--help"]):
         text = run(*command).stdout
