@@ -193,7 +193,7 @@ def _build_stack(params: dict, *, shape_only: bool = False):
 
 # --- commands ---------------------------------------------------------------------------------
 
-@click.group(cls=ConvcliGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(name="convcli", cls=ConvcliGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="convcli")
 def cli():
     """Apply CNN convolution layers to images, with Keras/PyTorch semantics.
