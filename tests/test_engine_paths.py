@@ -174,6 +174,17 @@ def test_chooser_picks_each_path(case, expected):
     assert choose.choose(case, opencv_ok=False) == expected
 
 
+def test_opencv_only_where_it_saves_more_than_its_import_risks():
+    # W5 (Sobel on 1080p RGB) saves tens of ms a call: OpenCV. A small picture saves less
+    # than the margin that bounds what a one-off command can lose to cv2's import: numpy.
+    w5 = layer((1080, 1920, 3), (3, 3, 1, 1), depthwise=True, rank=1)
+    small = layer((240, 320, 3), (3, 3, 1, 1), depthwise=True, rank=1)
+    assert choose.choose(w5, opencv_ok=True) == "opencv"
+    assert choose.choose(small, opencv_ok=True) != "opencv"
+    costs = choose.estimates(small, opencv_ok=True)
+    assert costs["opencv"] < min(v for k, v in costs.items() if k != "opencv")  # faster, but not by enough
+
+
 def test_auto_reports_each_path(rng):
     engine.use_opencv(False)
     try:

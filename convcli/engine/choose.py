@@ -135,9 +135,18 @@ def rank_of(w: np.ndarray) -> int:
     return separable.max_rank_of(w)
 
 
+#: OpenCV must beat the numpy paths by this much per call to be chosen. Importing cv2 costs
+#: a process about 0.1 s, so a one-off command on a small image loses at most that, and a
+#: batch earns it back within a few images. A fixed margin, not a per-process tally, keeps
+#: the choice — and so every output byte — the same whatever the batch and its -j.
+OPENCV_MARGIN_SECONDS = 0.02
+
+
 def choose(layer: Layer, *, opencv_ok: bool) -> str:
     """The cheapest path for ``layer`` (``opencv_ok``: cv2 is importable and can serve it)."""
     costs = estimates(layer, opencv_ok=opencv_ok)
+    if "opencv" in costs:
+        costs["opencv"] += OPENCV_MARGIN_SECONDS
     return min(costs, key=costs.get)  # ties go to the first: direct (exact sums for small layers)
 
 
