@@ -259,13 +259,16 @@ _PLANE_CHUNK = 16
 
 
 def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt: str, normalize: str,
-                      compress_level: int | None) -> None:
+                      compress_level: int | None, pool=None, pending: list | None = None) -> None:
     """Encode each group of ``output`` and write it atomically to its path, in threads.
 
     numpy, zlib and file writes release the GIL, so the maps of a many-filter layer
     encode on every core the engine may use. Gray maps are strided views of the H×W×F
     output; for PNG they are normalised 16 channels at a time into contiguous planes
     (:func:`imageio.to_display_planes`), so the output is read once, not once per map.
+
+    With a shared ``pool``, the last block's encodes are left running and their futures
+    appended to ``pending``: the caller computes the next filters meanwhile and waits later.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -288,30 +291,36 @@ def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt:
     if fmt == "npy":
         write(paths[0], imageio.encode_npy(output))
         return
-    planar = fmt in ("png", "png16") and all(len(g.channels) == 1 for g in groups)
-    threads = max(1, min(len(groups), engine.get_threads()))
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        if not planar:
-            for _ in pool.map(one, zip(paths, _group_arrays(output, groups))):  # re-raises errors
-                pass
-            return
-        # Every channel's min and max in one pass over the contiguous output.
-        low, high = imageio.channel_extrema(output)
-        pending: list = []  # the previous block's encodes run while the next block is normalised
-        for start in range(0, len(groups), _PLANE_CHUNK):
-            part = groups[start:start + _PLANE_CHUNK]
-            channels = [g.channels[0] for g in part]
-            first = channels[0]
-            block = (output[:, :, first:first + len(part)] if channels == list(range(first, first + len(part)))
-                     else output[:, :, channels])
-            planes = imageio.to_display_planes(block, normalize=normalize, bits=bits,
-                                               names=[g.name for g in part], low=low[channels],
-                                               high=high[channels])
-            for future in pending:
-                future.result()  # re-raises a failed write
-            pending = [pool.submit(one_plane, item) for item in zip(paths[start:start + _PLANE_CHUNK], planes)]
-        for future in pending:
-            future.result()
+    own_pool = pool is None
+    if own_pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, min(len(groups), engine.get_threads())))
+    try:
+        if fmt in ("png", "png16") and all(len(g.channels) == 1 for g in groups):
+            # Every channel's min and max in one pass over the contiguous output.
+            low, high = imageio.channel_extrema(output)
+            running: list = []  # the previous block's encodes run while the next block is normalised
+            for start in range(0, len(groups), _PLANE_CHUNK):
+                part = groups[start:start + _PLANE_CHUNK]
+                channels = [g.channels[0] for g in part]
+                first = channels[0]
+                block = (output[:, :, first:first + len(part)]
+                         if channels == list(range(first, first + len(part))) else output[:, :, channels])
+                planes = imageio.to_display_planes(block, normalize=normalize, bits=bits,
+                                                   names=[g.name for g in part], low=low[channels],
+                                                   high=high[channels])
+                for future in running:
+                    future.result()  # re-raises a failed write
+                running = [pool.submit(one_plane, item) for item in zip(paths[start:start + _PLANE_CHUNK], planes)]
+        else:
+            running = [pool.submit(one, item) for item in zip(paths, _group_arrays(output, groups))]
+        if pending is not None:
+            pending.extend(running)
+        else:
+            for future in running:
+                future.result()
+    finally:
+        if own_pool:
+            pool.shutdown(wait=True)
 
 
 def _group_arrays(output, groups: list[MapGroup]) -> list:
@@ -329,7 +338,8 @@ def _group_arrays(output, groups: list[MapGroup]) -> list:
 
 
 def _write_maps(output, names: list[str], *, job: Job, stem: str, directory: Path, in_channels: int,
-                depthwise: bool, inputs: frozenset[str], first_index: int = 0) -> list[str]:
+                depthwise: bool, inputs: frozenset[str], first_index: int = 0, pool=None,
+                pending: list | None = None) -> list[str]:
     out = job.output
     ext = _EXT[out.format]
     if out.format == "npy":  # one H×W×F array per input
@@ -346,7 +356,7 @@ def _write_maps(output, names: list[str], *, job: Job, stem: str, directory: Pat
         if _is_input(path, inputs):
             raise OutputError(f"{path}: refusing to overwrite an input file")
     _encode_and_write(paths, output, groups, fmt=out.format, normalize=out.normalize,
-                      compress_level=out.compress_level)
+                      compress_level=out.compress_level, pool=pool, pending=pending)
     return [str(p) for p in paths]
 
 
@@ -452,20 +462,34 @@ def _write_by_filter_group(x, job: Job, names: list[str], *, stem: str, director
 
     from .kernels import FilterBank
 
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import engine
+
     conv = job.stack.steps[0]
     bank = conv.bank
     written: list[str] = []
     algorithms: list[str] = []
     shape: list[int] = []
-    for first in range(0, bank.filters, FILTER_GROUP):
-        part = FilterBank(bank.kernels[first:first + FILTER_GROUP])
-        stack = replace(job.stack, steps=(replace(conv, bank=part),) + job.stack.steps[1:])
-        output, used, _ = stack.run(x, algorithm=job.algorithm)
-        algorithms = algorithms or used
-        shape = [output.shape[0], output.shape[1], bank.filters]
-        written += _write_maps(output, names[first:first + FILTER_GROUP], job=job, stem=stem, directory=directory,
-                               in_channels=x.shape[2], depthwise=False, inputs=inputs, first_index=first)
-        del output
+    previous: list = []
+    # One pool for all groups: a group's maps encode while the next group is computed.
+    with ThreadPoolExecutor(max_workers=engine.get_threads()) as pool:
+        for first in range(0, bank.filters, FILTER_GROUP):
+            part = FilterBank(bank.kernels[first:first + FILTER_GROUP])
+            stack = replace(job.stack, steps=(replace(conv, bank=part),) + job.stack.steps[1:])
+            output, used, _ = stack.run(x, algorithm=job.algorithm)
+            algorithms = algorithms or used
+            shape = [output.shape[0], output.shape[1], bank.filters]
+            current: list = []
+            written += _write_maps(output, names[first:first + FILTER_GROUP], job=job, stem=stem,
+                                   directory=directory, in_channels=x.shape[2], depthwise=False, inputs=inputs,
+                                   first_index=first, pool=pool, pending=current)
+            del output
+            for future in previous:  # at most two groups' encodes in flight
+                future.result()
+            previous = current
+        for future in previous:
+            future.result()
     return shape, algorithms, written
 
 
