@@ -105,7 +105,7 @@ class MapGroup:
     channels: tuple[int, ...]
 
 
-def map_groups(names: list[str], channels: int, *, depthwise: bool, in_channels: int) -> list[MapGroup]:
+def map_groups(names: list[str], *, depthwise: bool, in_channels: int) -> list[MapGroup]:
     """Split an H×W×F' output into the files it is written as.
 
     A plain layer gives one gray map per filter. A depthwise layer on a 1-, 2-, 3- or
@@ -210,13 +210,22 @@ def planned_outputs(job: Job, stem: str, in_channels: int | None, rel_dir: str =
 
 def _planned_maps(job: Job, names: list[str], stem: str, directory: Path, in_channels: int | None, *,
                   depthwise: bool) -> list[Path]:
+    files = _map_files(job, names, stem, directory, depthwise=depthwise,
+                       in_channels=in_channels if in_channels is not None else 1)
+    return [path for path, _ in files]
+
+
+def _map_files(job: Job, names: list[str], stem: str, directory: Path, *, depthwise: bool, in_channels: int,
+               channels: int = 0, first_index: int = 0) -> list[tuple[Path, MapGroup]]:
+    """Each output file of a layer and the channels it holds (``channels``: the layer's F')."""
     out = job.output
     ext = _EXT[out.format]
-    if out.format == "npy":
-        return [output_path(directory, "{stem}.{ext}" if out.name == DEFAULT_NAME else out.name,
-                            stem=stem, filter="all", index=0, ext=ext)]
-    groups = map_groups(names, 0, depthwise=depthwise, in_channels=in_channels if in_channels is not None else 1)
-    return [output_path(directory, out.name, stem=stem, filter=g.name, index=g.index, ext=ext) for g in groups]
+    if out.format == "npy":  # one H×W×F array per input
+        path = output_path(directory, "{stem}.{ext}" if out.name == DEFAULT_NAME else out.name,
+                           stem=stem, filter="all", index=0, ext=ext)
+        return [(path, MapGroup("all", 0, tuple(range(channels))))]
+    return [(output_path(directory, out.name, stem=stem, filter=g.name, index=first_index + g.index, ext=ext), g)
+            for g in map_groups(names, depthwise=depthwise, in_channels=in_channels)]
 
 
 def _planned_save_all(job: Job, stem: str, directory: Path, in_channels: int | None) -> list[Path]:
@@ -341,15 +350,10 @@ def _write_maps(output, names: list[str], *, job: Job, stem: str, directory: Pat
                 depthwise: bool, inputs: frozenset[str], first_index: int = 0, pool=None,
                 pending: list | None = None) -> list[str]:
     out = job.output
-    ext = _EXT[out.format]
-    if out.format == "npy":  # one H×W×F array per input
-        paths = [output_path(directory, "{stem}.{ext}" if out.name == DEFAULT_NAME else out.name,
-                             stem=stem, filter="all", index=0, ext=ext)]
-        groups = [MapGroup("all", 0, tuple(range(output.shape[2])))]
-    else:
-        groups = map_groups(names, output.shape[2], depthwise=depthwise, in_channels=in_channels)
-        paths = [output_path(directory, out.name, stem=stem, filter=g.name, index=first_index + g.index, ext=ext)
-                 for g in groups]
+    files = _map_files(job, names, stem, directory, depthwise=depthwise, in_channels=in_channels,
+                       channels=output.shape[2], first_index=first_index)
+    paths = [path for path, _ in files]
+    groups = [group for _, group in files]
     if len(set(paths)) != len(paths):
         raise OptionError(f"--name: {out.name!r} gives the same file name to several maps; add {{filter}} or {{index}}")
     for path in paths:
@@ -405,7 +409,7 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
     in_depth = _last_conv_input_channels(job.stack, tuple(x.shape))
     out = job.output
     if out.to_stdout:
-        groups = map_groups(names, output.shape[2], depthwise=conv.spec.depthwise, in_channels=in_depth)
+        groups = map_groups(names, depthwise=conv.spec.depthwise, in_channels=in_depth)
         count = 1 if out.format == "npy" else len(groups)
         if count != 1:
             # Only a depthwise layer on more than 4 channels gets here; check_job
@@ -458,13 +462,11 @@ def _writes_by_filter_group(job: Job) -> bool:
 def _write_by_filter_group(x, job: Job, names: list[str], *, stem: str, directory: Path,
                            inputs: frozenset[str]) -> tuple[list[int], list[str], list[str]]:
     """Run and write the layer :data:`FILTER_GROUP` filters at a time; same files as one run."""
+    from concurrent.futures import ThreadPoolExecutor
     from dataclasses import replace
 
-    from .kernels import FilterBank
-
-    from concurrent.futures import ThreadPoolExecutor
-
     from . import engine
+    from .kernels import FilterBank
 
     conv = job.stack.steps[0]
     bank = conv.bank
@@ -531,7 +533,7 @@ def _write_montage(output, names: list[str], job: Job, stem: str, depthwise: boo
     path = montage_path(job.output.montage or "", stem)
     if _is_input(path, inputs):
         raise OutputError(f"{path}: refusing to overwrite an input file (--montage)")
-    groups = map_groups(names, output.shape[2], depthwise=depthwise, in_channels=in_depth)
+    groups = map_groups(names, depthwise=depthwise, in_channels=in_depth)
     tiles = [imageio.to_display(a, normalize=job.output.normalize, bits=8) for a in _group_arrays(output, groups)]
     blob = imageio.montage(tiles, [g.name for g in groups])
     path.parent.mkdir(parents=True, exist_ok=True)
