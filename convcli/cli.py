@@ -259,7 +259,7 @@ def apply(inputs, **params):
       cat a.png | convcli apply - -k box-blur --depthwise --padding same -o - > b.png
       convcli apply sample_images/bump-1d.csv -k bump --print
     """
-    from .apply import Job, OutputSpec, ReadSpec, check_job
+    from .apply import Job, OutputSpec, ReadSpec
     from .batch import expand_inputs, run_batch
 
     stack = _build_stack(params)
@@ -284,7 +284,6 @@ def apply(inputs, **params):
     items = expand_inputs(list(inputs), recursive=params["recursive"])
     if not items:
         raise OptionError(f"INPUT: no image or array files in {', '.join(inputs)}")
-    check_job(job, len(items), json_lines=params["json_lines"])
     summary = run_batch(items, job, jobs=params["jobs"], quiet=params["quiet"], json_lines=params["json_lines"])
     return summary.exit_status
 
