@@ -181,7 +181,7 @@ def _build_stack(params: dict, *, shape_only: bool = False):
         from .kernels import load_kernels
 
         bank = load_kernels(*params["kernels"])
-        return Stack.single(bank, conv, pool)
+        return Stack.single(bank, conv, pool, use_bias=not params.get("no_bias"))
     if shape_only and (params.get("filters") or params.get("kernel_size")):
         kernel_size = parse_pair(params.get("kernel_size") or "3", "--kernel-size")
         return Stack.single(None, conv, pool, filters=params.get("filters") or 1, kernel_size=kernel_size,

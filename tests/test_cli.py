@@ -110,6 +110,8 @@ def test_shape_from_kernels_and_image_header(tmp_path):
     assert data["input_shape"] == [40, 30, 3]
     assert data["layers"][0]["output_shape"] == [38, 28, 2]
     assert data["layers"][0]["params"] == (3 * 3 * 3 + 1) * 2
+    no_bias = json.loads(run("shape", image, "-k", "sobel-x", "-k", "sobel-y", "--no-bias", "--json").stdout)
+    assert no_bias["layers"][0]["params"] == 3 * 3 * 3 * 2
     gray = json.loads(run("shape", image, "--mode", "gray", "-k", "edge", "--json").stdout)
     assert gray["input_shape"] == [40, 30, 1]
 
