@@ -41,12 +41,14 @@ def _shape(shape) -> str:
     return "×".join(str(v) for v in shape) if shape is not None else "—"
 
 
-def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+def _bytes(n: float) -> str:
+    if n < 1024:
+        return f"{n:,.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
-    return f"{n} B"  # pragma: no cover
+        if n < 1024 or unit == "GiB":
+            break
+    return f"{n:,.1f} {unit}"
 
 
 def shape_dict(input_shape: Shape3, layers: list[LayerGeometry]) -> dict:
@@ -134,8 +136,7 @@ def print_kernel_list(entries: list["BuiltinEntry"], *, as_json: bool = False) -
 
 
 def _number(value: float) -> str:
-    text = f"{value:.6g}"
-    return text
+    return f"{value:.6g}"
 
 
 def print_kernel(bank: "FilterBank", *, as_json: bool = False) -> None:
