@@ -443,16 +443,23 @@ def _worker_init(job: Job, inputs: frozenset[str], many: bool, threads: int) -> 
 
 
 def _on_sigterm(signum, frame) -> None:
+    if not _worker.get("busy"):
+        # Still starting (importing numpy…) or between tasks: nothing to clean up, and an
+        # exception here would reach the pool's initializer and print a traceback.
+        os._exit(128 + signum)
     raise _Terminated(128 + signum)
 
 
 def _worker_task(index: int, item: InputItem) -> Outcome:
+    _worker["busy"] = True
     try:
         return run_one(index, item, _worker["job"], _worker["inputs"], _worker["many"])
     except _Terminated:
         # The temporary file of an interrupted write is gone (write_atomic's finally);
         # leave now rather than take the next task.
         os._exit(143)
+    finally:
+        _worker["busy"] = False
 
 
 class _Environment:
