@@ -181,14 +181,23 @@ class Stack:
         self.geometry(tuple(x.shape))  # fail early, with the step's name, before any work
         algorithms: list[str] = []
         intermediates: list = []
-        for step in self.steps:
+        steps = list(self.steps)
+        index = 0
+        while index < len(steps):
+            step = steps[index]
             if isinstance(step, ConvStep):
-                result = engine.run_layer(x, step.bank, step.spec, None, algorithm=algorithm)
+                # A pool right after a conv runs inside the engine's row chunks, so the
+                # un-pooled maps never exist whole (unless --save-all wants them).
+                following = steps[index + 1] if index + 1 < len(steps) else None
+                pool = following.spec if isinstance(following, PoolStep) and not keep_all else None
+                result = engine.run_layer(x, step.bank, step.spec, pool, algorithm=algorithm)
                 x = result.output
                 backend = "" if result.backend == "numpy" else f"/{result.backend}"
                 algorithms.append(result.algorithm + backend)  # e.g. "direct", "separable/opencv"
+                index += 2 if pool is not None else 1
             else:
                 x = engine.pool2d(x, step.spec)
+                index += 1
             if keep_all:
                 intermediates.append(x)
         return x, algorithms, intermediates
