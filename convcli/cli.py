@@ -20,36 +20,26 @@ ALGORITHMS = ("auto", "direct", "separable", "fft")
 
 # --- parameter types --------------------------------------------------------------------------
 
-class PairType(click.ParamType):
-    """``N`` or ``NH,NW`` (whole numbers ≥ 1)."""
+class LibraryType(click.ParamType):
+    """A value parsed by a library function; its OptionError becomes click's usage error."""
 
-    name = "N|NH,NW"
+    def __init__(self, name: str, parse, parsed_type: type) -> None:
+        self.name = name
+        self._parse = parse
+        self._parsed_type = parsed_type
 
     def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
+        if isinstance(value, self._parsed_type):
             return value
+        option = f"--{param.name.replace('_', '-')}" if param is not None else "value"
         try:
-            return parse_pair(value, f"--{param.name.replace('_', '-')}" if param else "value")
+            return self._parse(value, option)
         except OptionError as err:
             self.fail(str(err).split(": ", 1)[-1], param, ctx)
 
 
-class PaddingType(click.ParamType):
-    """valid | same | full | causal | P | PH,PW | T,B,L,R."""
-
-    name = "valid|same|full|causal|P|PH,PW|T,B,L,R"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, Padding):
-            return value
-        try:
-            return Padding.parse(value, "--padding")
-        except OptionError as err:
-            self.fail(str(err).split(": ", 1)[-1], param, ctx)
-
-
-PAIR = PairType()
-PADDING = PaddingType()
+PAIR = LibraryType("N|NH,NW", parse_pair, tuple)
+PADDING = LibraryType("valid|same|full|causal|P|PH,PW|T,B,L,R", Padding.parse, Padding)
 
 
 def _choice(*values: str) -> click.Choice:
