@@ -250,8 +250,8 @@ def montage_path(template: str, stem: str) -> Path:
         raise OptionError(f"--montage: {template!r} is not a valid path template (field: {{stem}})") from None
 
 
-def encode_group(array, *, fmt: str, normalize: str, compress_level: int | None) -> bytes:
-    """Encode one output group (H×W or H×W×C float32) in the chosen format."""
+def encode_group(array, *, fmt: str, normalize: str, compress_level: int | None, workers: int = 1) -> bytes:
+    """Encode one output group (H×W or H×W×C float32) in the chosen format (PNG on ``workers`` threads)."""
     from . import imageio
 
     if fmt == "npy":
@@ -260,7 +260,7 @@ def encode_group(array, *, fmt: str, normalize: str, compress_level: int | None)
         return imageio.encode_tiff(array)
     bits = 16 if fmt == "png16" else 8
     return imageio.encode_png(imageio.to_display(array, normalize=normalize, bits=bits), bits=bits,
-                              compress_level=compress_level)
+                              compress_level=compress_level, workers=workers)
 
 
 #: Gray maps normalised per block: 16 float32 channels are one 64-byte cache line per pixel.
@@ -287,15 +287,19 @@ def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt:
         path.parent.mkdir(parents=True, exist_ok=True)
         imageio.write_atomic(path, blob)
 
+    # Fewer maps than threads: each map's PNG is deflated in parts on the spare threads.
+    workers = max(1, engine.get_threads() // max(1, len(groups)))
+
     def one(item) -> None:
         path, array = item
-        write(path, encode_group(array, fmt=fmt, normalize=normalize, compress_level=compress_level))
+        write(path, encode_group(array, fmt=fmt, normalize=normalize, compress_level=compress_level,
+                                 workers=workers))
 
     bits = 16 if fmt == "png16" else 8
 
     def one_plane(item) -> None:
         path, plane = item
-        write(path, imageio.encode_png(plane, bits=bits, compress_level=compress_level))
+        write(path, imageio.encode_png(plane, bits=bits, compress_level=compress_level, workers=workers))
 
     if fmt == "npy":
         write(paths[0], imageio.encode_npy(output))
@@ -385,7 +389,7 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
     line (outputs mirror it under ``-o``); ``inputs`` holds the resolved paths of all
     inputs, which are never overwritten; ``many`` says the batch has several inputs.
     """
-    from . import imageio
+    from . import engine, imageio
 
     started = time.perf_counter()
     result = InputResult(input=source)
@@ -417,7 +421,8 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
             raise OptionError(_stdout_count_message(count, [g.name for g in groups]))
         result.stdout_bytes = (imageio.encode_npy(output) if out.format == "npy" else
                                encode_group(_group_arrays(output, groups)[0], fmt=out.format,
-                                            normalize=out.normalize, compress_level=out.compress_level))
+                                            normalize=out.normalize, compress_level=out.compress_level,
+                                            workers=engine.get_threads()))
         result.outputs = [STDOUT]
     elif out.directory is not None:
         directory = Path(out.directory) / rel_dir

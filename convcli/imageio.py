@@ -188,7 +188,8 @@ def read_input(source: Source, *, mode: str = "keep", scale: str = "raw",
         out = array.astype(np.float32)
     if scale == "unit" and bit_depth is not None:
         out /= np.float32(2**bit_depth - 1)
-    _check_finite(out, name)
+    if array.dtype.kind == "f":  # integer pixels are finite by construction
+        _check_finite(out, name)
     return Loaded(array=np.ascontiguousarray(out), name=name, stem=stem, kind=raw.kind,
                   bit_depth=bit_depth, mode=_mode_name(out.shape[2], bit_depth))
 
@@ -789,7 +790,8 @@ def to_display_planes(block: Any, *, normalize: str = "minmax", bits: int = 8,
     return out
 
 
-def encode_png(array: Any, *, bits: int | None = None, compress_level: int | None = None) -> bytes:
+def encode_png(array: Any, *, bits: int | None = None, compress_level: int | None = None,
+               workers: int = 1) -> bytes:
     """PNG file contents for gray, gray+alpha, RGB or RGBA pixels, 8 or 16 bits.
 
     Parameters
@@ -800,6 +802,9 @@ def encode_png(array: Any, *, bits: int | None = None, compress_level: int | Non
         Must agree with the dtype when given; None takes it from the dtype.
     compress_level : int or None
         zlib level 0..9; None is :data:`DEFAULT_PNG_COMPRESS_LEVEL` (1: fast).
+    workers : int
+        Threads that deflate the parts of a large image (see :func:`_deflate`). The
+        bytes written do not depend on it.
 
     Notes
     -----
@@ -831,10 +836,10 @@ def encode_png(array: Any, *, bits: int | None = None, compress_level: int | Non
     if pixels.ndim not in (2, 3) or channels > 4:
         raise OutputError(f"cannot write an array of shape {pixels.shape} as PNG (gray, gray+alpha, RGB "
                           "or RGBA only); use --format tiff or npy")
-    return _png_bytes(pixels if pixels.ndim == 3 else pixels[:, :, None], expected, level)
+    return _png_bytes(pixels if pixels.ndim == 3 else pixels[:, :, None], expected, level, workers)
 
 
-def _png_bytes(pixels: Any, bits: int, level: int) -> bytes:
+def _png_bytes(pixels: Any, bits: int, level: int, workers: int = 1) -> bytes:
     """A PNG of H×W×C (C in 1..4) uint8/uint16 pixels, filtered and deflated with numpy + zlib.
 
     Fast levels (0–2) filter every row with PNG's Sub filter and deflate with zlib's RLE
@@ -862,13 +867,57 @@ def _png_bytes(pixels: Any, bits: int, level: int) -> bytes:
     else:
         scanlines = _adaptive_scanlines(rows, bpp)
         strategy = zlib.Z_DEFAULT_STRATEGY
-    compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
-    compressed = compressor.compress(scanlines.data) + compressor.flush()
+    compressed = _deflate(scanlines.data, level, strategy, workers)
     step = 1 << 24  # several IDAT chunks keep each one well under PNG's 2**31 - 1 limit
     idats = b"".join(_png_chunk(b"IDAT", compressed[i:i + step]) for i in range(0, max(len(compressed), 1), step))
     color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
     header = struct.pack(">IIBBBBB", width, height, bits, color_type, 0, 0, 0)
     return _PNG_MAGIC + _png_chunk(b"IHDR", header) + idats + _png_chunk(b"IEND", b"")
+
+
+#: Bytes of filtered scanlines per independently deflated part of one PNG (see :func:`_deflate`).
+DEFLATE_PART_BYTES = 1 << 20
+_WINDOW = 1 << 15  # deflate's window: each part is primed with the 32 KiB before it
+
+
+def _deflate(data: memoryview, level: int, strategy: int, workers: int = 1) -> bytes:
+    """A zlib stream of ``data``, deflated in parts of :data:`DEFLATE_PART_BYTES` on ``workers`` threads.
+
+    pigz's method: each part is raw deflate primed with the 32 KiB before it (so matches
+    may reach back across the cut, as in one stream) and ends on a byte boundary with a
+    sync flush; the last part ends the stream. The parts, between zlib's two-byte header
+    and the Adler-32 of all the data, are one valid zlib stream. zlib releases the GIL,
+    so the parts of one large map compress on several cores. The cuts depend on the size
+    alone, so the bytes are the same whatever ``workers`` is.
+    """
+    view = memoryview(data).cast("B")
+    size = len(view)
+    cuts = list(range(0, size, DEFLATE_PART_BYTES)) or [0]
+    if len(cuts) == 1:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
+        return compressor.compress(view) + compressor.flush()
+
+    def part(k: int) -> bytes:
+        start = cuts[k]
+        end = cuts[k + 1] if k + 1 < len(cuts) else size
+        primer = bytes(view[max(0, start - _WINDOW):start])
+        compressor = (zlib.compressobj(level, zlib.DEFLATED, -15, 9, strategy, zdict=primer) if primer
+                      else zlib.compressobj(level, zlib.DEFLATED, -15, 9, strategy))
+        body = compressor.compress(view[start:end])
+        return body + compressor.flush(zlib.Z_FINISH if end == size else zlib.Z_SYNC_FLUSH)
+
+    if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(workers, len(cuts))) as pool:
+            bodies = list(pool.map(part, range(len(cuts))))
+    else:
+        bodies = [part(k) for k in range(len(cuts))]
+    # zlib header: deflate with a 32 KiB window (0x78), then the level hint and check bits.
+    hint = 0 if level < 2 else 1 if level < 6 else 2 if level == 6 else 3
+    cmf, flg = 0x78, hint << 6
+    flg += 31 - ((cmf << 8) + flg) % 31
+    return bytes((cmf, flg)) + b"".join(bodies) + struct.pack(">I", zlib.adler32(view))
 
 
 def _adaptive_scanlines(rows: Any, bpp: int) -> Any:

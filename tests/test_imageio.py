@@ -154,6 +154,44 @@ def test_encode_png_16bit_uses_several_filters():
     np.testing.assert_array_equal(imageio.read_input(blob).array, pixels)
 
 
+def _idat_stream(blob: bytes) -> bytes:
+    """The concatenated IDAT payloads of a PNG (the zlib stream)."""
+    pos, stream = 8, b""
+    while pos < len(blob):
+        length, kind = struct.unpack(">I4s", blob[pos:pos + 8])
+        if kind == b"IDAT":
+            stream += blob[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    return stream
+
+
+@pytest.mark.parametrize("level", [0, 1, 6, 9])
+@pytest.mark.parametrize("shape", [(700, 1500), (613, 577, 3), (1200, 900, 4)])
+def test_large_png_deflated_in_parts_is_one_valid_stream(monkeypatch, shape, level):
+    # Small parts, so these sizes are cut into several (with ragged last parts).
+    monkeypatch.setattr(imageio, "DEFLATE_PART_BYTES", 100_003)
+    y, x = np.mgrid[0:shape[0], 0:shape[1]]
+    smooth = ((x // 7 + y // 5) % 256).astype(np.uint8)
+    pixels = smooth if len(shape) == 2 else np.stack(
+        [smooth, rng(shape[1]).integers(0, 256, shape[:2], dtype=np.uint8)] * 2, axis=-1)[:, :, :shape[2]]
+    blobs = {workers: imageio.encode_png(pixels, compress_level=level, workers=workers) for workers in (1, 2, 3)}
+    assert blobs[1] == blobs[2] == blobs[3]  # the bytes do not depend on the threads
+    blob = blobs[1]
+    stream = _idat_stream(blob)
+    raw = zlib.decompress(stream)  # checks the Adler-32 of the whole data
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    assert len(raw) == shape[0] * (1 + shape[1] * channels)
+    assert (stream[0] * 256 + stream[1]) % 31 == 0 and stream[0] == 0x78  # a valid zlib header
+    with Image.open(io.BytesIO(blob)) as im:
+        np.testing.assert_array_equal(np.asarray(im), pixels)
+    # Priming each part with the previous 32 KiB keeps the size of a single stream, but for
+    # each part's own block headers and sync marker.
+    parts = -(-len(raw) // imageio.DEFLATE_PART_BYTES)
+    monkeypatch.setattr(imageio, "DEFLATE_PART_BYTES", 1 << 40)
+    single = imageio.encode_png(pixels, compress_level=level)
+    assert parts >= 3 and len(blob) <= len(single) * 1.01 + 64 * parts
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_16bit_gray_png_both_ways(size):
     pixels = rng(3).integers(0, 65536, size, dtype=np.uint16)
