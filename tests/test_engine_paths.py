@@ -265,3 +265,19 @@ def test_engine_import_stays_light():
     code = "import sys, convcli.engine; print(sorted(m for m in ('scipy', 'cv2', 'PIL', 'skimage') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_fft_plan_uses_2d_blocks_within_budget():
+    # 1080p gray, a 21×21 kernel, the default budget (20 % of the 8 MB output over 2 threads):
+    # a band of whole rows would need a 21-row margin on every few rows, so the plan cuts
+    # 2-D blocks whose transforms fit the budget and are at least half output.
+    out_bytes = 1080 * 1920 * 4
+    budget = int(_common.TILE_FRACTION * out_bytes) // 2
+    rows, cols, n_h, n_w = fft.plan((1080, 1920), (21, 21), (1, 1), (1, 1), 1, 1, budget)
+    assert cols < 1920 and rows < 1080
+    assert n_h * n_w * fft._BYTES_PER_POINT_PLANE * 2 <= budget
+    assert rows + 20 <= n_h and cols + 20 <= n_w  # every block's band fits its transform
+    assert rows * cols >= n_h * n_w / 2
+    # A narrow image keeps whole rows.
+    rows, cols, n_h, n_w = fft.plan((1080, 64), (21, 21), (1, 1), (1, 1), 1, 1, budget)
+    assert cols == 64 and rows > 64
