@@ -281,3 +281,20 @@ def test_fft_plan_uses_2d_blocks_within_budget():
     # A narrow image keeps whole rows.
     rows, cols, n_h, n_w = fft.plan((1080, 64), (21, 21), (1, 1), (1, 1), 1, 1, budget)
     assert cols == 64 and rows > 64
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "separable", "fft"])
+def test_paths_write_into_a_given_array(rng, algorithm):
+    from convcli.engine import direct
+    from convcli.layer import Border
+
+    x = rng.standard_normal((19, 23, 2)).astype(np.float32)
+    w = low_rank_weights(rng, 3, 3, 2, 3, rank=1)
+    path = {"direct": direct, "separable": separable, "fft": fft}[algorithm]
+    kwargs = dict(pads=(1, 1, 1, 1), stride=(1, 1), dilation=(1, 1), border=Border.ZEROS, out_hw=(19, 23))
+    expected = path.correlate(x, w, **kwargs)
+    target = np.full((19, 23, 3), np.nan, np.float32)
+    assert path.correlate(x, w, out=target, **kwargs) is target
+    np.testing.assert_array_equal(target, expected)
+    with pytest.raises(ValueError, match=r"out: expected a C-contiguous float32 array of shape \(19, 23, 3\)"):
+        path.correlate(x, w, out=np.empty((19, 23, 2), np.float32), **kwargs)

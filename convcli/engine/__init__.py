@@ -139,7 +139,7 @@ def _opencv_terms(w: np.ndarray) -> dict:
 
 
 def _select(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm: str):
-    """Pick the path; returns (run, path name, backend) with ``run(rows=None, epilogue=None) -> array``."""
+    """Pick the path; returns (run, path name, backend) with ``run(rows=None, epilogue=None, scratch=None, out=None)``."""
     kwargs = dict(pads=pads, stride=spec.stride, dilation=spec.dilation, border=spec.border,
                   out_hw=out_hw, depthwise=depthwise)
     layer_rank = None
@@ -151,8 +151,8 @@ def _select(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm: s
         return layer_rank
 
     def bind(fn, **extra):
-        return lambda rows=None, epilogue=None, scratch=None: fn(x, w, rows=rows, epilogue=epilogue,
-                                                                 scratch=scratch, **kwargs, **extra)
+        return lambda rows=None, epilogue=None, scratch=None, out=None: fn(
+            x, w, rows=rows, epilogue=epilogue, scratch=scratch, out=out, **kwargs, **extra)
 
     if algorithm == "auto":
         cv_ok = _use_opencv and opencv.why_not(x.shape, w.shape, pads=pads, stride=spec.stride,
@@ -218,10 +218,11 @@ def _pooled(run, backend: str, conv_hw, n_maps: int, pool: PoolSpec, epilogue) -
     def work(p_lo: int, p_hi: int) -> None:
         # Each thread convolves and pools its own chunks; the path inside runs on this
         # thread alone (nested ranges run inline), so chunks need no locking.
+        bufs = _common.Buffers()  # this thread's pre-pool chunk, reused (a fresh one per chunk costs its page faults)
         for p0 in range(p_lo, p_hi, chunk):
             p1 = min(p_hi, p0 + chunk)
             a, b = input_rows(pool, conv_hw, (p0, p1))
-            conv = run(rows=(a, b), epilogue=epilogue, scratch=per_thread)
+            conv = run(rows=(a, b), epilogue=epilogue, scratch=per_thread, out=bufs.get("conv", (b - a, ow, n_maps)))
             out[p0:p1] = pool_rows(conv, pool, in_h=oh, out_rows=(p0, p1))
 
     _threads.run_ranges(work, _threads.split_rows(poh, chunk))
@@ -290,10 +291,13 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
     run, used, backend = _select(x, weights, pads=geom.pads, spec=conv, depthwise=conv.depthwise,
                                  out_hw=geom.output_shape[:2], algorithm=algo)
     epilogue = _epilogue(bias, conv)
-    if pool is None:
-        out = run(epilogue=epilogue)
-    else:
-        out = _pooled(run, backend, geom.output_shape[:2], geom.output_shape[2], pool, epilogue)
+    try:
+        if pool is None:
+            out = run(epilogue=epilogue)
+        else:
+            out = _pooled(run, backend, geom.output_shape[:2], geom.output_shape[2], pool, epilogue)
+    finally:
+        _common.release_buffers()
     return LayerResult(out, used, backend)
 
 

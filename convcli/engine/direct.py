@@ -1,13 +1,14 @@
 """Direct cross-correlation: banded im2col feeding a BLAS matmul.
 
 For each tile of output rows, the padded input rows it needs are gathered
-(:meth:`~convcli.engine._common.Padder.block`, channel-planar) and one strided slice of it per
-kernel tap (i, j) is copied into a tap-major patch matrix P (kh·kw·C × pixels). Each copy
-is a plain 2-D block copy (rows of the output tile), far cheaper than copying a 5-D
-window view pixel by pixel. ``P.T @ W`` (W: the HWIO weights as a kh·kw·C × F matrix,
-passed to BLAS as a transposed operand, no copy) writes the tile's H×W×F output directly.
+(:meth:`~convcli.engine._common.Padder.block`, channel-planar) and every kernel tap's
+strided slice of it is copied into a tap-major patch matrix P (kh·kw·C × pixels) by one
+numpy call over a 5-D strided view (taps × channels × rows × columns; the innermost runs
+are rows of the tile). ``P.T @ W`` (W: the HWIO weights as a kh·kw·C × F matrix, passed
+to BLAS as a transposed operand, no copy) writes the tile's H×W×F output directly, in
+slices of a few thousand pixels that BLAS runs at cache speed.
 
-Strides and dilations are the slice steps, so no wasted work. The patch matrix of one
+Strides and dilations are the view's steps, so no wasted work. The patch matrix of one
 tile is the only scratch memory; :func:`~convcli.engine._common.tile_plan` keeps it
 around the size of the L2 cache and below a fraction of the output, so a whole-image
 im2col is never built. Row ranges run on the engine's threads.
@@ -16,20 +17,17 @@ im2col is never built. Row ranges run on the engine's threads.
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from . import _common, _threads
 from ._common import Padder, tile_plan, tiles
 
 #: Work (multiply-accumulates) below which a layer runs on one thread.
 _MIN_MACS_PER_THREAD = 2_000_000
-#: Multiply-adds per output pixel below which a layer is bound by memory traffic (the patch
-#: copies), not arithmetic: its tiles are kept L2-sized. (Two threads on such layers measured
-#: from 0.75× to 1.05× the one-thread time on the shared 2-core VM, so both cores are used.)
-_MIN_MACS_PER_PIXEL_ARITHMETIC = 256
 
 
 def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, out_hw,
-              depthwise: bool = False, rows=None, epilogue=None, scratch=None) -> np.ndarray:
+              depthwise: bool = False, rows=None, epilogue=None, scratch=None, out=None) -> np.ndarray:
     """Cross-correlate float32 ``x`` (H×W×C) with ``w``; returns float32 (oh, ow, maps).
 
     ``w`` is HWIO (kh, kw, C, F) giving F maps, or with ``depthwise`` (kh, kw, C or 1, M)
@@ -38,14 +36,16 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     ``rows=(a, b)`` computes output rows [a, b) only (an (b−a, ow, maps) array);
     ``epilogue(block)`` is called on each finished block of whole output rows while it is
     still in cache (bias and activation, in place); ``scratch`` is the tile memory budget in
-    bytes when the caller computes the layer in chunks. Every path shares this contract.
+    bytes when the caller computes the layer in chunks; ``out``, when given, is the
+    C-contiguous float32 array of the result's shape to write into (and is returned).
+    Every path shares this contract.
     """
     c = x.shape[2]
     kh, kw, cw, f = w.shape
     oh, ow = out_hw
     row_a, row_b = rows if rows is not None else (0, oh)
     n_maps = c * f if depthwise else f
-    out = np.empty((row_b - row_a, ow, n_maps), dtype=np.float32)
+    out = _common.result_array((row_b - row_a, ow, n_maps), out)
     padder = Padder(x, pads, border)
     if depthwise:
         # (C or 1, M, kh·kw): per channel, the matrix applied to its (kh·kw × pixels) patches.
@@ -56,18 +56,17 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     macs_per_pixel = kh * kw * (1 if depthwise else c) * f * (c if depthwise else 1)
     macs_per_row = ow * macs_per_pixel
     min_rows = max(1, _MIN_MACS_PER_THREAD // max(1, macs_per_row))
-    memory_bound = macs_per_pixel < _MIN_MACS_PER_PIXEL_ARITHMETIC
 
     def work(r_lo: int, r_hi: int) -> None:
-        # Memory-bound tiles stay in L2; arithmetic-bound ones are larger, so fewer numpy
-        # calls (and fewer hand-offs of the GIL between threads) per multiply-add.
-        tile_h, tile_w = tile_plan(r_hi - r_lo, ow, per_pixel, out.nbytes,
-                                   max_bytes=min(_common.CACHE_TILE_BYTES, _common.TILE_MAX_BYTES)
-                                   if memory_bound else None, budget=scratch)
+        # Tiles of a few MB: the matmul runs in cache-sized slices anyway (GEMM_CHUNK), and
+        # fewer, larger tiles mean fewer numpy calls and fewer hand-offs of the GIL between
+        # threads (with L2-sized tiles two threads ran slower than one).
+        tile_h, tile_w = tile_plan(r_hi - r_lo, ow, per_pixel, out.nbytes, budget=scratch)
+        scratch_bufs = _common.thread_buffers()  # patches and band, reused by every tile
         for r0, r1, c0, c1 in tiles(r_hi - r_lo, ow, tile_h, tile_w):
             dest = out[r0 + r_lo:r1 + r_lo]
             r0, r1 = r0 + r_lo + row_a, r1 + r_lo + row_a
-            _tile(padder, dest, wmat, (r0, r1, c0, c1), (kh, kw), stride, dilation, depthwise)
+            _tile(padder, dest, wmat, (r0, r1, c0, c1), (kh, kw), stride, dilation, depthwise, scratch_bufs)
             if epilogue is not None and c1 == ow:
                 epilogue(dest)
 
@@ -75,7 +74,13 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     return out
 
 
-def _tile(padder, dest, wmat, box, ksize, stride, dilation, depthwise) -> None:
+#: Output pixels per BLAS call: the patch matrix of a tile is multiplied in slices of this
+#: many columns (one batched matmul), which OpenBLAS runs 1.5–2× faster than one long
+#: skinny product whose operands spill out of cache.
+GEMM_CHUNK = 2048
+
+
+def _tile(padder, dest, wmat, box, ksize, stride, dilation, depthwise, bufs: _common.Buffers) -> None:
     """Compute output rows [r0, r1) × columns [c0, c1) of ``box`` into ``dest`` (those rows, all columns)."""
     r0, r1, c0, c1 = box
     kh, kw = ksize
@@ -84,33 +89,42 @@ def _tile(padder, dest, wmat, box, ksize, stride, dilation, depthwise) -> None:
     th, tw = r1 - r0, c1 - c0
     # Channel-planar (C, rows, cols): every tap below is then a block copy of contiguous runs.
     band = padder.block(r0 * sh, (r1 - 1) * sh + (kh - 1) * dh + 1,
-                        c0 * sw, (c1 - 1) * sw + (kw - 1) * dw + 1, planar=True)
-    # patches[i, j, ch] is the (th × tw) block that tap (i, j) of channel ch sees.
-    patches = np.empty((kh, kw, c, th, tw), dtype=np.float32)
-    if sh == 1 and sw == 1:
-        for i in range(kh):
-            rows = band[:, i * dh:i * dh + th]
-            for j in range(kw):
-                patches[i, j] = rows[:, :, j * dw:j * dw + tw]
-    else:
-        # Polyphase: split the band once into its sh·sw phases (rows ≡ a mod sh, columns ≡ b
-        # mod sw); tap (i, j) then reads one phase with unit steps. One strided pass over
-        # the band instead of a strided copy per tap.
-        phases = {(a, b): np.ascontiguousarray(band[:, a::sh, b::sw]) for a in range(sh) for b in range(sw)
-                  if a < band.shape[1] and b < band.shape[2]}
-        for i in range(kh):
-            a, ri = (i * dh) % sh, (i * dh) // sh
-            for j in range(kw):
-                b, cj = (j * dw) % sw, (j * dw) // sw
-                patches[i, j] = phases[a, b][:, ri:ri + th, cj:cj + tw]
+                        c0 * sw, (c1 - 1) * sw + (kw - 1) * dw + 1, planar=True, buffers=bufs)
+    # patches[i, j, ch] is the (th × tw) block that tap (i, j) of channel ch sees: the band
+    # read with the taps' steps (dilation) and the pixels' steps (stride). All kh·kw·C
+    # blocks are copied by one numpy call, so the copy runs without the GIL for the whole
+    # tile (per-tap calls on small tiles made two threads slower than one).
+    sc, sr, sx = band.strides
+    taps = as_strided(band, shape=(kh, kw, c, th, tw), strides=(dh * sr, dw * sx, sc, sh * sr, sw * sx),
+                      writeable=False)
+    patches = bufs.get("patches", (kh, kw, c, th, tw))
+    np.copyto(patches, taps)
     if depthwise:
         # (C, M, kh·kw) @ (C, kh·kw, pixels) -> (C, M, pixels); map c·M + m is row (c, m).
         per_channel = patches.reshape(kh * kw, c, th * tw).transpose(1, 0, 2)
         res = np.matmul(wmat, per_channel)
         dest[:, c0:c1] = res.reshape(c * wmat.shape[1], th, tw).transpose(1, 2, 0)
         return
-    p_t = patches.reshape(kh * kw * c, th * tw).T  # Fortran-ordered view: BLAS transposes it
+    columns = patches.reshape(kh * kw * c, th * tw)
     if c0 == 0 and c1 == dest.shape[1]:
-        np.matmul(p_t, wmat, out=dest.reshape(th * tw, -1))
+        _matmul_chunks(columns, wmat, dest.reshape(th * tw, -1))
     else:
-        dest[:, c0:c1] = np.matmul(p_t, wmat).reshape(th, tw, -1)
+        res = bufs.get("result", (th * tw, wmat.shape[1]))
+        _matmul_chunks(columns, wmat, res)
+        dest[:, c0:c1] = res.reshape(th, tw, -1)
+
+
+def _matmul_chunks(columns: np.ndarray, wmat: np.ndarray, out: np.ndarray) -> None:
+    """``out = columns.T @ wmat`` in slices of :data:`GEMM_CHUNK` pixels (one batched call).
+
+    ``columns`` is (K, n), ``wmat`` (K, F), ``out`` (n, F) C-contiguous. Each slice's
+    transposed operand is a Fortran-ordered view that BLAS reads in place.
+    """
+    k, n = columns.shape
+    whole = n // GEMM_CHUNK * GEMM_CHUNK
+    if whole:
+        batches = whole // GEMM_CHUNK
+        np.matmul(columns[:, :whole].reshape(k, batches, GEMM_CHUNK).transpose(1, 2, 0), wmat,
+                  out=out[:whole].reshape(batches, GEMM_CHUNK, -1))
+    if whole < n:
+        np.matmul(columns[:, whole:].T, wmat, out=out[whole:])

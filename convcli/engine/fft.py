@@ -55,7 +55,7 @@ def plan(out_hw, ksize, stride, dilation, channels: int, n_maps: int, budget: in
 
 
 def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, out_hw,
-              depthwise: bool = False, rows=None, epilogue=None, scratch=None) -> np.ndarray:
+              depthwise: bool = False, rows=None, epilogue=None, scratch=None, out=None) -> np.ndarray:
     """Cross-correlate ``x`` (H×W×C) with HWIO ``w`` by FFT; same contract as :func:`direct.correlate`."""
     from scipy import fft as sfft
 
@@ -66,7 +66,7 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
     n_maps = c * f if depthwise else f
     row_a, row_b = rows if rows is not None else (0, oh)
-    out = np.empty((row_b - row_a, ow, n_maps), dtype=np.float32)
+    out = _common.result_array((row_b - row_a, ow, n_maps), out)
     if scratch is None:  # every thread holds one block's spectra at a time
         scratch = int(_common.TILE_FRACTION * out.nbytes) // _threads.get_threads()
     tile_rows, tile_cols, n_h, n_w = plan((row_b - row_a, ow), (kh, kw), stride, dilation, c, n_maps, scratch)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _threads
+from . import _common, _threads
 
 _BORDERS = {"zeros": "BORDER_CONSTANT", "reflect": "BORDER_REFLECT_101", "replicate": "BORDER_REPLICATE"}
 #: Most (input channel, filter) 2-D filter calls a non-depthwise layer may take here.
@@ -67,14 +67,19 @@ def why_not(x_shape, w_shape, *, pads, stride, dilation, border, depthwise: bool
 
 
 def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, out_hw,
-              depthwise: bool = False, terms=None, rows=None, epilogue=None, scratch=None) -> np.ndarray:
+              depthwise: bool = False, terms=None, rows=None, epilogue=None, scratch=None, out=None) -> np.ndarray:
     """Same contract as :func:`direct.correlate`; ``terms`` (rank-1 pairs) select sepFilter2D.
 
     ``rows`` crops the rows afterwards (OpenCV filters the whole image in one call).
     """
-    out = _correlate(x, w, pads=pads, border=border, out_hw=out_hw, depthwise=depthwise, terms=terms)
+    result = _correlate(x, w, pads=pads, border=border, out_hw=out_hw, depthwise=depthwise, terms=terms)
     if rows is not None:
-        out = np.ascontiguousarray(out[rows[0]:rows[1]])
+        result = result[rows[0]:rows[1]]
+    if out is not None:
+        out = _common.result_array(result.shape, out)
+        out[...] = result
+    else:
+        out = np.ascontiguousarray(result)
     if epilogue is not None:
         epilogue(out)
     return out

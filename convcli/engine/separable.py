@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import _threads
+from . import _common, _threads
 from ._common import Padder, tile_plan, tiles
 
 #: Relative size of a singular value below which it counts as zero (float32 weights).
@@ -84,7 +84,8 @@ def _band_matrix(taps: np.ndarray, n_out: int, stride: int, dilation: int) -> np
 
 
 def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, out_hw,
-              depthwise: bool = False, terms=None, max_rank: int = 2, rows=None, epilogue=None, scratch=None) -> np.ndarray:
+              depthwise: bool = False, terms=None, max_rank: int = 2, rows=None, epilogue=None, scratch=None,
+              out=None) -> np.ndarray:
     """Cross-correlate ``x`` (H×W×C) with low-rank HWIO ``w``; same contract as :func:`direct.correlate`.
 
     ``terms`` (from :func:`terms_of`) may be passed when already computed. Raises
@@ -102,7 +103,8 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
         raise ValueError(f"a kernel has rank above {max_rank}")
     n_maps = c * f if depthwise else f
     row_a, row_b = rows if rows is not None else (0, oh)
-    out = np.zeros((row_b - row_a, ow, n_maps), dtype=np.float32)
+    out = _common.result_array((row_b - row_a, ow, n_maps), out)
+    out[...] = 0
     if not terms:
         if epilogue is not None:
             epilogue(out)
