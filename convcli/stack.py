@@ -166,17 +166,19 @@ class Stack:
                     " used with `shape` but not `apply`; give it `kernels:`"
                 )
 
-    def run(self, x: "np.ndarray", *, algorithm: str = "auto", keep_all: bool = False):
+    def run(self, x: "np.ndarray", *, algorithm: str = "auto", keep_all: bool = False, reuse=None):
         """Run every step on ``x`` (H×W×C float32).
 
         Returns ``(output, algorithms, intermediates)``: the last step's output, the
         engine path each conv step used, and — with ``keep_all`` — every step's output.
+        ``reuse``: an array the last conv layer may write its output into when that is the
+        stack's output (see :func:`convcli.engine.run_layer`).
         """
         from . import engine
 
         adapted = self.for_input(x.shape)
         if adapted is not self:
-            return adapted.run(x, algorithm=algorithm, keep_all=keep_all)
+            return adapted.run(x, algorithm=algorithm, keep_all=keep_all, reuse=reuse)
         self.check_runnable()
         self.geometry(tuple(x.shape))  # fail early, with the step's name, before any work
         algorithms: list[str] = []
@@ -190,7 +192,9 @@ class Stack:
                 # un-pooled maps never exist whole (unless --save-all wants them).
                 following = steps[index + 1] if index + 1 < len(steps) else None
                 pool = following.spec if isinstance(following, PoolStep) and not keep_all else None
-                result = engine.run_layer(x, step.bank, step.spec, pool, algorithm=algorithm)
+                last = index + (2 if pool is not None else 1) >= len(steps)
+                result = engine.run_layer(x, step.bank, step.spec, pool, algorithm=algorithm,
+                                          reuse=reuse if last and not keep_all else None)
                 x = result.output
                 backend = "" if result.backend == "numpy" else f"/{result.backend}"
                 algorithms.append(result.algorithm + backend)  # e.g. "direct", "separable/opencv"

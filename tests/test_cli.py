@@ -332,8 +332,13 @@ def test_real_subprocess_apply_and_read_back(tmp_path, seeds):
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_many_filters_are_written_group_by_group_with_the_same_files(tmp_path, monkeypatch):
-    """A 40-filter bank runs 16 filters at a time; the files equal those of one whole run."""
+@pytest.mark.parametrize("fmt", ["png", "tiff"])
+def test_many_filters_are_written_group_by_group_with_the_same_files(tmp_path, monkeypatch, fmt):
+    """A 40-filter bank runs 16 filters at a time; the files equal those of one whole run.
+
+    (For PNG each group is written into the previous group's array; TIFF encodes read the
+    group's array after the next group has started, so it is never reused there.)
+    """
     import convcli.apply
 
     rng = np.random.default_rng(40)
@@ -342,7 +347,7 @@ def test_many_filters_are_written_group_by_group_with_the_same_files(tmp_path, m
     bank = tmp_path / "bank40.npy"
     np.save(bank, rng.standard_normal((3, 3, 3, 40)).astype(np.float32))
     args = ["apply", source, "-k", bank, "--padding", "same", "--activation", "relu", "--pool", "max",
-            "--name", "{stem}_{index:02d}_{filter}.{ext}"]
+            "--name", "{stem}_{index:02d}_{filter}.{ext}", "--format", fmt]
     assert convcli.apply.FILTER_GROUP < 40
     runs = []
     real_run = convcli.apply.Stack.run
@@ -354,6 +359,6 @@ def test_many_filters_are_written_group_by_group_with_the_same_files(tmp_path, m
     assert grouped["output_shape"] == whole["output_shape"] == [11, 9, 40]
     names = sorted(p.name for p in (tmp_path / "grouped").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "whole").iterdir())
-    assert len(names) == 40 and names[17] == "pic_17_bank40[17].png"
+    assert len(names) == 40 and names[17] == f"pic_17_bank40[17].{fmt}"
     for name in names:
         assert (tmp_path / "grouped" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()

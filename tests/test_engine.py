@@ -482,3 +482,22 @@ def test_scratch_is_released_after_a_layer():
     engine.conv2d(x, np.ones((3, 3, 3, 4), np.float32), padding="same", algorithm="direct")
     assert all(not bufs._flat for bufs in _common._all_buffers)
     assert _common._all_buffers  # the path did use them
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_run_layer_writes_into_a_reusable_array(pooled):
+    from convcli.layer import ConvSpec, PoolSpec
+
+    x = np.random.default_rng(6).standard_normal((30, 41, 2)).astype(np.float32)
+    bank = engine.WeightsBank(np.random.default_rng(7).standard_normal((3, 3, 2, 5)).astype(np.float32), 0.5)
+    spec = ConvSpec.from_options(padding="same", activation="relu")
+    pool = PoolSpec.from_options(mode="max", size=2) if pooled else None
+    fresh = engine.run_layer(x, bank, spec, pool).output
+    spare = np.full(fresh.shape, np.nan, np.float32)
+    again = engine.run_layer(x, bank, spec, pool, reuse=spare).output
+    assert again is spare
+    np.testing.assert_array_equal(again, fresh)
+    wrong = np.zeros((fresh.shape[0] + 1,) + fresh.shape[1:], np.float32)
+    other = engine.run_layer(x, bank, spec, pool, reuse=wrong).output
+    assert other is not wrong and not wrong.any()
+    np.testing.assert_array_equal(other, fresh)

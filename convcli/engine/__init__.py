@@ -200,7 +200,7 @@ def _epilogue(bias: np.ndarray | None, spec: ConvSpec):
     return finish
 
 
-def _pooled(run, backend: str, conv_hw, n_maps: int, pool: PoolSpec, epilogue) -> np.ndarray:
+def _pooled(run, backend: str, conv_hw, n_maps: int, pool: PoolSpec, epilogue, out=None) -> np.ndarray:
     """Convolve and pool in chunks of rows, so the full pre-pool map never exists at once."""
     from .pooling import input_rows, pool_rows
 
@@ -208,7 +208,7 @@ def _pooled(run, backend: str, conv_hw, n_maps: int, pool: PoolSpec, epilogue) -
     poh, pow_ = geometry.pool_output_hw(conv_hw, pool)
     if backend == "opencv":  # it filters the whole image per call: pool afterwards
         return pool2d(run(epilogue=epilogue), pool)
-    out = np.empty((poh, pow_, n_maps), dtype=np.float32)
+    out = _common.result_array((poh, pow_, n_maps), out)
     conv_row_bytes = 4 * ow * n_maps * pool.strides[0]
     # The pre-pool chunks (one per thread) share the memory budget with the path's tiles.
     budget = max(_common.TILE_MIN_BYTES * 16, int(_common.TILE_FRACTION * out.nbytes) // 2)
@@ -229,7 +229,8 @@ def _pooled(run, backend: str, conv_hw, n_maps: int, pool: PoolSpec, epilogue) -
     return out
 
 
-def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorithm: str = "auto") -> LayerResult:
+def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorithm: str = "auto",
+              reuse: np.ndarray | None = None) -> LayerResult:
     """Apply one layer of ``bank``'s filters to ``x`` (H×W×C; H×W and 1-D are accepted).
 
     Parameters
@@ -250,6 +251,10 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
         Max/avg pooling after the activation.
     algorithm : {'auto', 'direct', 'separable', 'fft'}
         Force a path; ``auto`` lets the cost model choose.
+    reuse : numpy.ndarray, optional
+        An array that is no longer needed (an earlier result): when it has the output's
+        shape and is float32 and C-contiguous, the output is written into it, which saves
+        fresh memory's page faults on large outputs. Otherwise it is ignored.
 
     Returns
     -------
@@ -291,11 +296,15 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
     run, used, backend = _select(x, weights, pads=geom.pads, spec=conv, depthwise=conv.depthwise,
                                  out_hw=geom.output_shape[:2], algorithm=algo)
     epilogue = _epilogue(bias, conv)
+    final_hw = geom.output_shape[:2] if pool is None else geometry.pool_output_hw(geom.output_shape[:2], pool)
+    final_shape = tuple(final_hw) + (geom.output_shape[2],)
+    target = (reuse if reuse is not None and reuse.shape == final_shape and reuse.dtype == np.float32
+              and reuse.flags.c_contiguous and reuse.flags.writeable and backend != "opencv" else None)
     try:
         if pool is None:
-            out = run(epilogue=epilogue)
+            out = run(epilogue=epilogue, out=target)
         else:
-            out = _pooled(run, backend, geom.output_shape[:2], geom.output_shape[2], pool, epilogue)
+            out = _pooled(run, backend, geom.output_shape[:2], geom.output_shape[2], pool, epilogue, out=target)
     finally:
         _common.release_buffers()
     return LayerResult(out, used, backend)
