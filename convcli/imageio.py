@@ -35,6 +35,7 @@ import os
 import struct
 import sys
 import tempfile
+import threading
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -881,7 +882,7 @@ def _png_bytes(pixels: Any, bits: int, level: int, workers: int = 1) -> bytes:
         rows = np.ascontiguousarray(pixels).reshape(height, width * channels)
     bpp = channels * bits // 8  # PNG filters work on bytes, one pixel back
     if level <= 2:
-        scanlines = np.empty((height, rows.shape[1] + 1), np.uint8)
+        scanlines = _scanline_buffer(height, rows.shape[1] + 1)
         scanlines[:, 0] = 1  # Sub
         scanlines[:, 1:1 + bpp] = rows[:, :bpp]
         # uint8 subtraction wraps, which is exactly PNG's modulo-256 filter arithmetic.
@@ -896,6 +897,27 @@ def _png_bytes(pixels: Any, bits: int, level: int, workers: int = 1) -> bytes:
     color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
     header = struct.pack(">IIBBBBB", width, height, bits, color_type, 0, 0, 0)
     return _PNG_MAGIC + _png_chunk(b"IHDR", header) + idats + _png_chunk(b"IEND", b"")
+
+
+_local = threading.local()
+
+
+def _scanline_buffer(height: int, width: int) -> Any:
+    """This thread's uint8 scratch for filtered scanlines, reused by every map it encodes.
+
+    zlib copies what it compresses into its own output, so the buffer is free again when
+    :func:`_png_bytes` returns; a fresh one per map costs its page faults every time
+    (64 maps of 1080p: 133 MB). Buffers above 64 MB are not kept.
+    """
+    import numpy as np
+
+    size = height * width
+    flat = getattr(_local, "scanlines", None)
+    if flat is None or flat.size < size:
+        flat = np.empty(size, np.uint8)
+        if size <= 64 << 20:
+            _local.scanlines = flat
+    return flat[:size].reshape(height, width)
 
 
 #: Bytes of filtered scanlines per independently deflated part of one PNG (see :func:`_deflate`).
