@@ -81,6 +81,7 @@ import math
 import os
 import re
 import unicodedata
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -641,9 +642,29 @@ def _builtin_files() -> dict[str, Any]:
     found = {}
     for entry in _builtin_root().iterdir():
         name, dot, suffix = entry.name.rpartition(".")
-        if dot and "." + suffix.lower() in (".yaml", ".yml", ".json") and entry.is_file():
+        if dot and "." + suffix.lower() in (".yaml", ".yml", ".json") and entry.is_file() and not name.startswith("_"):
             found[name.lower()] = entry
     return dict(sorted(found.items()))
+
+
+#: The parsed built-in files, so loading one needs no YAML parser (importing PyYAML is
+#: about 20 ms of a command's start-up). Written by ``tools/kernel_index.py``; an entry is
+#: used only while the file's CRC-32 and size match, so an edited file is simply parsed.
+INDEX_NAME = "_index.json"
+
+
+@lru_cache(maxsize=1)
+def _builtin_index() -> dict[str, Any]:
+    try:
+        index = json.loads((_builtin_root() / INDEX_NAME).read_text(encoding="utf-8"))
+        return index["kernels"] if index.get("format") == 1 else {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def file_fingerprint(data: bytes) -> str:
+    """What the index stores to tell that a built-in file is unchanged: CRC-32 and size."""
+    return f"{zlib.crc32(data):08x}-{len(data)}"
 
 
 def builtin_names() -> list[str]:
@@ -656,8 +677,12 @@ def _load_builtin_cached(name: str) -> tuple[FilterBank, str]:
     entry = _builtin_files()[name]
     source = f"built-in {name}"
     data = entry.read_bytes()
-    text = _decode(data, source)
-    document = _parse_json(text, source) if entry.name.endswith(".json") else _parse_yaml(text, source)
+    cached = _builtin_index().get(name)
+    if isinstance(cached, dict) and cached.get("file") == entry.name and cached.get("fingerprint") == file_fingerprint(data):
+        document = cached["document"]
+    else:
+        text = _decode(data, source)
+        document = _parse_json(text, source) if entry.name.endswith(".json") else _parse_yaml(text, source)
     description = document.get("description", "") if isinstance(document, dict) else ""
     return FilterBank(tuple(_kernels_from_document(document, source, name))), str(description or "")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -807,6 +809,35 @@ def test_builtins_ship_as_package_data_with_matching_names():
     # The repo's kernels/ folder is what the package ships.
     repo = Path(__file__).resolve().parents[1] / "kernels"
     assert sorted(p.stem for p in repo.glob("*.yaml")) == shipped
+
+
+def test_builtin_index_is_current():
+    # kernels/_index.json holds the parsed built-ins, so loading one needs no YAML parser.
+    tool = Path(__file__).resolve().parents[1] / "tools" / "kernel_index.py"
+    proc = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("name", K.builtin_names())
+def test_builtin_index_gives_what_parsing_the_file_gives(name, monkeypatch):
+    from_index = K._load_builtin_cached(name)
+    assert K._builtin_index()[name]["fingerprint"] == K.file_fingerprint(K._builtin_files()[name].read_bytes())
+    K._load_builtin_cached.cache_clear()
+    monkeypatch.setattr(K, "_builtin_index", lambda: {})
+    try:
+        assert K._load_builtin_cached(name) == from_index
+    finally:
+        K._load_builtin_cached.cache_clear()
+
+
+def test_builtin_index_entry_of_an_edited_file_is_ignored(monkeypatch):
+    stale = {"edge": {"file": "edge.yaml", "fingerprint": "00000000-1", "document": {"name": "edge", "weights": [[7.0]]}}}
+    K._load_builtin_cached.cache_clear()
+    monkeypatch.setattr(K, "_builtin_index", lambda: stale)
+    try:
+        assert load_kernels("edge").size == (3, 3)  # the file itself, not the stale entry
+    finally:
+        K._load_builtin_cached.cache_clear()
 
 
 @pytest.mark.parametrize("name", K.builtin_names())

@@ -35,10 +35,11 @@ def test_installed_package_finds_builtins_from_another_folder(wheel, tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)
     code = ("import convcli, sys; b = convcli.load_kernels('edge', 'sobel-x'); "
-            "print(convcli.__file__); print(b.names)")
+            "print(convcli.__file__); print(b.names); print('yaml' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(target)}, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    location, names = proc.stdout.strip().splitlines()
+    location, names, parsed_yaml = proc.stdout.strip().splitlines()
     assert location.startswith(str(target))
     assert names == "['edge', 'sobel-x']"
+    assert parsed_yaml == "False"  # built-ins came from the shipped index
