@@ -131,7 +131,7 @@ class _Raw:
 
 
 def read_input(source: Source, *, mode: str = "keep", scale: str = "raw",
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Loaded:
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, keep_integers: bool = False) -> Loaded:
     """Read an image or numeric array as float32 H×W×C.
 
     Parameters
@@ -155,11 +155,15 @@ def read_input(source: Source, *, mode: str = "keep", scale: str = "raw",
     max_pixels : int or None
         Images whose header declares more than this many pixels (width × height) are
         refused before any pixel is decoded (decompression-bomb guard). None: no limit.
+    keep_integers : bool
+        With ``scale='raw'``, leave 8- and 16-bit integer pixels as uint8/uint16 (the
+        engine converts them; for a 2-D kernel it sums the channels as integers first,
+        which saves a float32 copy of every channel). Float data is float32 as always.
 
     Returns
     -------
     Loaded
-        ``array`` is float32 (H, W, C): C is 1 (gray), 2 (gray+alpha), 3 or 4 for images
+        ``array`` is float32 (H, W, C) (uint8/uint16 with ``keep_integers``): C is 1 (gray), 2 (gray+alpha), 3 or 4 for images
         under ``keep``; a 2-D array is (H, W, 1); a 1-D array or a one-row/one-column
         table is a signal (1, L, 1); a 3-D ``.npy`` is used as (H, W, C).
 
@@ -185,6 +189,9 @@ def read_input(source: Source, *, mode: str = "keep", scale: str = "raw",
     name, stem, path, data = _resolve_source(source)
     raw = _read_raw(name, path, data, max_pixels=max_pixels)
     array, bit_depth = _apply_mode(raw.array, raw.bit_depth, mode, name)
+    if keep_integers and scale == "raw" and array.dtype in (np.uint8, np.uint16):
+        return Loaded(array=array, name=name, stem=stem, kind=raw.kind, bit_depth=bit_depth,
+                      mode=_mode_name(array.shape[2], bit_depth))
     with np.errstate(over="ignore"):  # float64 beyond float32 becomes Inf, refused just below
         out = array.astype(np.float32)
     if scale == "unit" and bit_depth is not None:

@@ -166,6 +166,16 @@ class Stack:
                     " used with `shape` but not `apply`; give it `kernels:`"
                 )
 
+    @property
+    def sums_channels_first(self) -> bool:
+        """The first layer correlates 2-D kernels with every channel (the engine sums the channels).
+
+        Its input may then be given as uint8/uint16 pixels: the engine sums them as integers.
+        """
+        first = self.steps[0] if self.steps else None
+        return (isinstance(first, ConvStep) and first.bank is not None and first.bank.depth is None
+                and not first.spec.depthwise)
+
     def run(self, x: "np.ndarray", *, algorithm: str = "auto", keep_all: bool = False, reuse=None):
         """Run every step on ``x`` (H×W×C float32).
 

@@ -914,3 +914,17 @@ def test_channel_extrema_equals_numpy_per_channel(shape):
     low, high = imageio.channel_extrema(values)
     np.testing.assert_array_equal(low, values.min(axis=(0, 1)))
     np.testing.assert_array_equal(high, values.max(axis=(0, 1)))
+
+
+def test_keep_integers_leaves_pixels_native():
+    pixels = rng(8).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    blob = imageio.encode_png(pixels)
+    kept = imageio.read_input(blob, keep_integers=True)
+    assert kept.array.dtype == np.uint8 and kept.mode == "RGB" and kept.bit_depth == 8
+    np.testing.assert_array_equal(kept.array, pixels)
+    sixteen = imageio.read_input(imageio.encode_png(pixels.astype(np.uint16) * 257), keep_integers=True)
+    assert sixteen.array.dtype == np.uint16
+    # --scale unit and float data are float32 as always.
+    assert imageio.read_input(blob, keep_integers=True, scale="unit").array.dtype == np.float32
+    assert imageio.read_input(imageio.encode_npy(np.ones((2, 3))), keep_integers=True).array.dtype == np.float32
+

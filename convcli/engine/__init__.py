@@ -271,7 +271,8 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
         An unknown algorithm, or one that cannot serve this layer.
     """
     algo = _parse_algorithm(algorithm)
-    x = as_image(x)
+    summed = _integer_channel_sum(x) if bank.depth is None and not conv.depthwise else None
+    x = as_image(x) if summed is None else x
     h, w, c = x.shape
     geom = geometry.conv_layer((h, w, c), kernel_size=tuple(bank.size), filters=bank.filters,
                                spec=conv, kernel_depth=bank.depth)
@@ -286,7 +287,7 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
         # A 2-D kernel on C channels means np.repeat(kernel, C, axis=2) (SPEC §1). By
         # linearity, sum_c corr(x_c, k) = corr(sum_c x_c, k) for every border mode (each
         # is a linear re-indexing), so correlate the channel sum once: C times less work.
-        x = _channel_sum(x)
+        x = _channel_sum(x) if summed is None else summed
         weights = bank.weights_hwio(1)
     else:
         weights = bank.weights_hwio(c)
@@ -308,6 +309,25 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
     finally:
         _common.release_buffers()
     return LayerResult(out, used, backend)
+
+
+def _integer_channel_sum(x) -> np.ndarray | None:
+    """The float32 channel sum of an H×W×C (C > 1) uint8/uint16 image, or None for other input.
+
+    Integer pixels (``read_input(keep_integers=True)``) are summed as integers and converted
+    once: the same values as converting first and summing in float32 (sums below 2**24
+    are exact either way), without the 4-byte copy of every channel.
+    """
+    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] < 2 or x.dtype not in (np.uint8, np.uint16):
+        return None
+    top = 255 if x.dtype == np.uint8 else 65535
+    if top * x.shape[2] >= 2**24:
+        return None
+    wide = np.uint16 if top * x.shape[2] < 2**16 else np.uint32
+    total = np.add(x[:, :, 0], x[:, :, 1], dtype=wide)
+    for ch in range(2, x.shape[2]):
+        total += x[:, :, ch]
+    return total.astype(np.float32)[:, :, None]
 
 
 def _channel_sum(x: np.ndarray) -> np.ndarray:
