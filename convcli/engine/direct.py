@@ -56,12 +56,15 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     macs_per_pixel = kh * kw * (1 if depthwise else c) * f * (c if depthwise else 1)
     macs_per_row = ow * macs_per_pixel
     min_rows = max(1, _MIN_MACS_PER_THREAD // max(1, macs_per_row))
+    ranges = _threads.split_rows(row_b - row_a, min_rows)
+    # Every thread holds one tile's scratch at a time: they share the layer's budget.
+    budget = scratch if scratch is not None else int(_common.TILE_FRACTION * out.nbytes) // len(ranges)
 
     def work(r_lo: int, r_hi: int) -> None:
         # Tiles of a few MB: the matmul runs in cache-sized slices anyway (GEMM_CHUNK), and
         # fewer, larger tiles mean fewer numpy calls and fewer hand-offs of the GIL between
         # threads (with L2-sized tiles two threads ran slower than one).
-        tile_h, tile_w = tile_plan(r_hi - r_lo, ow, per_pixel, out.nbytes, budget=scratch)
+        tile_h, tile_w = tile_plan(r_hi - r_lo, ow, per_pixel, out.nbytes, budget=budget)
         scratch_bufs = _common.thread_buffers()  # patches and band, reused by every tile
         for r0, r1, c0, c1 in tiles(r_hi - r_lo, ow, tile_h, tile_w):
             dest = out[r0 + r_lo:r1 + r_lo]
@@ -70,7 +73,7 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
             if epilogue is not None and c1 == ow:
                 epilogue(dest)
 
-    _threads.run_ranges(work, _threads.split_rows(row_b - row_a, min_rows))
+    _threads.run_ranges(work, ranges)
     return out
 
 

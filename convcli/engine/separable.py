@@ -121,6 +121,8 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     most = max(len(v) for v in by_channel.values())
     # Per output row: vertical results (terms × width), their block copies, and the planar accumulator.
     per_row = 4 * (most * width * (1 + span / max(1, block * sw)) + n_maps * ow + c * width * sh)
+    if scratch is None:  # every thread holds one tile's scratch at a time
+        scratch = int(_common.TILE_FRACTION * out.nbytes) // _threads.get_threads()
     tile_rows = max(1, min(row_b - row_a, max(MIN_TILE_ROWS, 4 * eh),
                            tile_plan(oh, 1, int(per_row), out.nbytes, max_bytes=4 << 20, budget=scratch)[0]))
 
