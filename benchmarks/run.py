@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # cli_bench, batch_bench
 THREADS = os.cpu_count() or 1
 
 
@@ -407,6 +408,9 @@ def main(argv=None) -> int:
                         help="measure every tool this many times, alternating tools, and pool the runs "
                              "(drift on a shared machine then hits every tool alike)")
     parser.add_argument("--no-write", action="store_true", help="print the table, do not write README.md")
+    parser.add_argument("--cli", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time the command-line cases (benchmarks/cli_bench.py; default: when "
+                             "no -w/-t narrows the run)")
     parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "TOOL"), help=argparse.SUPPRESS)
     parser.add_argument("--sample", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -479,16 +483,29 @@ def main(argv=None) -> int:
     table = header + "\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows)
     print(table)
     print("\n".join(verdicts))
+    cli_text, cli_verdicts = "", []
+    if args.cli if args.cli is not None else not (args.workload or args.tool):
+        import cli_bench
+
+        print("command-line cases …", file=sys.stderr, flush=True)
+        cli_text, cli_verdicts = cli_bench.report(max(5, args.repeats))
+        print(cli_text)
+        print("\n".join(cli_verdicts))
+        if not args.no_write:
+            cli_bench.write(cli_text, cli_verdicts)
     if not args.no_write:
-        write_readme(table, verdicts, args.repeats, args.rounds)
+        write_readme(table, verdicts + cli_verdicts, args.repeats, args.rounds, cli_text)
     return 0
 
 
-def write_readme(table: str, verdicts: list[str], repeats: int, rounds: int = 1) -> None:
+def write_readme(table: str, verdicts: list[str], repeats: int, rounds: int = 1, cli_text: str = "") -> None:
     import numpy
     import scipy
 
     desc = "\n".join(f"| {k} | {v['desc']} |" for k, v in WORKLOADS.items())
+    # The command-line cases (benchmarks/cli_bench.py), their headings one level down.
+    cli_section = ("\n## Command-line cases (whole processes)\n\n" + cli_text.replace("\n## ", "\n### ")
+                   if cli_text else "")
     text = f"""# Benchmarks
 
 `benchmarks/run.py` times convcli's engine (`convcli.engine.run_layer`, the code `convcli
@@ -498,7 +515,8 @@ This file is written by the script; edit the script, not the tables.
 ## Running it
 
 ```sh
-python benchmarks/run.py            # all workloads, every installed peer; rewrites this file
+python benchmarks/run.py            # all workloads, every installed peer, and the command-line
+                                    # cases (benchmarks/cli_bench.py); rewrites this file and CLI.md
 python benchmarks/run.py -w W3 -r 3 --no-write
 ```
 
@@ -526,6 +544,9 @@ python3 -m venv .bench-venv
 - All tools compute the same layer: float32, cross-correlation, TensorFlow `same` padding with
   zeros. Each peer's output is compared with convcli's on a sample of pixels (last column).
 - Threads: every tool may use all {THREADS} cores.
+- Fresh memory: every call's output is new memory for convcli, scipy, OpenCV and torch, and
+  the kernel zero-fills each page on its first touch (0.2–0.6 ms per MB on this VM: 100 ms
+  and more for W2's 531 MB), while TensorFlow's allocator keeps its pool between calls.
 
 ## The engine's paths
 
@@ -533,10 +554,12 @@ python3 -m venv .bench-venv
 lets a cost model (`convcli/engine/choose.py`) pick one from the layer's sizes, and the
 table's "path" column says which ran (`path/backend`):
 
-- **direct**: per tile of output rows, one block copy per kernel tap into a patch matrix,
-  then one sgemm (BLAS). Strided layers split the band into polyphase planes first.
+- **direct**: per tile of output rows, every kernel tap's (strided, dilated) slice of the
+  band copied into a patch matrix by one numpy call, then sgemm (BLAS) in slices of 2048
+  pixels; scratch is reused from tile to tile.
 - **separable**: kernels of rank ≤ 2 (SVD) as two 1-D passes, each a small banded GEMM.
-- **fft**: overlap-save over row tiles with `scipy.fft` (real transforms, threads).
+- **fft**: overlap-save with `scipy.fft` (real transforms, threads) over bands of rows, or
+  2-D blocks when a band would not fit the memory budget.
 - **opencv** backend (only when `cv2` is importable, only in `auto`): `sepFilter2D` /
   `filter2D` for per-channel filtering at stride 1 (depthwise blurs, edge filters). It is
   used because it is several times faster than any numpy formulation of those layers (see
@@ -555,7 +578,7 @@ Machine: {platform.machine()}, {THREADS} cores, Python {platform.python_version(
 scipy {scipy.__version__}. Shared machines are noisy: repeat before drawing fine conclusions.
 
 {table}
-
+{cli_section}
 ## Targets (issue 4)
 
 {chr(10).join(verdicts)}
