@@ -627,9 +627,12 @@ def _builtin_root():
     zipped install needs :mod:`importlib.resources`, whose import costs about 15 ms of
     every command's start-up.
     """
-    from . import kernels_data
-
-    folder = Path(kernels_data.__file__).parent
+    try:
+        from . import kernels_data
+    except ImportError:  # the package imported from a source checkout, not installed
+        folder = Path(__file__).resolve().parent.parent / "kernels"
+    else:
+        folder = Path(kernels_data.__file__).parent
     if folder.is_dir():
         return folder
     from importlib.resources import files  # pragma: no cover - zip imports only

@@ -811,6 +811,16 @@ def test_builtins_ship_as_package_data_with_matching_names():
     assert sorted(p.stem for p in repo.glob("*.yaml")) == shipped
 
 
+def test_builtins_found_from_a_source_checkout(monkeypatch):
+    # Imported from the repo without installing, convcli.kernels_data does not exist: the
+    # kernels/ folder next to the package is used.
+    import convcli
+
+    monkeypatch.setitem(sys.modules, "convcli.kernels_data", None)  # makes the import fail
+    monkeypatch.delattr(convcli, "kernels_data", raising=False)
+    assert K._builtin_root() == Path(__file__).resolve().parents[1] / "kernels"
+
+
 def test_builtin_index_is_current():
     # kernels/_index.json holds the parsed built-ins, so loading one needs no YAML parser.
     tool = Path(__file__).resolve().parents[1] / "tools" / "kernel_index.py"
