@@ -3,12 +3,14 @@
 The model estimates each path's time in seconds from counts of the work it does, with
 rates measured on a 2-core x86 machine (``benchmarks/run.py`` prints the real times):
 
-* direct: the patch copies (``pixels · kh·kw·C`` floats) plus the GEMM multiply-adds;
+* direct: the patch copy (``pixels · kh·kw·C`` floats) plus the GEMM, which costs at least
+  one read of the patches (few filters) or its multiply-adds (many);
 * separable: per rank-1 term, a vertical band GEMM over ``tile + extent`` rows and a
   horizontal one over ``block + extent`` columns (BLAS wastes some work on the band's zeros
   and is still faster than a short loop);
-* fft: forward transforms of the input tiles, products with the kernel spectra, inverse
-  transforms of every output map, with overlap-save's extra rows;
+* fft: forward transforms of the input blocks, products with the kernel spectra, inverse
+  transforms of every output map, over the blocks ``fft.plan`` cuts (overlap-save's margins
+  included);
 * opencv: per-channel filter2D/sepFilter2D calls, when cv2 is importable and can serve it.
 
 Only the ordering matters; a path that cannot run the layer costs infinity.
@@ -24,14 +26,14 @@ import numpy as np
 from . import separable
 
 GEMM_MACS_PER_S = 25e9  # skinny sgemm on tiles, both cores
-COPY_FLOATS_PER_S = 3e9  # strided block copies into the patch matrix
+COPY_FLOATS_PER_S = 3e9  # the strided copy into the patch matrix
 OUTPUT_BYTES_PER_S = 4e9  # first touch of a fresh output array (page faults), every path
 FIXED_SECONDS = {"direct": 2e-5, "separable": 3e-4, "fft": 5e-4, "opencv": 1e-4}  # set-up per layer
 CALL_SECONDS = 1.2e-6  # one numpy call on a small block (the interpreter's share)
-TERM_SECONDS_PER_PIXEL = 8e-9  # separable: the passes' copies and sums, per term and output pixel
+TERM_SECONDS_PER_PIXEL = 3e-9  # separable: the passes' copies and sums, per term and output pixel (W3: 50 ms measured)
 TILE_CHANNEL_SECONDS = 1.5e-4  # separable: fixed work per (tile, channel)
-FFT_POINTS_PER_S = 1.5e9  # (points · log2 points) per second, scipy.fft float32
-SPECTRUM_MACS_PER_S = 1.5e9  # complex multiply-adds of the spectra
+FFT_POINTS_PER_S = 3.2e9  # (points · log2 points) per second, scipy.fft float32, both cores
+SPECTRUM_MACS_PER_S = 0.5e9  # complex multiply-adds of the spectra (einsum over the channels)
 CV_TAPS_PER_S = 3e9  # cv2.filter2D taps·pixels per second, one-channel planes
 CV_SEP_TAPS_PER_S = 9e9  # cv2.sepFilter2D taps·pixels per second (multi-channel, SIMD)
 CV_FFT_KERNEL = 11  # cv2.filter2D switches to its DFT path from about this size
@@ -73,9 +75,11 @@ def cost_direct(layer: Layer) -> float:
         macs *= 4 / f  # a matrix-vector product per channel runs far below GEMM speed
     row_bytes = 4 * ow * (kh * kw * c + layer.n_maps)
     n_tiles = math.ceil(oh / max(1, TILE_MAX_BYTES // row_bytes)) * math.ceil(row_bytes / TILE_MAX_BYTES)
-    calls = n_tiles * kh * kw  # one block copy per tap and tile
-    return (copies / COPY_FLOATS_PER_S + macs / GEMM_MACS_PER_S + calls * CALL_SECONDS
-            + _output_seconds(layer))
+    calls = n_tiles * 4  # band, patch copy, matmul and epilogue per tile
+    # The product reads the whole patch matrix at least once: with few filters it is bound by
+    # that read (as slow as the copy), not by its multiply-adds.
+    product = max(macs / GEMM_MACS_PER_S, copies / COPY_FLOATS_PER_S)
+    return copies / COPY_FLOATS_PER_S + product + calls * CALL_SECONDS + _output_seconds(layer)
 
 
 def cost_separable(layer: Layer) -> float:
@@ -96,18 +100,20 @@ def cost_separable(layer: Layer) -> float:
 
 
 def cost_fft(layer: Layer) -> float:
+    from . import _common, _threads, fft
+
     kh, kw, _, f = layer.w_shape
     c = layer.in_hwc[2]
     oh, ow = layer.out_hw
-    (sh, sw), (dh, dw) = layer.stride, layer.dilation
-    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
-    tile = min(oh, max(64, 4 * eh) // sh)
-    band = (tile - 1) * sh + eh
-    points = band * ((ow - 1) * sw + ew)
-    tiles = math.ceil(oh / tile)
-    transforms = (c + layer.n_maps) * tiles * points * math.log2(max(2, points)) / FFT_POINTS_PER_S
-    products = (layer.n_maps if layer.depthwise else c * f) * tiles * points / 2 / SPECTRUM_MACS_PER_S
-    return transforms + products + _output_seconds(layer)
+    # The blocks fft.correlate will cut: its memory budget, shared by the threads.
+    budget = int(_common.TILE_FRACTION * 4 * oh * ow * layer.n_maps) // _threads.get_threads()
+    rows, cols, n_h, n_w = fft.plan((oh, ow), (kh, kw), layer.stride, layer.dilation, c, layer.n_maps, budget,
+                                    fast_len=fft.next_smooth)
+    blocks = math.ceil(oh / rows) * math.ceil(ow / cols)
+    points = n_h * n_w
+    transforms = (c + layer.n_maps) * blocks * points * math.log2(max(2, points)) / FFT_POINTS_PER_S
+    products = (layer.n_maps if layer.depthwise else c * f) * blocks * points / 2 / SPECTRUM_MACS_PER_S
+    return transforms + products + blocks * 6 * CALL_SECONDS + _output_seconds(layer)
 
 
 def cost_opencv(layer: Layer) -> float:

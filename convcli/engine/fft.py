@@ -25,15 +25,37 @@ TILE_BYTES = 16 << 20
 _BYTES_PER_POINT_PLANE = 12
 
 
-def plan(out_hw, ksize, stride, dilation, channels: int, n_maps: int, budget: int) -> tuple[int, int, int, int]:
+def next_smooth(n: int) -> int:
+    """The smallest 2^a·3^b·5^c ≥ n: a fast FFT length, computed without importing scipy."""
+    best, p5 = 1 << max(0, (n - 1).bit_length()), 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def plan(out_hw, ksize, stride, dilation, channels: int, n_maps: int, budget: int,
+         fast_len=None) -> tuple[int, int, int, int]:
     """(block rows, block columns, FFT height, FFT width) of output blocks for this layer.
 
     ``budget`` is the scratch bytes one block may use. Blocks are whole rows when a band
     of them fits, otherwise 2-D blocks: overlap-save needs a margin of one kernel extent
     around every block, and a square block wastes the least for its memory. The FFT side
     is at least twice the extent (so at least half of every transform is output).
+    ``fast_len(n)`` rounds a length up to a fast one (default: scipy's, for real input);
+    the cost model passes :func:`next_smooth` so that choosing a path imports no scipy.
     """
-    from scipy import fft as sfft
+    if fast_len is None:
+        from scipy import fft as sfft
+
+        def fast_len(n: int) -> int:
+            return sfft.next_fast_len(n, real=True)
 
     oh, ow = out_hw
     (sh, sw), (dh, dw) = stride, dilation
@@ -42,13 +64,13 @@ def plan(out_hw, ksize, stride, dilation, channels: int, n_maps: int, budget: in
     budget = min(TILE_BYTES, max(64 << 10, budget))
     points = max(1, budget // (_BYTES_PER_POINT_PLANE * (channels + n_maps)))
     if full_w * max(2 * eh, 64) <= points:  # whole rows: a band as tall as the budget allows
-        n_w = sfft.next_fast_len(full_w, real=True)
+        n_w = fast_len(full_w)
         want_h = max(2 * eh, points // n_w)
     else:
         side = max(2 * ew, int(points ** 0.5))
-        n_w = sfft.next_fast_len(min(full_w, side), real=True)
+        n_w = fast_len(min(full_w, side))
         want_h = max(2 * eh, points // n_w)
-    n_h = sfft.next_fast_len(min(full_h, want_h), real=True)
+    n_h = fast_len(min(full_h, want_h))
     rows = max(1, min(oh, (n_h - eh) // sh + 1))  # use the whole fast length
     cols = max(1, min(ow, (n_w - ew) // sw + 1))
     return rows, cols, n_h, n_w
