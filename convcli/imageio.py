@@ -914,7 +914,7 @@ def _scanline_buffer(height: int, width: int) -> Any:
 
     zlib copies what it compresses into its own output, so the buffer is free again when
     :func:`_png_bytes` returns; a fresh one per map costs its page faults every time
-    (64 maps of 1080p: 133 MB). Buffers above 64 MB are not kept.
+    (64 maps of 1080p: 133 MB). Buffers above 16 MB (a 4K colour map) are not kept.
     """
     import numpy as np
 
@@ -922,7 +922,7 @@ def _scanline_buffer(height: int, width: int) -> Any:
     flat = getattr(_local, "scanlines", None)
     if flat is None or flat.size < size:
         flat = np.empty(size, np.uint8)
-        if size <= 64 << 20:
+        if size <= 16 << 20:
             _local.scanlines = flat
     return flat[:size].reshape(height, width)
 
