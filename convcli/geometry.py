@@ -18,7 +18,6 @@ Sizes follow Keras/TensorFlow. With the effective kernel extent
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from .errors import GeometryError
