@@ -9,9 +9,10 @@ to BLAS as a transposed operand, no copy) writes the tile's H×W×F output direc
 slices of a few thousand pixels that BLAS runs at cache speed.
 
 Strides and dilations are the view's steps, so no wasted work. The patch matrix of one
-tile is the only scratch memory; :func:`~convcli.engine._common.tile_plan` keeps it
-around the size of the L2 cache and below a fraction of the output, so a whole-image
-im2col is never built. Row ranges run on the engine's threads.
+tile (and its band) is the only scratch memory, reused from tile to tile;
+:func:`~convcli.engine._common.tile_plan` keeps it a few MB and, over all threads, below a
+fraction of the output, so a whole-image im2col is never built. Row ranges run on the
+engine's threads.
 """
 
 from __future__ import annotations
