@@ -394,11 +394,10 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
     started = time.perf_counter()
     result = InputResult(input=source)
     max_pixels = job.read.max_pixels if job.read.max_pixels is not None else imageio.DEFAULT_MAX_PIXELS
-    # uint8/uint16 pixels stay integers when the first layer sums the channels (it does so
-    # exactly, as integers) and nothing else reads the input (--save-all writes it as is).
-    keep_integers = job.stack.sums_channels_first and not job.output.save_all
+    # uint8/uint16 pixels stay integers when the first layer sums the channels: the engine
+    # does so exactly, as integers, before its one float32 conversion.
     loaded = imageio.read_input(source, mode=job.read.mode, scale=job.read.scale, max_pixels=max_pixels,
-                                keep_integers=keep_integers)
+                                keep_integers=job.stack.sums_channels_first)
     stem = input_stem(source)  # the stem the batch planned with
     x = loaded.array
     result.input_shape = list(x.shape)

@@ -142,6 +142,11 @@ def test_apply_writes_one_png_per_filter_with_the_engine_numbers(tmp_path):
     expected = correlate2d(gray_sum, vertical, mode="same")
     np.testing.assert_allclose(maps[:, :, 0], expected, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(maps[:, :, 1], correlate2d(gray_sum, vertical.T, mode="same"), rtol=1e-5, atol=1e-3)
+    # The command hands the engine 8-bit pixels (summed as integers): bit-identical to float input.
+    import convcli
+
+    as_float = convcli.apply_layer(pixels.astype(np.float32), ["vertical-line", "horizontal-line"], padding="same")
+    np.testing.assert_array_equal(maps, as_float)
 
     run("apply", source, "-k", "vertical-line", "-k", "horizontal-line", "--padding", "same", "-o", out)
     written = sorted(p.name for p in out.glob("*.png"))
