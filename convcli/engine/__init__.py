@@ -271,8 +271,8 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
         An unknown algorithm, or one that cannot serve this layer.
     """
     algo = _parse_algorithm(algorithm)
-    summed = _integer_channel_sum(x) if bank.depth is None and not conv.depthwise else None
-    x = as_image(x) if summed is None else x
+    # A 2-D kernel sums the channels first: uint8/uint16 pixels are summed as integers.
+    x = as_image(x, keep_integers=bank.depth is None and not conv.depthwise)
     h, w, c = x.shape
     geom = geometry.conv_layer((h, w, c), kernel_size=tuple(bank.size), filters=bank.filters,
                                spec=conv, kernel_depth=bank.depth)
@@ -287,10 +287,11 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
         # A 2-D kernel on C channels means np.repeat(kernel, C, axis=2) (SPEC §1). By
         # linearity, sum_c corr(x_c, k) = corr(sum_c x_c, k) for every border mode (each
         # is a linear re-indexing), so correlate the channel sum once: C times less work.
-        x = _channel_sum(x) if summed is None else summed
+        x = _channel_sum(x)
         weights = bank.weights_hwio(1)
     else:
         weights = bank.weights_hwio(c)
+    x = np.asarray(x, dtype=np.float32)  # integer pixels of a single channel
     weights = np.asarray(weights, dtype=np.float32)
     if conv.flip:
         weights = weights[::-1, ::-1]  # spatial axes only; the channel axis is not flipped
@@ -311,37 +312,25 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
     return LayerResult(out, used, backend)
 
 
-def _integer_channel_sum(x) -> np.ndarray | None:
-    """The float32 channel sum of an H×W×C (C > 1) uint8/uint16 image, or None for other input.
-
-    Integer pixels (``read_input(keep_integers=True)``) are summed as integers and converted
-    once: the same values as converting first and summing in float32 (sums below 2**24
-    are exact either way), without the 4-byte copy of every channel.
-    """
-    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] < 2 or x.dtype not in (np.uint8, np.uint16):
-        return None
-    top = 255 if x.dtype == np.uint8 else 65535
-    if top * x.shape[2] >= 2**24:
-        return None
-    wide = np.uint16 if top * x.shape[2] < 2**16 else np.uint32
-    total = np.add(x[:, :, 0], x[:, :, 1], dtype=wide)
-    for ch in range(2, x.shape[2]):
-        total += x[:, :, ch]
-    return total.astype(np.float32)[:, :, None]
-
-
 def _channel_sum(x: np.ndarray) -> np.ndarray:
-    """``x.sum(axis=2, keepdims=True)`` in float32, added channel by channel in order.
+    """``x.sum(axis=2, keepdims=True)`` as float32 (H, W, 1), added channel by channel in order.
 
     numpy's reduction over a short last axis runs an inner loop of C elements per pixel
     (40 ms on a 1080p RGB image); whole-plane adds take 3 ms. For C < 8 numpy's pairwise
-    sum adds in this same order, so the values are identical.
+    sum adds in this same order, so the values are identical. uint8/uint16 pixels are
+    summed as integers and converted once — the same values as converting first (sums
+    below 2**24 are exact either way), without a float32 copy of every channel.
     """
-    total = np.empty(x.shape[:2] + (1,), dtype=np.float32)
-    np.add(x[:, :, 0], x[:, :, 1], out=total[:, :, 0])
+    top = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(x.dtype)
+    if top is not None and top * x.shape[2] >= 2**24:
+        x, top = x.astype(np.float32), None  # an integer sum could pass float32's exact range
+    if top is None:
+        total = np.add(x[:, :, 0], x[:, :, 1], dtype=np.float32)
+    else:
+        total = np.add(x[:, :, 0], x[:, :, 1], dtype=np.uint16 if top * x.shape[2] < 2**16 else np.uint32)
     for ch in range(2, x.shape[2]):
-        total[:, :, 0] += x[:, :, ch]
-    return total
+        total += x[:, :, ch]
+    return np.asarray(total, dtype=np.float32)[:, :, None]
 
 
 def _pool_spec(pool, pool_size, pool_stride, pool_padding) -> PoolSpec | None:

@@ -30,10 +30,12 @@ TILE_MAX_BYTES = 4 << 20
 TILE_MIN_BYTES = 64 << 10
 
 
-def as_image(x, name: str = "input") -> np.ndarray:
+def as_image(x, name: str = "input", *, keep_integers: bool = False) -> np.ndarray:
     """The engine's one dtype policy: a float32 H×W×C array (C-contiguous).
 
     A 1-D array of length L becomes 1×L×1 (a signal, Keras Conv1D), a 2-D array H×W×1.
+    With ``keep_integers``, uint8/uint16 pixels keep their dtype (for an exact integer
+    channel sum, :func:`convcli.engine._channel_sum`); everything else is float32.
     """
     arr = np.asarray(x)
     if arr.dtype.kind not in "biuf":
@@ -46,7 +48,8 @@ def as_image(x, name: str = "input") -> np.ndarray:
         raise InputError(f"{name}: expected an H×W×C, H×W or 1-D array, got {arr.ndim} dimensions {arr.shape}")
     if 0 in arr.shape:
         raise InputError(f"{name}: the array is empty, shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    integers = keep_integers and arr.dtype in (np.uint8, np.uint16)
+    return np.ascontiguousarray(arr, dtype=arr.dtype if integers else np.float32)
 
 
 def source_index(size: int, before: int, after: int, border: Border) -> np.ndarray:
