@@ -665,6 +665,12 @@ def _builtin_index() -> dict[str, Any]:
         return {}
 
 
+def parse_builtin_file(file_name: str, data: bytes, source: str) -> Any:
+    """The document of a built-in kernel file (JSON or YAML by its suffix)."""
+    text = _decode(data, source)
+    return _parse_json(text, source) if file_name.endswith(".json") else _parse_yaml(text, source)
+
+
 def file_fingerprint(data: bytes) -> str:
     """What the index stores to tell that a built-in file is unchanged: CRC-32 and size."""
     return f"{zlib.crc32(data):08x}-{len(data)}"
@@ -684,8 +690,7 @@ def _load_builtin_cached(name: str) -> tuple[FilterBank, str]:
     if isinstance(cached, dict) and cached.get("file") == entry.name and cached.get("fingerprint") == file_fingerprint(data):
         document = cached["document"]
     else:
-        text = _decode(data, source)
-        document = _parse_json(text, source) if entry.name.endswith(".json") else _parse_yaml(text, source)
+        document = parse_builtin_file(entry.name, data, source)
     description = document.get("description", "") if isinstance(document, dict) else ""
     return FilterBank(tuple(_kernels_from_document(document, source, name))), str(description or "")
 

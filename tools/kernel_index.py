@@ -26,10 +26,7 @@ def build() -> str:
     entries = {}
     for name, entry in kernels._builtin_files().items():
         data = entry.read_bytes()
-        source = f"built-in {name}"
-        text = kernels._decode(data, source)
-        document = (kernels._parse_json(text, source) if entry.name.endswith(".json")
-                    else kernels._parse_yaml(text, source))
+        document = kernels.parse_builtin_file(entry.name, data, f"built-in {name}")
         entries[name] = {"file": entry.name, "fingerprint": kernels.file_fingerprint(data), "document": document}
     return json.dumps({"format": 1, "kernels": entries}, indent=1, sort_keys=True, allow_nan=False) + "\n"
 
