@@ -89,7 +89,8 @@ class Loaded:
     Attributes
     ----------
     array : numpy.ndarray
-        float32, shape (H, W, C); a 1-D signal is (1, L, 1).
+        float32, shape (H, W, C); a 1-D signal is (1, L, 1). uint8/uint16 when read with
+        ``keep_integers``.
     name : str
         What messages call the input: the path as given, ``<stdin>`` or ``<bytes>``.
     stem : str
@@ -163,9 +164,10 @@ def read_input(source: Source, *, mode: str = "keep", scale: str = "raw",
     Returns
     -------
     Loaded
-        ``array`` is float32 (H, W, C) (uint8/uint16 with ``keep_integers``): C is 1 (gray), 2 (gray+alpha), 3 or 4 for images
-        under ``keep``; a 2-D array is (H, W, 1); a 1-D array or a one-row/one-column
-        table is a signal (1, L, 1); a 3-D ``.npy`` is used as (H, W, C).
+        ``array`` is float32 (H, W, C) (uint8/uint16 with ``keep_integers``): C is 1
+        (gray), 2 (gray+alpha), 3 or 4 for images under ``keep``; a 2-D array is (H, W, 1);
+        a 1-D array or a one-row/one-column table is a signal (1, L, 1); a 3-D ``.npy`` is
+        used as (H, W, C).
 
     Raises
     ------
