@@ -244,6 +244,72 @@ def test_opencv_path_matches_reference(rng, border, padding):
             np.testing.assert_allclose(y[:, :, m], ref, rtol=RTOL, atol=5 * ATOL)
 
 
+@pytest.mark.parametrize("border", ["zeros", "reflect", "replicate"])
+@pytest.mark.parametrize("padding", ["same", "valid", (2, 0, 0, 1)])
+@pytest.mark.parametrize("shape,depthwise", [
+    ((5, 3, 3, 2), False),  # map by map: planes, sums, the bias as OpenCV's delta
+    ((3, 4, 1, 2), True),  # one call per filter on the 3-channel band, strided into place
+    ((3, 3, 3, 2), True),  # a kernel per channel: plane by plane
+    ((4, 3, 1, 1), True),  # one call on the whole image when the size is kept
+])
+def test_opencv_bands_rows_out_and_epilogue(rng, monkeypatch, border, padding, shape, depthwise):
+    # Bands of one to a few rows put seams everywhere, also next to the reflected edges.
+    pytest.importorskip("cv2")
+    monkeypatch.setattr(opencv, "MIN_BAND_ROWS", 1)
+    monkeypatch.setattr(opencv, "BAND_MAX_BYTES", 1)
+    x = rng.standard_normal((23, 17, 3)).astype(np.float32)
+    w = rng.standard_normal(shape).astype(np.float32)
+    spec = ConvSpec.from_options(padding=_pad_arg(padding), border=border, depthwise=depthwise)
+    geom = conv_layer(x.shape, kernel_size=w.shape[:2], filters=w.shape[3], spec=spec,
+                      kernel_depth=None if w.shape[2] == 1 else w.shape[2])
+    assert opencv.why_not(x.shape, w.shape, pads=geom.pads, stride=(1, 1), dilation=(1, 1),
+                          border=spec.border, depthwise=depthwise) is None
+    oh, ow, n_maps = geom.output_shape
+    if depthwise:
+        ref = np.concatenate([ref_conv(x[:, :, c:c + 1], w[:, :, [0 if w.shape[2] == 1 else c]], None,
+                                       (1, 1), (1, 1), padding, border) for c in range(3)], axis=2)
+    else:
+        ref = ref_conv(x, w, None, (1, 1), (1, 1), padding, border)
+    bias = rng.standard_normal(n_maps).astype(np.float32)
+    finished = np.maximum(ref + bias, 0)
+    kwargs = dict(pads=geom.pads, stride=(1, 1), dilation=(1, 1), border=spec.border, out_hw=(oh, ow),
+                  depthwise=depthwise)
+    fused = _common.Epilogue(bias, "relu", 0.3)
+    for rows in [None, (1, oh - 2), (0, 1), (oh - 1, oh)]:  # single rows at the edges: reflected halos
+        a, b = rows or (0, oh)
+        out = np.full((b - a, ow, n_maps), np.nan, np.float32)
+        y = opencv.correlate(x, w, rows=rows, out=out, **kwargs)
+        assert y is out
+        np.testing.assert_allclose(y, ref[a:b], rtol=RTOL, atol=5 * ATOL)
+        for epilogue in (fused, lambda block: fused(block)):  # fused into the calls, or after them
+            y = opencv.correlate(x, w, rows=rows, epilogue=epilogue, **kwargs)
+            np.testing.assert_allclose(y, finished[a:b], rtol=RTOL, atol=5 * ATOL)
+
+
+def test_opencv_in_run_layer_pools_and_reuses_like_numpy(rng):
+    # W1's shape of layer, small: the chooser's OpenCV pick, its pooled chunks and ``reuse``.
+    pytest.importorskip("cv2")
+    x = rng.integers(0, 256, (40, 52, 3)).astype(np.float32)
+    bank = engine.WeightsBank(rng.standard_normal((3, 3, 3, 4)).astype(np.float32), rng.standard_normal(4))
+    spec = ConvSpec.from_options(padding="same", activation="relu")
+    pool = PoolSpec.from_options(mode="max", size=2, stride=None, padding="valid")
+    original = choose.choose
+    try:
+        choose.choose = lambda layer, *, opencv_ok: "opencv" if opencv_ok else original(layer, opencv_ok=False)
+        for p in (None, pool):
+            reuse = np.full((20, 26, 4) if p else (40, 52, 4), np.nan, np.float32)
+            got = engine.run_layer(x, bank, spec, p, reuse=reuse)
+            assert got.backend == "opencv" and got.output is reuse
+            engine.use_opencv(False)
+            want = engine.run_layer(x, bank, spec, p)
+            engine.use_opencv(True)
+            assert want.backend == "numpy"
+            np.testing.assert_allclose(got.output, want.output, rtol=RTOL, atol=ATOL * 256)
+    finally:
+        choose.choose = original
+        engine.use_opencv(True)
+
+
 def test_opencv_refusals():
     pytest.importorskip("cv2")
     kw = dict(pads=(1, 1, 1, 1), dilation=(1, 1), border="zeros", depthwise=True)

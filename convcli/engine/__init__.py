@@ -138,7 +138,7 @@ def _opencv_terms(w: np.ndarray) -> dict:
     return out
 
 
-def _select(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm: str):
+def _select(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm: str, finish: int = 0):
     """Pick the path; returns (run, path name, backend) with ``run(rows=None, epilogue=None, scratch=None, out=None)``."""
     kwargs = dict(pads=pads, stride=spec.stride, dilation=spec.dilation, border=spec.border,
                   out_hw=out_hw, depthwise=depthwise)
@@ -158,7 +158,7 @@ def _select(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm: s
         cv_ok = _use_opencv and opencv.why_not(x.shape, w.shape, pads=pads, stride=spec.stride,
                                                dilation=spec.dilation, border=spec.border,
                                                depthwise=depthwise, rank1=rank() == 1) is None
-        layer = choose.Layer(x.shape, w.shape, tuple(out_hw), spec.stride, spec.dilation, depthwise, rank())
+        layer = choose.Layer(x.shape, w.shape, tuple(out_hw), spec.stride, spec.dilation, depthwise, rank(), finish)
         algorithm = choose.choose(layer, opencv_ok=cv_ok)
         if algorithm == "opencv":
             terms = _opencv_terms(w)
@@ -175,39 +175,20 @@ def _select(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm: s
     return bind(direct.correlate), "direct", "numpy"
 
 
-def _epilogue(bias: np.ndarray | None, spec: ConvSpec):
-    """Bias then activation, in place on a block of output rows (None when both are no-ops)."""
+def _epilogue(bias: np.ndarray | None, spec: ConvSpec) -> "_common.Epilogue | None":
+    """Bias then activation, in place on finished output (None when both are no-ops)."""
     has_bias = bias is not None and bool(np.any(bias))
     if not has_bias and spec.activation.value == "none":
         return None
-
-    rows: dict[int, np.ndarray] = {}  # the bias repeated along one output row, per row width
-
-    def finish(block: np.ndarray) -> None:
-        if has_bias:
-            if block.flags.c_contiguous:
-                # Adding a whole row at once: broadcasting the short (F,) vector makes numpy
-                # run an inner loop of F elements per pixel, several times slower.
-                width = block.shape[1]
-                if width not in rows:
-                    rows[width] = np.tile(bias, width)
-                block.reshape(block.shape[0], -1)[...] += rows[width]
-            else:
-                block += bias
-        if spec.activation.value != "none":
-            activate(block, spec.activation, spec.negative_slope, out=block)
-
-    return finish
+    return _common.Epilogue(bias if has_bias else None, spec.activation, spec.negative_slope)
 
 
-def _pooled(run, backend: str, conv_hw, n_maps: int, pool: PoolSpec, epilogue, out=None) -> np.ndarray:
+def _pooled(run, conv_hw, n_maps: int, pool: PoolSpec, epilogue, out=None) -> np.ndarray:
     """Convolve and pool in chunks of rows, so the full pre-pool map never exists at once."""
     from .pooling import input_rows, pool_rows
 
     oh, ow = conv_hw
     poh, pow_ = geometry.pool_output_hw(conv_hw, pool)
-    if backend == "opencv":  # it filters the whole image per call: pool afterwards
-        return pool2d(run(epilogue=epilogue), pool)
     out = _common.result_array((poh, pow_, n_maps), out)
     conv_row_bytes = 4 * ow * n_maps * pool.strides[0]
     # The pre-pool chunks (one per thread) share the memory budget with the path's tiles.
@@ -295,18 +276,19 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
     weights = np.asarray(weights, dtype=np.float32)
     if conv.flip:
         weights = weights[::-1, ::-1]  # spatial axes only; the channel axis is not flipped
-    run, used, backend = _select(x, weights, pads=geom.pads, spec=conv, depthwise=conv.depthwise,
-                                 out_hw=geom.output_shape[:2], algorithm=algo)
     epilogue = _epilogue(bias, conv)
+    run, used, backend = _select(x, weights, pads=geom.pads, spec=conv, depthwise=conv.depthwise,
+                                 out_hw=geom.output_shape[:2], algorithm=algo,
+                                 finish=0 if epilogue is None else epilogue.passes)
     final_hw = geom.output_shape[:2] if pool is None else geometry.pool_output_hw(geom.output_shape[:2], pool)
     final_shape = tuple(final_hw) + (geom.output_shape[2],)
     target = (reuse if reuse is not None and reuse.shape == final_shape and reuse.dtype == np.float32
-              and reuse.flags.c_contiguous and reuse.flags.writeable and backend != "opencv" else None)
+              and reuse.flags.c_contiguous and reuse.flags.writeable else None)
     try:
         if pool is None:
             out = run(epilogue=epilogue, out=target)
         else:
-            out = _pooled(run, backend, geom.output_shape[:2], geom.output_shape[2], pool, epilogue, out=target)
+            out = _pooled(run, geom.output_shape[:2], geom.output_shape[2], pool, epilogue, out=target)
     finally:
         _common.release_buffers()
     return LayerResult(out, used, backend)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..layer import Border
+from .activations import activate
 
 #: numpy.pad mode for each border (PyTorch padding_mode names).
 _NP_PAD_MODE = {
@@ -201,3 +202,45 @@ def result_array(shape: tuple[int, ...], out: np.ndarray | None = None) -> np.nd
         raise ValueError(f"out: expected a C-contiguous float32 array of shape {tuple(shape)}, "
                          f"got {out.dtype} {out.shape}")
     return out
+
+
+class Epilogue:
+    """A layer's bias then activation, applied in place by the paths while the output is in cache.
+
+    Calling it finishes a block of whole H×W×F output rows; :meth:`plane` finishes one
+    map's 2-D plane (paths that compute map by map, like OpenCV's).
+    """
+
+    def __init__(self, bias: np.ndarray | None, activation, negative_slope: float):
+        self.bias = bias  # (F,) float32, or None for no bias
+        self.activation = activation
+        self.negative_slope = negative_slope
+        self._rows: dict[int, np.ndarray] = {}  # the bias repeated along one output row, per width
+
+    @property
+    def passes(self) -> int:
+        """How many passes over the output it makes (bias, activation)."""
+        return int(self.bias is not None) + int(getattr(self.activation, "value", self.activation) != "none")
+
+    def __call__(self, block: np.ndarray) -> None:
+        if self.bias is not None:
+            if block.flags.c_contiguous:
+                # Adding a whole row at once: broadcasting the short (F,) vector makes numpy
+                # run an inner loop of F elements per pixel, several times slower.
+                width = block.shape[1]
+                if width not in self._rows:
+                    self._rows[width] = np.tile(self.bias, width)
+                block.reshape(block.shape[0], -1)[...] += self._rows[width]
+            else:
+                block += self.bias
+        self._activate(block)
+
+    def plane(self, plane: np.ndarray, m: int, *, biased: bool = False) -> None:
+        """Finish map ``m``'s plane in place (``biased``: its bias is already added)."""
+        if self.bias is not None and not biased:
+            plane += self.bias[m]
+        self._activate(plane)
+
+    def _activate(self, arr: np.ndarray) -> None:
+        if getattr(self.activation, "value", self.activation) != "none":
+            activate(arr, self.activation, self.negative_slope, out=arr)

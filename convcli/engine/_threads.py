@@ -26,13 +26,6 @@ def set_threads(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise OptionError(f"threads: must be a whole number of at least 1, got {n!r}")
     _threads = n
-    try:  # OpenCV keeps its own pool; keep it in step when it is in use
-        import sys
-
-        if "cv2" in sys.modules:
-            sys.modules["cv2"].setNumThreads(n)
-    except Exception:  # pragma: no cover - a broken cv2 must not break the engine
-        pass
 
 
 def get_threads() -> int:

@@ -11,7 +11,9 @@ rates measured on a 2-core x86 machine (``benchmarks/run.py`` prints the real ti
 * fft: forward transforms of the input blocks, products with the kernel spectra, inverse
   transforms of every output map, over the blocks ``fft.plan`` cuts (overlap-save's margins
   included);
-* opencv: per-channel filter2D/sepFilter2D calls, when cv2 is importable and can serve it.
+* opencv: per-channel filter2D/sepFilter2D calls, when cv2 is importable and can serve it:
+  one call on the whole image when it gives the output (one map per channel), otherwise
+  a call per (channel, filter) on bands of rows, plus the copies that split and merge planes.
 
 Only the ordering matters; a path that cannot run the layer costs infinity.
 """
@@ -28,15 +30,20 @@ from . import separable
 GEMM_MACS_PER_S = 25e9  # skinny sgemm on tiles, both cores
 COPY_FLOATS_PER_S = 3e9  # the strided copy into the patch matrix
 OUTPUT_BYTES_PER_S = 4e9  # first touch of a fresh output array (page faults), every path
+FINISH_NS_PER_VALUE = 0.25  # one bias or activation pass over an output tile in cache, both cores (W1: 4 ms)
 FIXED_SECONDS = {"direct": 2e-5, "separable": 3e-4, "fft": 5e-4, "opencv": 1e-4}  # set-up per layer
 CALL_SECONDS = 1.2e-6  # one numpy call on a small block (the interpreter's share)
 TERM_SECONDS_PER_PIXEL = 3e-9  # separable: the passes' copies and sums, per term and output pixel (W3: 50 ms measured)
 TILE_CHANNEL_SECONDS = 1.5e-4  # separable: fixed work per (tile, channel)
 FFT_POINTS_PER_S = 3.2e9  # (points · log2 points) per second, scipy.fft float32, both cores
 SPECTRUM_MACS_PER_S = 0.5e9  # complex multiply-adds of the spectra (einsum over the channels)
-CV_TAPS_PER_S = 3e9  # cv2.filter2D taps·pixels per second, one-channel planes
-CV_SEP_TAPS_PER_S = 9e9  # cv2.sepFilter2D taps·pixels per second (multi-channel, SIMD)
-CV_FFT_KERNEL = 11  # cv2.filter2D switches to its DFT path from about this size
+# OpenCV, both cores, in ns per pixel and channel plane of one call (1080p, 3×3 to 31×31):
+CV_CALL_NS = 0.4  # filter2D's fixed share
+CV_SEP_NS = 0.3  # sepFilter2D's fixed share
+CV_TAP_NS = 0.05  # per kernel tap (per row and column tap for sepFilter2D)
+CV_PLANE_COPY_NS = 0.3  # splitting a band into channel planes, merging maps into H×W×F
+CV_STRIDED_WRITE_NS = 1.5  # writing a map into every F-th place of a row (numpy)
+CV_MAX_BANDED_MAPS = 4  # beyond this many maps a band's planes spill L2 (8 maps: 36 ms vs direct 26)
 MAX_RANK = 2  # separable path: at most this many rank-1 terms per 2-D kernel
 
 
@@ -51,6 +58,7 @@ class Layer:
     dilation: tuple[int, int]
     depthwise: bool
     rank: int  # largest rank of the 2-D kernel slices
+    finish: int = 0  # passes over the output for bias and activation (0, 1 or 2)
 
     @property
     def n_maps(self) -> int:
@@ -58,8 +66,11 @@ class Layer:
         return c * f if self.depthwise else f
 
 
-def _output_seconds(layer: Layer) -> float:
-    return 4 * layer.out_hw[0] * layer.out_hw[1] * layer.n_maps / OUTPUT_BYTES_PER_S
+def _output_seconds(layer: Layer, finish: int | None = None) -> float:
+    """First touch of the output, and the bias and activation passes over it."""
+    values = layer.out_hw[0] * layer.out_hw[1] * layer.n_maps
+    finish = layer.finish if finish is None else finish
+    return 4 * values / OUTPUT_BYTES_PER_S + finish * values * FINISH_NS_PER_VALUE * 1e-9
 
 
 def cost_direct(layer: Layer) -> float:
@@ -117,16 +128,24 @@ def cost_fft(layer: Layer) -> float:
 
 
 def cost_opencv(layer: Layer) -> float:
-    kh, kw, _, f = layer.w_shape
-    c = layer.in_hwc[2]
-    h, w = layer.in_hwc[:2]
-    calls = c * f
-    if layer.rank == 1 and min(kh, kw) >= 3:
-        seconds = calls * h * w * (kh + kw) / CV_SEP_TAPS_PER_S
-    else:
-        taps = 40 if max(kh, kw) >= CV_FFT_KERNEL else kh * kw  # big kernels: its DFT path
-        seconds = calls * h * w * taps / CV_TAPS_PER_S
-    return seconds + _output_seconds(layer)
+    from . import opencv
+
+    kh, kw, cw, f = layer.w_shape
+    h, w, c = layer.in_hwc
+    pixels = h * w
+    sep = layer.rank == 1 and min(kh, kw) >= 3
+    per_pixel = CV_SEP_NS + CV_TAP_NS * (kh + kw) if sep else CV_CALL_NS + CV_TAP_NS * kh * kw
+    if opencv.one_call(layer.in_hwc, layer.w_shape, layer.depthwise) and tuple(layer.out_hw) == (h, w):
+        return c * pixels * per_pixel * 1e-9 + _output_seconds(layer)  # one call, straight into the output
+    if layer.n_maps > CV_MAX_BANDED_MAPS:
+        return math.inf  # measured: more maps per band spill the cache, and the GEMM wins
+    seconds = c * f * pixels * per_pixel  # every (channel, filter) pair is a call on one plane
+    if layer.depthwise and cw == 1 and c <= 4:
+        seconds += layer.n_maps * pixels * CV_STRIDED_WRITE_NS  # each filter's maps land c apart
+        return seconds * 1e-9 + _output_seconds(layer)
+    seconds += (layer.n_maps + (c if c > 1 else 0)) * pixels * CV_PLANE_COPY_NS  # merge, split
+    # Map by map, the bias rides on the first call (OpenCV's delta): only the activation is a pass.
+    return seconds * 1e-9 + _output_seconds(layer, finish=min(layer.finish, 1))
 
 
 COSTS = {"direct": cost_direct, "separable": cost_separable, "fft": cost_fft, "opencv": cost_opencv}
@@ -142,10 +161,11 @@ def rank_of(w: np.ndarray) -> int:
 
 
 #: OpenCV must beat the numpy paths by this much per call to be chosen. Importing cv2 costs
-#: a process about 0.1 s, so a one-off command on a small image loses at most that, and a
-#: batch earns it back within a few images. A fixed margin, not a per-process tally, keeps
-#: the choice — and so every output byte — the same whatever the batch and its -j.
-OPENCV_MARGIN_SECONDS = 0.02
+#: a process about 21 ms after numpy (measured with ``python -X importtime``), so a one-off
+#: command loses at most about 10 ms, and a batch earns the import back from its second or
+#: third image. A fixed margin, not a per-process tally, keeps the choice — and so every
+#: output byte — the same whatever the batch and its -j.
+OPENCV_MARGIN_SECONDS = 0.01
 
 
 def choose(layer: Layer, *, opencv_ok: bool) -> str:
