@@ -165,7 +165,7 @@ def rank_of(w: np.ndarray) -> int:
 #: command loses at most about 10 ms, and a batch earns the import back from its second or
 #: third image. A fixed margin, not a per-process tally, keeps the choice — and so every
 #: output byte — the same whatever the batch and its -j.
-OPENCV_MARGIN_SECONDS = 0.01
+OPENCV_MARGIN_SECONDS = 0.015
 
 
 def choose(layer: Layer, *, opencv_ok: bool) -> str:
