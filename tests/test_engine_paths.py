@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from convcli import engine
-from convcli.engine import _common, choose, fft, opencv, separable
+from convcli.engine import _common, _threads, choose, fft, opencv, separable
 from convcli.errors import OptionError
 from convcli.geometry import conv_layer
 from convcli.layer import ConvSpec, PoolSpec
@@ -54,6 +54,7 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(fft, "TILE_BYTES", 2000)
     monkeypatch.setattr(separable, "MIN_TILE_ROWS", 1)
     monkeypatch.setattr(separable, "BLOCK_COLS", 5)
+    monkeypatch.setattr(_threads, "PARALLEL_MIN_BYTES", 1)  # and still split them between threads
 
 
 @pytest.mark.parametrize("algorithm", ["direct", "separable", "fft"])
@@ -103,6 +104,7 @@ def test_pool_fused_in_row_chunks(rng, monkeypatch, algorithm, pool):
     # A small budget makes run_layer convolve and pool the map in many row chunks.
     monkeypatch.setattr(_common, "TILE_MIN_BYTES", 1)
     monkeypatch.setattr(_common, "TILE_FRACTION", 0.001)
+    monkeypatch.setattr(_threads, "PARALLEL_MIN_BYTES", 1)  # the chunks shared between threads
     mode, size, stride, padding = pool
     x = rng.standard_normal((31, 28, 2)).astype(np.float32)
     w = low_rank_weights(rng, 3, 3, 2, 2)
@@ -117,7 +119,8 @@ def test_pool_fused_in_row_chunks(rng, monkeypatch, algorithm, pool):
     np.testing.assert_allclose(result.output, ref, rtol=RTOL, atol=5 * ATOL)
 
 
-def test_threads_do_not_change_results(rng):
+def test_threads_do_not_change_results(rng, monkeypatch):
+    monkeypatch.setattr(_threads, "PARALLEL_MIN_BYTES", 1)  # a layer this small would run on one thread
     x = rng.standard_normal((300, 257, 3)).astype(np.float32)
     w = rng.standard_normal((3, 3, 3, 16)).astype(np.float32)  # enough arithmetic to run threaded
     before = engine.get_threads()
@@ -308,6 +311,16 @@ def test_opencv_in_run_layer_pools_and_reuses_like_numpy(rng):
     finally:
         choose.choose = original
         engine.use_opencv(True)
+
+
+def test_small_layers_run_on_one_thread(monkeypatch):
+    # Two threads pay only when each one's tiles are large (GIL hand-overs between short calls).
+    monkeypatch.setattr(_threads, "_threads", 2)
+    assert _threads.threads_for(_threads.PARALLEL_MIN_BYTES - 1) == 1
+    assert _threads.threads_for(2 * _threads.PARALLEL_MIN_BYTES) == 2
+    assert _threads.threads_for(100 * _threads.PARALLEL_MIN_BYTES) == 2
+    assert _threads.split_rows(100, 1, parts=1) == [(0, 100)]
+    assert _threads.split_rows(100, 1) == [(0, 50), (50, 100)]
 
 
 def test_opencv_refusals():

@@ -57,9 +57,10 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     macs_per_pixel = kh * kw * (1 if depthwise else c) * f * (c if depthwise else 1)
     macs_per_row = ow * macs_per_pixel
     min_rows = max(1, _MIN_MACS_PER_THREAD // max(1, macs_per_row))
-    ranges = _threads.split_rows(row_b - row_a, min_rows)
     # Every thread holds one tile's scratch at a time: they share the layer's budget.
-    budget = scratch if scratch is not None else int(_common.TILE_FRACTION * out.nbytes) // len(ranges)
+    total = scratch if scratch is not None else int(_common.TILE_FRACTION * out.nbytes)
+    ranges = _threads.split_rows(row_b - row_a, min_rows, _threads.threads_for(total))
+    budget = total // len(ranges)
 
     def work(r_lo: int, r_hi: int) -> None:
         # Tiles of a few MB: the matmul runs in cache-sized slices anyway (GEMM_CHUNK), and

@@ -5,6 +5,11 @@ Used only when ``cv2`` (``opencv-python-headless``) is importable. It serves lay
 can express (``top ≤ kh−1``, ``top + bottom ≤ kh−1``, likewise left/right) and whose border
 OpenCV has (zeros, reflect, replicate; not circular): depthwise layers, one-channel inputs
 (including 2-D kernels summed over channels), and few-channel 3-D kernels.
+
+A layer that one call serves (one map per channel) runs as that call on the whole image, on
+OpenCV's threads. Any other runs in bands of rows on the engine's threads: a call per
+(channel, filter) on the band's planes, the sums, then the maps interleaved into the output
+rows; the bias rides on the calls and the activation runs per plane while it is in cache.
 """
 
 from __future__ import annotations
@@ -101,11 +106,13 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
         if epilogue is not None:
             epilogue(out)
         return out
-    ranges = _threads.split_rows(row_b - row_a, MIN_BAND_ROWS)
     # The threads share the budget, as the direct path's tiles do. Scratch per band row: the
     # channel planes, the accumulators and one call's result.
-    budget = scratch if scratch is not None else int(_common.TILE_FRACTION * out.nbytes) // len(ranges)
-    budget = min(BAND_MAX_BYTES, max(_common.TILE_MIN_BYTES, budget))
+    # (Unlike numpy's tiles, two threads pay here even on small budgets: a 3×3×3 filter on
+    # 1080p took 11 ms on two threads, 17 on one.)
+    total = scratch if scratch is not None else int(_common.TILE_FRACTION * out.nbytes)
+    ranges = _threads.split_rows(row_b - row_a, MIN_BAND_ROWS)
+    budget = min(BAND_MAX_BYTES, max(_common.TILE_MIN_BYTES, total // len(ranges)))
     row_bytes = 4 * w_in * (c + job.n_maps + 1)
     band = max(MIN_BAND_ROWS, 2 * (kh - 1), budget // row_bytes - (kh - 1))
 
@@ -124,7 +131,9 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
 
 #: Fewest output rows per band: every filter call has a few µs of set-up.
 MIN_BAND_ROWS = 32
-#: Most scratch bytes per band (measured on 1080p: 1–2 MB bands beat both 0.5 and 8 MB).
+#: Most scratch bytes per band. Larger bands mean fewer calls: on W1 (1080p RGB, 4 filters)
+#: 1 MB bands took 34–46 ms, 2 MB 26–31, 4 MB 24–26; the memory budget (a fifth of the
+#: output, shared by the threads) is then the real bound.
 BAND_MAX_BYTES = 8 << 20
 
 
