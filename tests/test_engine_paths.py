@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from convcli import engine
-from convcli.engine import _common, _threads, choose, fft, opencv, separable
+from convcli.engine import _common, _threads, choose, direct, fft, opencv, separable
 from convcli.errors import OptionError
 from convcli.geometry import conv_layer
 from convcli.layer import ConvSpec, PoolSpec
@@ -319,6 +319,10 @@ def test_small_layers_run_on_one_thread(monkeypatch):
     assert _threads.threads_for(_threads.PARALLEL_MIN_BYTES - 1) == 1
     assert _threads.threads_for(2 * _threads.PARALLEL_MIN_BYTES) == 2
     assert _threads.threads_for(100 * _threads.PARALLEL_MIN_BYTES) == 2
+    # ... or much arithmetic per byte (W4: 16 filters 5×5×3, 1.6 MB tiles).
+    w4 = direct.tile_macs_per_byte(3, (5, 5, 3, 16), False)
+    assert _threads.threads_for(2 * (1600 << 10), w4) == 2
+    assert _threads.threads_for(2 * (1600 << 10), direct.tile_macs_per_byte(1, (3, 3, 1, 1), False)) == 1
     assert _threads.split_rows(100, 1, parts=1) == [(0, 100)]
     assert _threads.split_rows(100, 1) == [(0, 50), (50, 100)]
 

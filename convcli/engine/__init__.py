@@ -183,8 +183,11 @@ def _epilogue(bias: np.ndarray | None, spec: ConvSpec) -> "_common.Epilogue | No
     return _common.Epilogue(bias if has_bias else None, spec.activation, spec.negative_slope)
 
 
-def _pooled(run, conv_hw, n_maps: int, pool: PoolSpec, epilogue, out=None) -> np.ndarray:
-    """Convolve and pool in chunks of rows, so the full pre-pool map never exists at once."""
+def _pooled(run, conv_hw, n_maps: int, pool: PoolSpec, epilogue, out=None, macs_per_byte: float = 0.0) -> np.ndarray:
+    """Convolve and pool in chunks of rows, so the full pre-pool map never exists at once.
+
+    ``macs_per_byte``: the multiply-adds per byte of a tile's scratch (whether threads pay).
+    """
     from .pooling import input_rows, pool_rows
 
     oh, ow = conv_hw
@@ -193,7 +196,7 @@ def _pooled(run, conv_hw, n_maps: int, pool: PoolSpec, epilogue, out=None) -> np
     conv_row_bytes = 4 * ow * n_maps * pool.strides[0]
     # The pre-pool chunks (one per thread) share the memory budget with the path's tiles.
     budget = max(_common.TILE_MIN_BYTES * 16, int(_common.TILE_FRACTION * out.nbytes) // 2)
-    n_threads = _threads.threads_for(budget)
+    n_threads = _threads.threads_for(budget, macs_per_byte)
     per_thread = budget // n_threads
     chunk = max(1, min(poh, per_thread // max(1, conv_row_bytes)))
 
@@ -289,7 +292,8 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
         if pool is None:
             out = run(epilogue=epilogue, out=target)
         else:
-            out = _pooled(run, geom.output_shape[:2], geom.output_shape[2], pool, epilogue, out=target)
+            out = _pooled(run, geom.output_shape[:2], geom.output_shape[2], pool, epilogue, out=target,
+                          macs_per_byte=direct.tile_macs_per_byte(x.shape[2], weights.shape, conv.depthwise))
     finally:
         _common.release_buffers()
     return LayerResult(out, used, backend)

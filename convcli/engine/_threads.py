@@ -44,16 +44,26 @@ def _executor(n: int) -> ThreadPoolExecutor:
         return _pool
 
 
-#: Scratch bytes a thread's tiles need before a second thread pays. Below it, every numpy
-#: call is short and the threads spend their time handing the GIL over: on 1080p, a gray
-#: 3×3 kernel (1.7 MB of tile budget) took 13 ms on two threads and 10 on one, a 3×3×3
-#: single filter 64 and 34 ms, W1 with a 2×2 max-pool 109 and 53 ms.
+#: What a thread's tiles must hold before a second thread pays: this many bytes of scratch,
+#: or this many multiply-adds per tile. Below both, every numpy call is short and the
+#: threads spend their time handing the GIL over. Measured on 1080p, one thread against
+#: two: a gray 3×3 kernel (0.2 M multiply-adds per tile on two threads) 8.4 against 13 ms,
+#: a 3×3×3 single filter 24 against 64, W1 with a 2×2 max-pool (0.4 M) 53 against 109;
+#: W4 (5 M per tile, 1.6 MB) 200 against 180, W5 without OpenCV (2.5 MB) 46 against 32.
 PARALLEL_MIN_BYTES = 2 << 20
+PARALLEL_MIN_MACS = 2_000_000
 
 
-def threads_for(budget: int) -> int:
-    """How many threads should share a layer whose tiles may use ``budget`` bytes in all."""
-    return max(1, min(_threads, budget // PARALLEL_MIN_BYTES))
+def threads_for(budget: int, macs_per_byte: float = 0.0) -> int:
+    """How many threads should share a layer whose tiles may use ``budget`` bytes in all.
+
+    ``macs_per_byte``: the multiply-adds a tile does per byte of its scratch.
+    """
+    for n in range(_threads, 1, -1):
+        share = budget // n
+        if share >= PARALLEL_MIN_BYTES or share * macs_per_byte >= PARALLEL_MIN_MACS:
+            return n
+    return 1
 
 
 def split_rows(n_rows: int, min_rows: int = 1, parts: int | None = None) -> list[tuple[int, int]]:

@@ -54,12 +54,11 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     else:
         wmat = np.ascontiguousarray(w.reshape(kh * kw * c, f))  # HWIO rows in (i, j, c) order
     per_pixel = 4 * (kh * kw * c + n_maps)
-    macs_per_pixel = kh * kw * (1 if depthwise else c) * f * (c if depthwise else 1)
-    macs_per_row = ow * macs_per_pixel
+    macs_per_row = ow * kh * kw * c * f
     min_rows = max(1, _MIN_MACS_PER_THREAD // max(1, macs_per_row))
     # Every thread holds one tile's scratch at a time: they share the layer's budget.
     total = scratch if scratch is not None else int(_common.TILE_FRACTION * out.nbytes)
-    ranges = _threads.split_rows(row_b - row_a, min_rows, _threads.threads_for(total))
+    ranges = _threads.split_rows(row_b - row_a, min_rows, _threads.threads_for(total, tile_macs_per_byte(c, w.shape, depthwise)))
     budget = total // len(ranges)
 
     def work(r_lo: int, r_hi: int) -> None:
@@ -77,6 +76,17 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
 
     _threads.run_ranges(work, ranges)
     return out
+
+
+def tile_macs_per_byte(channels: int, w_shape, depthwise: bool) -> float:
+    """Multiply-adds per byte of a tile's scratch (patches and result), for ``channels`` inputs.
+
+    Per output pixel a tile holds kh·kw·C patch values and its maps (F, or C·M depthwise),
+    and does kh·kw·C·F multiply-adds either way.
+    """
+    kh, kw, _, f = w_shape
+    n_maps = channels * f if depthwise else f
+    return kh * kw * channels * f / (4 * (kh * kw * channels + n_maps))
 
 
 #: Output pixels per BLAS call: the patch matrix of a tile is multiplied in slices of this
