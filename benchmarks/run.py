@@ -561,10 +561,14 @@ table's "path" column says which ran (`path/backend`):
 - **fft**: overlap-save with `scipy.fft` (real transforms, threads) over bands of rows, or
   2-D blocks when a band would not fit the memory budget.
 - **opencv** backend (only when `cv2` is importable, only in `auto`): `sepFilter2D` /
-  `filter2D` for per-channel filtering at stride 1 (depthwise blurs, edge filters). It is
-  used because it is several times faster than any numpy formulation of those layers (see
-  the "convcli (numpy only)" rows, the same engine with OpenCV switched off); every path
-  is tested to give the same numbers (`tests/test_engine_paths.py`).
+  `filter2D` at stride 1, for per-channel filtering (depthwise blurs, edge filters: one
+  call on the whole image) and for layers of up to 4 maps (a call per channel and filter
+  on bands of rows, summed and interleaved while in cache, the bias as the calls' `delta`).
+  The cost model picks it only where it saves at least 15 ms a call, so a one-off command,
+  which also pays cv2's 21 ms import, loses at most a few ms. Where it is picked it is
+  several times faster than any numpy formulation (see the "convcli (numpy only)" rows, the
+  same engine with OpenCV switched off). Every path is tested to give the same numbers
+  (`tests/test_engine_paths.py`).
 
 ## Workloads
 
