@@ -86,11 +86,13 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
               depthwise: bool = False, terms=None, rows=None, epilogue=None, scratch=None, out=None) -> np.ndarray:
     """Same contract as :func:`direct.correlate`; ``terms`` (rank-1 pairs) select sepFilter2D.
 
-    The output is computed in bands of rows on the engine's threads (OpenCV's own pool is
-    kept to one thread, see :func:`module`): each band of input rows, with the kernel's
-    halo, goes through all its filter calls while it is in cache. A call pads its band with
-    the border, which is right at the image's edges; a band cut inside the image carries
-    the real rows of the halo, and the rows the band's own border reaches are cropped.
+    When one call gives the whole output (:func:`one_call`, same size, no ``rows``), that
+    call runs on OpenCV's threads straight into ``out``. Otherwise the output is computed
+    in bands of rows on the engine's threads (OpenCV's own pool kept at one thread, see
+    :func:`module`): each band of input rows, with the kernel's halo, goes through all its
+    filter calls while it is in cache. A call pads its band with the border, which is right
+    at the image's edges; a band cut inside the image carries the real rows of the halo,
+    and the rows the band's own border reaches are cropped.
     """
     cv2 = module()
     h, w_in, c = x.shape
