@@ -383,3 +383,24 @@ def test_paths_write_into_a_given_array(rng, algorithm):
     np.testing.assert_array_equal(target, expected)
     with pytest.raises(ValueError, match=r"out: expected a C-contiguous float32 array of shape \(19, 23, 3\)"):
         path.correlate(x, w, out=np.empty((19, 23, 2), np.float32), **kwargs)
+
+
+def test_opencv_leaves_the_callers_thread_count(rng):
+    # The engine sets OpenCV's pool for its own calls only; a program using cv2 keeps its setting.
+    cv2 = pytest.importorskip("cv2")
+    before = cv2.getNumThreads()
+    x = rng.standard_normal((40, 52, 3)).astype(np.float32)
+    bank = engine.WeightsBank(rng.standard_normal((3, 3, 3, 2)).astype(np.float32))
+    pool = PoolSpec.from_options(mode="max", size=2, stride=None, padding="valid")
+    original = choose.choose
+    try:
+        cv2.setNumThreads(3)
+        choose.choose = lambda layer, *, opencv_ok: "opencv" if opencv_ok else original(layer, opencv_ok=False)
+        for spec, p in [(ConvSpec.from_options(padding="same"), None), (ConvSpec.from_options(padding="same"), pool),
+                        (ConvSpec.from_options(padding="same", depthwise=True), None)]:
+            b = bank if not spec.depthwise else engine.WeightsBank(rng.standard_normal((3, 3)).astype(np.float32))
+            assert engine.run_layer(x, b, spec, p).backend == "opencv"
+            assert cv2.getNumThreads() == 3
+    finally:
+        choose.choose = original
+        cv2.setNumThreads(before)

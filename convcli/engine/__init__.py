@@ -15,6 +15,7 @@ scratch memory stays a fraction of the output's size.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -292,8 +293,11 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
         if pool is None:
             out = run(epilogue=epilogue, out=target)
         else:
-            out = _pooled(run, geom.output_shape[:2], geom.output_shape[2], pool, epilogue, out=target,
-                          macs_per_byte=direct.tile_macs_per_byte(x.shape[2], weights.shape, conv.depthwise))
+            # OpenCV's chunks run banded on the engine's threads, with its own pool at one thread.
+            cv_pool = opencv.pool_threads(opencv.module(), 1) if backend == "opencv" else contextlib.nullcontext()
+            with cv_pool:
+                out = _pooled(run, geom.output_shape[:2], geom.output_shape[2], pool, epilogue, out=target,
+                              macs_per_byte=direct.tile_macs_per_byte(x.shape[2], weights.shape, conv.depthwise))
     finally:
         _common.release_buffers()
     return LayerResult(out, used, backend)

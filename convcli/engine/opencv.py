@@ -42,9 +42,6 @@ def module():
         import cv2
     except Exception:
         return None
-    # The engine's threads run bands in parallel (:func:`correlate`); a pool of OpenCV's own
-    # under each would oversubscribe the cores.
-    cv2.setNumThreads(1)
     return cv2
 
 
@@ -103,7 +100,7 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     out = _common.result_array((row_b - row_a, ow, job.n_maps), out)
     if rows is None and job.whole_image(out.shape):
         # One call whose result is the output: OpenCV's own threads, straight into ``out``.
-        with _cv_threads(cv2, _threads.get_threads()):
+        with pool_threads(cv2, _threads.get_threads()):
             job.whole(out)
         if epilogue is not None:
             epilogue(out)
@@ -127,7 +124,11 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
             if epilogue is not None and not finished:
                 epilogue(dest)
 
-    _threads.run_ranges(work, ranges)
+    if rows is None:
+        with pool_threads(cv2, 1):  # the engine's threads run the bands (see pool_threads)
+            _threads.run_ranges(work, ranges)
+    else:  # a chunk of a pooled layer, on one of its threads: run_layer has set OpenCV's pool
+        _threads.run_ranges(work, ranges)
     return out
 
 
@@ -140,13 +141,19 @@ BAND_MAX_BYTES = 8 << 20
 
 
 @contextlib.contextmanager
-def _cv_threads(cv2, n: int):
-    """OpenCV's pool at ``n`` threads for one whole-image call (the banded calls run at 1)."""
+def pool_threads(cv2, n: int):
+    """OpenCV's own thread pool at ``n`` threads for the block, then as it was.
+
+    Banded calls run at 1: the engine's threads run the bands, and a pool of OpenCV's under
+    each would oversubscribe the cores. A whole-image call uses the engine's thread count.
+    The caller's setting is restored, so a program that uses cv2 itself keeps its own.
+    """
+    previous = cv2.getNumThreads()
     cv2.setNumThreads(n)
     try:
         yield
     finally:
-        cv2.setNumThreads(1)
+        cv2.setNumThreads(previous)
 
 
 class _Job:
