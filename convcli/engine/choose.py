@@ -162,9 +162,9 @@ def rank_of(w: np.ndarray) -> int:
 
 #: OpenCV must beat the numpy paths by this much per call to be chosen. Importing cv2 costs
 #: a process about 21 ms after numpy (measured with ``python -X importtime``), so a one-off
-#: command loses at most about 10 ms, and a batch earns the import back from its second or
-#: third image. A fixed margin, not a per-process tally, keeps the choice — and so every
-#: output byte — the same whatever the batch and its -j.
+#: command loses at most about 6 ms, and a batch earns the import back from its second
+#: image. A fixed margin, not a per-process tally, keeps the choice — and so every output
+#: byte — the same whatever the batch and its -j.
 OPENCV_MARGIN_SECONDS = 0.015
 
 
