@@ -215,12 +215,13 @@ class Epilogue:
         self.bias = bias  # (F,) float32, or None for no bias
         self.activation = activation
         self.negative_slope = negative_slope
+        self._activates = getattr(activation, "value", activation) != "none"
         self._rows: dict[int, np.ndarray] = {}  # the bias repeated along one output row, per width
 
     @property
     def passes(self) -> int:
         """How many passes over the output it makes (bias, activation)."""
-        return int(self.bias is not None) + int(getattr(self.activation, "value", self.activation) != "none")
+        return int(self.bias is not None) + int(self._activates)
 
     def __call__(self, block: np.ndarray) -> None:
         if self.bias is not None:
@@ -242,5 +243,5 @@ class Epilogue:
         self._activate(plane)
 
     def _activate(self, arr: np.ndarray) -> None:
-        if getattr(self.activation, "value", self.activation) != "none":
+        if self._activates:
             activate(arr, self.activation, self.negative_slope, out=arr)
