@@ -49,7 +49,8 @@ def _executor(n: int) -> ThreadPoolExecutor:
 #: threads spend their time handing the GIL over. Measured on 1080p, one thread against
 #: two: a gray 3×3 kernel (0.2 M multiply-adds per tile on two threads) 8.4 against 13 ms,
 #: a 3×3×3 single filter 24 against 64, W1 with a 2×2 max-pool (0.4 M) 53 against 109;
-#: W4 (5 M per tile, 1.6 MB) 200 against 180, W5 without OpenCV (2.5 MB) 46 against 32.
+#: W5 without OpenCV (2.5 MB tiles) 46 against 32; W4 (5 M per tile, 1.6 MB) 200 against 180
+#: in one measurement, equal within the noise in another.
 PARALLEL_MIN_BYTES = 2 << 20
 PARALLEL_MIN_MACS = 2_000_000
 
