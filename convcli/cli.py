@@ -13,7 +13,7 @@ import click
 
 from . import __version__
 from .errors import ConvcliError, ExitStatus, OptionError
-from .layer import ConvSpec, Padding, PoolSpec, parse_pair
+from .layer import ConvSpec, Padding, PoolSpec, parse_pair, parse_slope
 
 ALGORITHMS = ("auto", "direct", "separable", "fft")
 
@@ -40,6 +40,7 @@ class LibraryType(click.ParamType):
 
 PAIR = LibraryType("N|NH,NW", parse_pair, tuple)
 PADDING = LibraryType("valid|same|full|causal|P|PH,PW|T,B,L,R", Padding.parse, Padding)
+SLOPE = LibraryType("FLOAT", parse_slope, float)
 
 
 def _choice(*values: str) -> click.Choice:
@@ -117,7 +118,7 @@ def layer_options(func):
                      help="Rotate kernels 180° first: true convolution instead of cross-correlation."),
         click.option("--activation", type=_choice("none", "relu", "leaky-relu", "sigmoid", "tanh", "abs"),
                      default="none", show_default=True, help="Activation after the bias."),
-        click.option("--negative-slope", type=float, default=0.3, show_default=True,
+        click.option("--negative-slope", type=SLOPE, default=0.3, show_default=True,
                      help="Slope of leaky-relu for x < 0 (Keras' default 0.3)."),
         click.option("--pool", type=_choice("max", "avg"), default=None, help="Pool after the activation."),
         click.option("--pool-size", type=PAIR, default="2", show_default=True, help="Pool window N or NH,NW."),

@@ -7,6 +7,7 @@ option strings travels through the code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Union
@@ -165,6 +166,17 @@ class Padding:
         return self.mode.value
 
 
+def parse_slope(value, name: str) -> float:
+    """A finite leaky-relu slope (``nan`` or ``inf`` would fill the maps with NaN/Inf)."""
+    try:
+        slope = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"{name}: expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(slope):
+        raise OptionError(f"{name}: expected a finite number, got {value!r}")
+    return slope
+
+
 @dataclass(frozen=True)
 class ConvSpec:
     """Settings of one convolution layer (everything but the weights)."""
@@ -199,7 +211,7 @@ class ConvSpec:
             flip=bool(flip),
             depthwise=bool(depthwise),
             activation=parse_activation(activation, "activation"),
-            negative_slope=float(negative_slope),
+            negative_slope=parse_slope(negative_slope, "negative-slope"),
         )
 
 

@@ -235,6 +235,15 @@ def test_bad_option_is_a_usage_error(seeds):
     assert "--stride" in _one_line(result)
 
 
+@pytest.mark.parametrize("slope", ["inf", "-inf", "nan", "steep"])
+def test_non_finite_negative_slope_is_a_usage_error(seeds, slope):
+    # inf or nan would fill the maps with NaN/Inf: refused before any input is read.
+    result = run("apply", seeds[1], "-k", "edge", "--activation", "leaky-relu", "--negative-slope", slope,
+                 "--format", "npy", "-o", "-", status=2)
+    assert "--negative-slope" in _one_line(result) and slope in _one_line(result)
+    assert result.stdout_bytes == b""
+
+
 def test_kernel_larger_than_input_fails_the_input(tmp_path):
     tiny = tmp_path / "tiny.csv"
     tiny.write_text("1,2\n3,4\n")
