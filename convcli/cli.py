@@ -308,9 +308,11 @@ def shape(image, input_shape, **params):
     from . import report
     from .geometry import parse_input_shape
 
-    if (image is None) == (input_shape is None):
-        raise OptionError("give the input shape either as --input HxWxC or as an IMAGE file, not "
-                          + ("both" if image is not None else "neither"))
+    if image is None and input_shape is None:
+        raise OptionError("no input shape: give --input HxWxC (or L for a 1-D signal) or an IMAGE file")
+    if image is not None and input_shape is not None:
+        raise OptionError(f"give the input shape either as --input ({input_shape}) or as an IMAGE file ({image}), "
+                          "not both")
     if input_shape is not None:
         shape3 = parse_input_shape(input_shape)
     else:

@@ -204,6 +204,9 @@ def conv_layer(
         _axis_explain("height", h, pads[0], pads[1], kh, dh, sh, spec.padding, oh),
         _axis_explain("width", w, pads[2], pads[3], kw, dw, sw, spec.padding, ow),
     ]
+    if spec.depthwise and locally_connected:
+        raise GeometryError(f"{name}: --locally-connected counts one full filter per output position; "
+                            "it cannot be combined with a depthwise layer")
     if spec.depthwise:
         out_c = c * filters
         weights = (kh, kw, c, filters)

@@ -274,7 +274,21 @@ def test_stdout_with_several_outputs_is_a_usage_error(seeds):
 
 def test_shape_needs_an_input_shape():
     result = run("shape", "--filters", "3", status=2)
-    assert "--input" in _one_line(result)
+    assert "no input shape: give --input" in _one_line(result)
+
+
+def test_shape_takes_one_input_shape_not_two(tmp_path):
+    image = tmp_path / "img.npy"
+    np.save(image, np.zeros((4, 5), np.float32))
+    result = run("shape", image, "--input", "8x8x1", "--filters", "1", status=2)
+    assert "--input (8x8x1)" in _one_line(result) and "img.npy" in _one_line(result)
+
+
+def test_shape_locally_connected_depthwise_is_refused():
+    # One full filter per position has no depthwise form: refused, not silently ignored.
+    result = run("shape", "--input", "8x8x3", "--filters", "2", "--kernel-size", "3", "--depthwise",
+                 "--locally-connected", status=2)
+    assert "--locally-connected" in _one_line(result) and "depthwise" in _one_line(result)
 
 
 def test_shape_empty_output_is_a_usage_error():
