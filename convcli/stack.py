@@ -158,13 +158,33 @@ class Stack:
         return self.last_conv.output_names
 
     def check_runnable(self) -> None:
-        """Raise GeometryError naming the first conv layer that has no weights."""
+        """Raise GeometryError naming the first conv layer that cannot run on any input.
+
+        That is a layer without weights, or one whose 3-D kernels do not match the channels
+        the layer before it gives (known from that layer alone, whatever the input): a usage
+        error, found before any input is read.
+        """
+        depth: int | None = None  # channels reaching the step; None: they depend on the input
         for index, step in enumerate(self.steps):
-            if isinstance(step, ConvStep) and not step.has_weights:
+            if not isinstance(step, ConvStep):
+                continue
+            if not step.has_weights:
                 raise GeometryError(
                     f"layers[{index}] ({step.name}): has no weights (filters + kernel_size only), so it can be"
                     " used with `shape` but not `apply`; give it `kernels:`"
                 )
+            bank = step.bank
+            assert bank is not None
+            if bank.depth is not None and depth is not None and bank.depth != depth:
+                kh, kw = bank.size
+                raise GeometryError(
+                    f"layers[{index}] ({step.name}): kernels are {kh}×{kw}×{bank.depth} but the layer before "
+                    f"gives {depth} channels"
+                )
+            if step.spec.depthwise:
+                depth = None if depth is None else depth * bank.filters
+            else:
+                depth = bank.filters
 
     @property
     def sums_channels_first(self) -> bool:

@@ -608,6 +608,27 @@ def test_apply_refuses_a_shape_only_pipeline(tmp_path):
     assert not list(tmp_path.glob("*.png"))
 
 
+def test_apply_refuses_a_layer_that_fits_no_input_before_reading_any(tmp_path):
+    # Layer 1 gives 2 channels whatever the input; layer 2's 3×3×3 kernel can never fit it:
+    # a usage error (exit 2) named by layer, even for inputs that would fail (missing file).
+    deep = [[[1, 0, 0] for _ in range(3)] for _ in range(3)]
+    _write(tmp_path / "deep.yaml", json.dumps({"name": "deep", "weights": deep}))
+    net = _write(tmp_path / "net.yaml", _yaml_layers([{"conv": {"kernels": ["sobel-x", "sobel-y"]}},
+                                                      {"pool": {"mode": "max"}},
+                                                      {"conv": {"kernels": ["deep.yaml"]}}]))
+    np.save(tmp_path / "img.npy", np.zeros((16, 16, 3), np.float32))
+    result = _cli("apply", tmp_path / "img.npy", tmp_path / "missing.png", "--pipeline", net, "-o", tmp_path / "out",
+                  status=2)
+    assert result.stderr.strip().splitlines() == [
+        "convcli: error: " + f"{net}: layers[2] (conv2d_1): kernels are 3×3×3 but the layer before gives 2 channels"]
+    assert not (tmp_path / "out").exists()
+    # After a depthwise layer the depth depends on the input: left to the input's check.
+    ok = _write(tmp_path / "ok.yaml", _yaml_layers([{"conv": {"kernels": ["sobel-x"], "depthwise": True}},
+                                                    {"conv": {"kernels": ["deep.yaml"]}}]))
+    _cli("apply", tmp_path / "img.npy", "--pipeline", ok, "-o", tmp_path / "out2", "--format", "npy", "-q")
+    assert np.load(tmp_path / "out2" / "img.npy").shape == (12, 12, 1)
+
+
 def test_shape_pipeline_json_matches_keras(tmp_path):
     result = _cli("shape", "--pipeline", VGG16, "--input", "224x224x3", "--json")
     report = json.loads(result.output)
