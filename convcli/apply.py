@@ -119,8 +119,16 @@ def map_groups(names: list[str], *, depthwise: bool, in_channels: int) -> list[M
     if in_channels <= 4:
         return [MapGroup(name, f, tuple(c * filters + f for c in range(in_channels)))
                 for f, name in enumerate(names)]
-    return [MapGroup(f"{names[f]}.c{c}", c * filters + f, (c * filters + f,))
-            for c in range(in_channels) for f in range(filters)]
+    labels = channel_labels(names, depthwise=True, in_channels=in_channels)
+    return [MapGroup(label, k, (k,)) for k, label in enumerate(labels)]
+
+
+def channel_labels(names: list[str], *, depthwise: bool, in_channels: int) -> list[str]:
+    """A label for every channel of the layer's output: the filter's name, and for a
+    depthwise layer on several channels also the input channel (``c·F + f`` is ``{filter}.c{c}``)."""
+    if not depthwise or in_channels == 1:
+        return list(names)
+    return [f"{name}.c{c}" for c in range(in_channels) for name in names]
 
 
 def input_stem(source: str) -> str:
@@ -368,14 +376,13 @@ def _write_maps(output, names: list[str], *, job: Job, stem: str, directory: Pat
     return [str(p) for p in paths]
 
 
-def _print_maps(output, names: list[str], stem: str, many: bool) -> str:
+def _print_maps(output, labels: list[str], stem: str, many: bool) -> str:
     from . import imageio
 
     buf = io.StringIO()
     for f in range(output.shape[2]):
         if many or output.shape[2] > 1:
-            label = names[f] if f < len(names) else str(f)
-            buf.write(f"# {stem} {label}\n")
+            buf.write(f"# {stem} {labels[f]}\n")
         for line in imageio.format_map_rows(output[:, :, f]):
             buf.write(line + "\n")
     return buf.getvalue()
@@ -438,7 +445,8 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
     if out.montage:
         result.outputs.append(_write_montage(output, names, job, stem, conv.spec.depthwise, in_depth, inputs))
     if job.print_maps:
-        result.printed = _print_maps(output, names, stem, many)
+        labels = channel_labels(names, depthwise=conv.spec.depthwise, in_channels=in_depth)
+        result.printed = _print_maps(output, labels, stem, many)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -70,6 +70,19 @@ def test_seed_2d_vertical_line_prints_exactly(seeds):
     assert result.stdout == "[0.0, 0.0, 3.0, 3.0, 0.0, 0.0]\n" * 6
 
 
+def test_depthwise_print_labels_each_channel_like_the_file_names(tmp_path):
+    # Channel c·F + f of a depthwise layer is filter f on input channel c (Keras' order).
+    rgb = np.random.default_rng(7).integers(0, 9, (4, 5, 3)).astype(np.float32)
+    np.save(tmp_path / "rgb.npy", rgb)
+    text = run("apply", tmp_path / "rgb.npy", "-k", "identity", "-k", "sobel-x", "--depthwise", "--print").stdout
+    blocks = text.split("# rgb ")[1:]
+    assert [b.splitlines()[0] for b in blocks] == [
+        "identity.c0", "sobel-x.c0", "identity.c1", "sobel-x.c1", "identity.c2", "sobel-x.c2"]
+    for c in range(3):
+        printed = np.array([json.loads(row) for row in blocks[2 * c].splitlines()[1:]])
+        np.testing.assert_array_equal(printed, rgb[1:-1, 1:-1, c])
+
+
 def test_seed_keras_shape_report():
     result = run("shape", "--input", "725x1280x3", "--filters", "32", "--kernel-size", "4")
     assert "722×1277×32" in result.stdout
