@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import string
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -166,18 +168,74 @@ def _field(value: str) -> str:
     return safe_name(value)
 
 
+#: The fields of ``--name``; ``--montage`` has ``{stem}`` only.
+NAME_FIELDS = ("stem", "filter", "index", "ext")
+_SAMPLE = {"stem": "stem", "filter": "filter", "index": 0, "ext": "png"}
+_SEPARATORS = tuple(sep for sep in {"/", os.sep, os.altsep} if sep)
+
+
+@lru_cache(maxsize=16)
+def check_template(template: str, option: str = "--name", fields: tuple[str, ...] = NAME_FIELDS) -> None:
+    """Refuse a file name template that is more than text and plain ``{field}`` s.
+
+    A field is one of ``fields`` with an optional format spec (``{index:03d}``). Refused,
+    naming ``option`` and the offending part: an empty template, a template ending with a
+    path separator (it names a folder, not a file), unbalanced braces, positional
+    (``{}``), unknown, attribute or index fields (``{stem.__class__}``, ``{stem[0]}``),
+    conversions (``{filter!r}``), nested fields in a format spec and format specs that do
+    not fit the field (``{stem:d}``). Folders inside the template (``{stem}/{filter}.{ext}``)
+    are fine; :func:`output_path` keeps the result inside the output folder.
+
+    Raises
+    ------
+    OptionError
+        ``"--name: '{stem[0]}': attribute or index access is not allowed; fields are …"``.
+    """
+    known = " ".join(f"{{{name}}}" for name in fields)
+    hint = f"fields are {known}, with an optional format spec such as {{index:03d}}" if "index" in fields \
+        else f"the field is {known}"
+    if not template.strip():
+        raise OptionError(f"{option}: empty template; give a file name such as "
+                          + ("{stem}_{filter}.{ext}" if option == "--name" else "{stem}_montage.png"))
+    last = re.split("|".join(re.escape(sep) for sep in _SEPARATORS), template)[-1]
+    if last in ("", "."):
+        raise OptionError(f"{option}: {template!r} ends with {template[len(template) - len(last) - 1:]!r}, so it"
+                          " names a folder, not a file; end it with a file name"
+                          + (" such as {filter}.{ext}" if option == "--name" else ""))
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise OptionError(f"{option}: {template!r} is not a valid template ({err}); {hint}") from None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        part = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if name == "" or name.isdigit():
+            raise OptionError(f"{option}: {part!r}: positional fields are not allowed; {hint}")
+        base = re.split(r"[.\[]", name, maxsplit=1)[0]
+        if name != base and base in fields:
+            raise OptionError(f"{option}: {part!r}: attribute or index access is not allowed; {hint}")
+        if name not in fields:
+            raise OptionError(f"{option}: {part!r}: unknown field {name!r}; {hint}")
+        if conversion is not None:
+            raise OptionError(f"{option}: {part!r}: conversions (!r, !s, !a) are not allowed; {hint}")
+        if "{" in spec or "}" in spec:
+            raise OptionError(f"{option}: {part!r}: nested fields in a format spec are not allowed; {hint}")
+        try:
+            format(_SAMPLE[name], spec)
+        except ValueError as err:
+            raise OptionError(f"{option}: {part!r}: {err}; {hint}") from None
+
+
 def output_path(directory: Path, template: str, *, stem: str, filter: str, index: int, ext: str) -> Path:
     """Format the ``--name`` template and check the result stays inside ``directory``.
 
-    Field values are made file-name safe first, so a kernel named ``../../x`` cannot
-    place a file elsewhere; a template that itself points outside is refused.
+    The template is checked first (:func:`check_template`). Field values are made
+    file-name safe, so a kernel named ``../../x`` cannot place a file elsewhere; a
+    template that itself points outside is refused.
     """
-    try:
-        name = template.format(stem=_field(stem), filter=_field(filter), index=index, ext=ext)
-    except (KeyError, IndexError, ValueError) as err:
-        raise OptionError(
-            f"--name: {template!r} is not a valid template ({err}); fields are {{stem}} {{filter}} {{index}} {{ext}}"
-        ) from None
+    check_template(template)
+    name = template.format(stem=_field(stem), filter=_field(filter), index=index, ext=ext)
     relative = Path(name)
     if relative.is_absolute() or ".." in relative.parts or name.strip() == "":
         raise OptionError(f"--name: {template!r} gives {name!r}, which is outside the output folder")
@@ -243,11 +301,9 @@ def _planned_save_all(job: Job, stem: str, directory: Path, in_channels: int | N
 
 
 def montage_path(template: str, stem: str) -> Path:
-    """The ``--montage`` file for an input: the template with ``{stem}`` filled in."""
-    try:
-        return Path(template.format(stem=_field(stem)))
-    except (KeyError, IndexError, ValueError):
-        raise OptionError(f"--montage: {template!r} is not a valid path template (field: {{stem}})") from None
+    """The ``--montage`` file for an input: the template with ``{stem}`` filled in (see :func:`check_template`)."""
+    check_template(template, "--montage", ("stem",))
+    return Path(template.format(stem=_field(stem)))
 
 
 def encode_group(array, *, fmt: str, normalize: str, compress_level: int | None, workers: int = 1) -> bytes:
@@ -569,6 +625,9 @@ def check_job(job: Job, input_count: int, *, json_lines: bool = False) -> None:
     and ``-o -`` cannot share standard output.
     """
     out = job.output
+    check_template(out.name)
+    if out.montage is not None:
+        check_template(out.montage, "--montage", ("stem",))
     if out.format not in FORMATS:
         raise OptionError(f"--format: {out.format!r} is not one of {', '.join(FORMATS)}")
     if out.normalize not in NORMALIZE_MODES:
@@ -593,4 +652,4 @@ def check_job(job: Job, input_count: int, *, json_lines: bool = False) -> None:
 
 
 __all__ = ["ReadSpec", "OutputSpec", "Job", "InputResult", "process", "planned_outputs", "check_job",
-           "output_path", "montage_path", "input_stem", "map_groups", "ConvcliError"]
+           "output_path", "montage_path", "check_template", "NAME_FIELDS", "input_stem", "map_groups", "ConvcliError"]

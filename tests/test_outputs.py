@@ -1,0 +1,103 @@
+"""Where ``apply`` writes: --name templates, -o, and the files it must never overwrite.
+
+Driven through click's CliRunner on ``convcli.cli.cli``, from inside ``tmp_path`` so
+the commands read as a user types them (``-o out``, ``-k ow2/kern.yaml``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from convcli.cli import cli
+
+EDGE = [[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]]
+
+
+def run(*args, status=0):
+    """Invoke the CLI in-process; fail loudly on an unexpected exit status."""
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == status, (result.exit_code, result.stdout, result.stderr)
+    return result
+
+
+def one_line(result) -> str:
+    """The single line of standard error (no traceback, nothing else)."""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def write_rgb(path: Path, height: int = 9, width: int = 8, seed: int = 0) -> Path:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """``tmp_path`` as the working folder, holding ``img/rgb.png``."""
+    monkeypatch.chdir(tmp_path)
+    write_rgb(tmp_path / "img" / "rgb.png")
+    return tmp_path
+
+
+# --- --name templates ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("template, part, reason", [
+    ("{stem.__class__}.png", "'{stem.__class__}'", "attribute or index access is not allowed"),
+    ("{stem[0]}_{filter}.{ext}", "'{stem[0]}'", "attribute or index access is not allowed"),
+    ("{stem}_{filter!r}.{ext}", "'{filter!r}'", "conversions (!r, !s, !a) are not allowed"),
+    ("{stem}_{colour}.{ext}", "'{colour}'", "unknown field 'colour'"),
+    ("{}_{filter}.{ext}", "'{}'", "positional fields are not allowed"),
+    ("{0}_{filter}.{ext}", "'{0}'", "positional fields are not allowed"),
+    ("{stem}_{index:{width}}.{ext}", "'{index:{width}}'", "nested fields in a format spec are not allowed"),
+    ("{stem:d}_{filter}.{ext}", "'{stem:d}'", "Unknown format code 'd'"),
+    ("{stem_{filter}.{ext}", "'{stem_{filter}.{ext}' is not a valid template", "unexpected '{' in field name"),
+])
+def test_name_templates_allow_only_the_four_fields(work, template, part, reason):
+    result = run("apply", "img/rgb.png", "-k", "edge", "-o", "out", "--name", template, status=2)
+    line = one_line(result)
+    assert line.startswith(f"convcli: error: --name: {part}"), line
+    assert reason in line and "{stem} {filter} {index} {ext}" in line
+    assert not (work / "out").exists()
+
+
+def test_an_empty_name_template_is_refused_as_empty(work):
+    result = run("apply", "img/rgb.png", "-k", "edge", "-o", "out", "--name", "", status=2)
+    line = one_line(result)
+    assert line.startswith("convcli: error: --name: empty template"), line
+    assert "outside the output folder" not in line
+    assert not (work / "out").exists()
+
+
+@pytest.mark.parametrize("template, ending", [("{stem}/", "'/'"), ("{stem}_{filter}/.", "'/.'")])
+def test_a_name_template_naming_a_folder_is_refused(work, template, ending):
+    result = run("apply", "img/rgb.png", "-k", "edge", "-o", "out", "--name", template, status=2)
+    line = one_line(result)
+    assert line.startswith(f"convcli: error: --name: {template!r} ends with {ending}"), line
+    assert "names a folder, not a file" in line
+    assert not (work / "out").exists()
+
+
+def test_name_templates_with_format_specs_and_sub_folders_still_work(work):
+    run("apply", "img/rgb.png", "-k", "edge", "-k", "sobel-x", "-o", "out", "--name", "{stem}/{index:03d}-{filter}.{ext}")
+    assert sorted(files_under(work / "out")) == ["rgb/000-edge.png", "rgb/001-sobel-x.png"]
+
+
+def test_montage_templates_allow_only_stem(work):
+    result = run("apply", "img/rgb.png", "-k", "edge", "-o", "out", "--montage", "m/{stem[0]}.png", status=2)
+    assert one_line(result).startswith("convcli: error: --montage: '{stem[0]}': attribute or index access")
+    assert not (work / "out").exists() and not (work / "m").exists()
