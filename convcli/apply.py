@@ -617,14 +617,35 @@ def _stdout_count_message(count: int, names: list[str]) -> str:
             " use -o DIR, or --format npy for one array")
 
 
+def folder_problem(folder: Path | str) -> str | None:
+    """Why files cannot be written under ``folder``: an existing non-folder on its path; else None.
+
+    ``"not a directory (it is a file)"`` when ``folder`` itself is a file (or a broken symbolic link),
+    ``"x is a file, not a directory"`` when one of its parents is. A missing folder is fine
+    (it is created).
+    """
+    folder = Path(folder)
+    for path in (folder, *folder.parents):
+        if path.is_dir():
+            return None
+        if os.path.lexists(path):
+            what = "a broken symbolic link" if path.is_symlink() else "a file"
+            return f"not a directory (it is {what})" if path == folder else f"{path} is {what}, not a directory"
+    return None
+
+
 def check_job(job: Job, input_count: int, *, json_lines: bool = False) -> None:
     """Option checks that need no input read (usage errors, raised before any work).
 
     ``-o -`` needs exactly one input and one output (one filter; a depthwise layer
     of one filter writes one image of the input's channels); ``--print``, ``--json``
-    and ``-o -`` cannot share standard output.
+    and ``-o -`` cannot share standard output. ``-o`` must not be, or be inside, a file.
     """
     out = job.output
+    if out.directory is not None and not out.to_stdout:
+        problem = folder_problem(out.directory)
+        if problem:
+            raise OptionError(f"-o {out.directory}: {problem}")
     check_template(out.name)
     if out.montage is not None:
         check_template(out.montage, "--montage", ("stem",))
@@ -652,4 +673,4 @@ def check_job(job: Job, input_count: int, *, json_lines: bool = False) -> None:
 
 
 __all__ = ["ReadSpec", "OutputSpec", "Job", "InputResult", "process", "planned_outputs", "check_job",
-           "output_path", "montage_path", "check_template", "NAME_FIELDS", "input_stem", "map_groups", "ConvcliError"]
+           "output_path", "montage_path", "check_template", "NAME_FIELDS", "folder_problem", "input_stem", "map_groups", "ConvcliError"]

@@ -101,3 +101,32 @@ def test_montage_templates_allow_only_stem(work):
     result = run("apply", "img/rgb.png", "-k", "edge", "-o", "out", "--montage", "m/{stem[0]}.png", status=2)
     assert one_line(result).startswith("convcli: error: --montage: '{stem[0]}': attribute or index access")
     assert not (work / "out").exists() and not (work / "m").exists()
+
+
+# --- -o ------------------------------------------------------------------------------------------
+
+def test_an_output_folder_that_is_a_file_is_a_usage_error(work):
+    (work / "afile").write_bytes(b"keep me")
+    result = run("apply", "img/rgb.png", "-k", "edge", "-o", "afile", status=2)
+    assert one_line(result) == "convcli: error: -o afile: not a directory (it is a file)"
+    assert (work / "afile").read_bytes() == b"keep me"
+    assert sorted(p.name for p in work.iterdir()) == ["afile", "img"]
+
+
+def test_an_output_folder_inside_a_file_is_a_usage_error(work):
+    (work / "afile").write_bytes(b"keep me")
+    result = run("apply", "img/rgb.png", "-k", "edge", "-o", Path("afile") / "sub" / "maps", status=2)
+    assert one_line(result) == f"convcli: error: -o {Path('afile/sub/maps')}: afile is a file, not a directory"
+    assert (work / "afile").read_bytes() == b"keep me"
+
+
+def test_an_output_folder_that_is_a_broken_link_is_a_usage_error(work):
+    os.symlink(work / "nowhere", work / "gone")
+    result = run("apply", "img/rgb.png", "-k", "edge", "-o", "gone", status=2)
+    assert one_line(result) == "convcli: error: -o gone: not a directory (it is a broken symbolic link)"
+    assert not (work / "nowhere").exists()
+
+
+def test_a_missing_output_folder_is_created(work):
+    run("apply", "img/rgb.png", "-k", "edge", "-o", Path("new") / "maps")
+    assert sorted(files_under(work / "new")) == [str(Path("maps/rgb_edge.png"))]
