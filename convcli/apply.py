@@ -242,35 +242,48 @@ def output_path(directory: Path, template: str, *, stem: str, filter: str, index
     return Path(directory) / relative
 
 
-def planned_outputs(job: Job, stem: str, in_channels: int | None, rel_dir: str = "") -> list[Path]:
+@dataclass(frozen=True)
+class PlannedFile:
+    """One file :func:`process` will write: a map (``filter`` names it) or the montage."""
+
+    path: Path
+    filter: str = ""  # the map's filter (``all`` for an npy array); "" for the montage
+    montage: bool = False
+
+
+def planned_files(job: Job, stem: str, in_channels: int | None, rel_dir: str = "") -> list[PlannedFile]:
     """The files :func:`process` will write for an input, before it is read.
 
-    Used for ``--skip-existing`` and to find, before any work, two inputs that would
-    write the same file or an output that would overwrite an input. ``in_channels``
-    only matters for a depthwise layer on more than 4 channels (one file per channel);
-    ``None`` plans for an image of at most 4 channels. Includes the ``--montage`` file
-    and, with ``--save-all``, every layer's maps. Empty for ``-o -`` and ``--print``
-    without ``-o``.
+    Used for ``--skip-existing`` and to find, before any work, two maps or inputs that
+    would write the same file or an output that would overwrite an input. ``in_channels`` only matters for a depthwise layer on more than 4 channels
+    (one file per channel); ``None`` plans for an image of at most 4 channels. Includes
+    the ``--montage`` file and, with ``--save-all``, every layer's maps. Empty for
+    ``-o -`` and ``--print`` without ``-o``.
     """
     out = job.output
-    paths: list[Path] = []
+    files: list[PlannedFile] = []
     if out.directory is not None and not out.to_stdout:
         directory = Path(out.directory) / rel_dir
         if out.save_all:
-            paths += _planned_save_all(job, stem, directory, in_channels)
+            files += _planned_save_all(job, stem, directory, in_channels)
         else:
-            paths += _planned_maps(job, job.stack.output_names(), stem, directory, in_channels,
+            files += _planned_maps(job, job.stack.output_names(), stem, directory, in_channels,
                                    depthwise=job.stack.last_conv.spec.depthwise)
     if out.montage:
-        paths.append(montage_path(out.montage, stem))
-    return paths
+        files.append(PlannedFile(montage_path(out.montage, stem), montage=True))
+    return files
+
+
+def planned_outputs(job: Job, stem: str, in_channels: int | None, rel_dir: str = "") -> list[Path]:
+    """The paths of :func:`planned_files`."""
+    return [planned.path for planned in planned_files(job, stem, in_channels, rel_dir)]
 
 
 def _planned_maps(job: Job, names: list[str], stem: str, directory: Path, in_channels: int | None, *,
-                  depthwise: bool) -> list[Path]:
+                  depthwise: bool) -> list[PlannedFile]:
     files = _map_files(job, names, stem, directory, depthwise=depthwise,
                        in_channels=in_channels if in_channels is not None else 1)
-    return [path for path, _ in files]
+    return [PlannedFile(path, group.name) for path, group in files]
 
 
 def _map_files(job: Job, names: list[str], stem: str, directory: Path, *, depthwise: bool, in_channels: int,
@@ -286,10 +299,10 @@ def _map_files(job: Job, names: list[str], stem: str, directory: Path, *, depthw
             for g in map_groups(names, depthwise=depthwise, in_channels=in_channels)]
 
 
-def _planned_save_all(job: Job, stem: str, directory: Path, in_channels: int | None) -> list[Path]:
+def _planned_save_all(job: Job, stem: str, directory: Path, in_channels: int | None) -> list[PlannedFile]:
     from .stack import ConvStep
 
-    paths: list[Path] = []
+    paths: list[PlannedFile] = []
     names: list[str] = []
     depthwise = False
     for index, step in enumerate(job.stack.steps):
@@ -672,5 +685,6 @@ def check_job(job: Job, input_count: int, *, json_lines: bool = False) -> None:
         raise OptionError("--save-all: cannot write every layer to standard output; use -o DIR")
 
 
-__all__ = ["ReadSpec", "OutputSpec", "Job", "InputResult", "process", "planned_outputs", "check_job",
+__all__ = ["ReadSpec", "OutputSpec", "Job", "InputResult", "process", "planned_outputs", "planned_files",
+           "PlannedFile", "check_job",
            "output_path", "montage_path", "check_template", "NAME_FIELDS", "folder_problem", "input_stem", "map_groups", "ConvcliError"]

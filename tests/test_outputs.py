@@ -130,3 +130,39 @@ def test_an_output_folder_that_is_a_broken_link_is_a_usage_error(work):
 def test_a_missing_output_folder_is_created(work):
     run("apply", "img/rgb.png", "-k", "edge", "-o", Path("new") / "maps")
     assert sorted(files_under(work / "new")) == [str(Path("maps/rgb_edge.png"))]
+
+
+# --- one file for two outputs, or for an output and an input -----------------------------------
+
+def test_two_filters_of_one_input_writing_one_file_name_the_filters(work):
+    result = run("apply", "img/rgb.png", "-k", "edge", "-k", "sobel-x", "-o", "out", "--name", "{stem}.{ext}",
+                 status=2)
+    assert one_line(result) == (f"convcli: error: --name: filters edge and sobel-x of {Path('img/rgb.png')} would"
+                                f" both write {Path('out/rgb.png')}; put {{filter}} or {{index}} in --name")
+    assert not (work / "out").exists()
+
+
+def test_two_inputs_writing_one_file_keep_their_message(work):
+    write_rgb(work / "a" / "x.png")
+    write_rgb(work / "b" / "x.png")
+    result = run("apply", "a/x.png", "b/x.png", "-k", "edge", "-o", "out", status=2)
+    assert one_line(result) == (f"convcli: error: INPUT: {Path('a/x.png')} and {Path('b/x.png')} would both write"
+                                f" {Path('out/x_edge.png')}; name their common folder with --recursive (outputs"
+                                " mirror sub-folders under -o) or run them separately")
+
+
+def test_a_montage_on_a_map_of_the_same_input_names_montage(work):
+    result = run("apply", "img/rgb.png", "-k", "edge", "-o", "out", "--montage", "out/rgb_edge.png", status=2)
+    assert one_line(result) == (f"convcli: error: --montage: {Path('img/rgb.png')}'s map edge and"
+                                f" {Path('img/rgb.png')}'s montage would both write {Path('out/rgb_edge.png')};"
+                                " choose another --montage file")
+    assert not (work / "out").exists()
+
+
+def test_a_montage_over_an_input_names_montage(work):
+    before = (work / "img" / "rgb.png").read_bytes()
+    result = run("apply", "img/rgb.png", "-k", "edge", "-o", "out", "--montage", "img/rgb.png", status=2)
+    path = Path("img/rgb.png")
+    assert one_line(result) == (f"convcli: error: --montage: {path}'s montage {path} would overwrite the input {path};"
+                                " choose another --montage file")
+    assert (work / "img" / "rgb.png").read_bytes() == before
