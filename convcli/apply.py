@@ -58,14 +58,105 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class ReadFile:
+    """A file the command reads besides its inputs (a kernel or pipeline file).
+
+    Like the inputs, it is never overwritten by an output. ``via`` says how the command
+    line names it: ``-k``, ``--pipeline``, ``named in net.yaml``.
+    """
+
+    path: str
+    what: str = "kernel file"
+    via: str = "-k"
+
+    def __str__(self) -> str:
+        return f"the {self.what} {self.path} ({self.via})"
+
+
+@dataclass(frozen=True)
 class Job:
-    """Everything ``apply`` needs for any input; built once, shared by workers."""
+    """Everything ``apply`` needs for any input; built once, shared by workers.
+
+    ``reads`` are the kernel and pipeline files the stack was read from (see
+    :func:`files_read`): no output may overwrite them.
+    """
 
     stack: Stack
     read: ReadSpec = field(default_factory=ReadSpec)
     output: OutputSpec = field(default_factory=OutputSpec)
     algorithm: str = "auto"
     print_maps: bool = False
+    reads: tuple[ReadFile, ...] = ()
+
+
+def files_read(stack: Stack, kernel_sources=(), pipeline: str | os.PathLike | None = None) -> tuple[ReadFile, ...]:
+    """The files a job reads besides its inputs: ``-k`` kernel files, the pipeline and its kernel files.
+
+    ``kernel_sources`` are the ``-k`` values (built-in names and inline matrices name no
+    file); ``pipeline`` is the ``--pipeline`` file the stack was loaded from, whose
+    layers' kernel files (:attr:`~convcli.pipeline.Pipeline.kernel_files`) are added.
+    """
+    from .kernels import source_file
+
+    reads: list[ReadFile] = []
+    for value in kernel_sources:
+        path = source_file(value)
+        if path is not None:
+            reads.append(ReadFile(str(path), "kernel file", "-k"))
+    if pipeline is not None:
+        reads.append(ReadFile(os.fspath(pipeline), "pipeline file", "--pipeline"))
+        reads += [ReadFile(path, "kernel file", f"named in {os.fspath(pipeline)}")
+                  for path in getattr(stack, "kernel_files", ())]
+    return tuple(reads)
+
+
+@lru_cache(maxsize=4)
+def _read_identities(reads: tuple[ReadFile, ...],
+                     cwd: str) -> tuple[dict[str, ReadFile], dict[tuple[int, int], ReadFile]]:
+    """Each read file by resolved path and by (device, inode), computed once per job and process.
+
+    ``cwd`` is part of the cache key: the paths may be relative to it.
+    """
+    by_path: dict[str, ReadFile] = {}
+    by_identity: dict[tuple[int, int], ReadFile] = {}
+    for read in reads:
+        by_path.setdefault(str(Path(read.path).resolve()), read)
+        try:
+            st = os.stat(read.path)
+        except OSError:
+            continue
+        by_identity.setdefault((st.st_dev, st.st_ino), read)
+    return by_path, by_identity
+
+
+def overwritten_read(path: Path | str, reads: tuple[ReadFile, ...], *, resolved: str | None = None) -> ReadFile | None:
+    """The read file that writing ``path`` would replace, or None.
+
+    The rule of :func:`convcli.imageio.same_file` — the same resolved path (symbolic links
+    followed) or, for an existing ``path``, the same device and inode (hard links) — with
+    each read file looked at once. ``resolved``: ``path`` already resolved, if known.
+    """
+    if not reads:
+        return None
+    by_path, by_identity = _read_identities(reads, os.getcwd())
+    found = by_path.get(resolved if resolved is not None else str(Path(path).resolve()))
+    if found is not None:
+        return found
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return by_identity.get((st.st_dev, st.st_ino))
+
+
+def _refuse_overwrite(path: Path, job: Job, inputs: frozenset[str], *, option: str | None = None) -> None:
+    """Raise OutputError if ``path`` is an input or a file the job reads (any name for it)."""
+    suffix = f" ({option})" if option else ""
+    if _is_input(path, inputs):
+        raise OutputError(f"{path}: refusing to overwrite an input file{suffix}")
+    read = overwritten_read(path, job.reads)
+    if read is not None:
+        raise OutputError(f"{path}: refusing to overwrite {read}{suffix}")
 
 
 @dataclass
@@ -255,7 +346,8 @@ def planned_files(job: Job, stem: str, in_channels: int | None, rel_dir: str = "
     """The files :func:`process` will write for an input, before it is read.
 
     Used for ``--skip-existing`` and to find, before any work, two maps or inputs that
-    would write the same file or an output that would overwrite an input. ``in_channels`` only matters for a depthwise layer on more than 4 channels
+    would write the same file or an output that would overwrite an input or a read
+    file. ``in_channels`` only matters for a depthwise layer on more than 4 channels
     (one file per channel); ``None`` plans for an image of at most 4 channels. Includes
     the ``--montage`` file and, with ``--save-all``, every layer's maps. Empty for
     ``-o -`` and ``--print`` without ``-o``.
@@ -430,8 +522,7 @@ def _write_maps(output, names: list[str], *, job: Job, stem: str, directory: Pat
     if len(set(paths)) != len(paths):
         raise OptionError(f"--name: {out.name!r} gives the same file name to several maps; add {{filter}} or {{index}}")
     for path in paths:
-        if _is_input(path, inputs):
-            raise OutputError(f"{path}: refusing to overwrite an input file")
+        _refuse_overwrite(path, job, inputs)
     _encode_and_write(paths, output, groups, fmt=out.format, normalize=out.normalize,
                       compress_level=out.compress_level, pool=pool, pending=pending)
     return [str(p) for p in paths]
@@ -614,8 +705,7 @@ def _write_montage(output, names: list[str], job: Job, stem: str, depthwise: boo
     from . import imageio
 
     path = montage_path(job.output.montage or "", stem)
-    if _is_input(path, inputs):
-        raise OutputError(f"{path}: refusing to overwrite an input file (--montage)")
+    _refuse_overwrite(path, job, inputs, option="--montage")
     groups = map_groups(names, depthwise=depthwise, in_channels=in_depth)
     tiles = [imageio.to_display(a, normalize=job.output.normalize, bits=8) for a in _group_arrays(output, groups)]
     blob = imageio.montage(tiles, [g.name for g in groups])
@@ -685,6 +775,6 @@ def check_job(job: Job, input_count: int, *, json_lines: bool = False) -> None:
         raise OptionError("--save-all: cannot write every layer to standard output; use -o DIR")
 
 
-__all__ = ["ReadSpec", "OutputSpec", "Job", "InputResult", "process", "planned_outputs", "planned_files",
-           "PlannedFile", "check_job",
+__all__ = ["ReadSpec", "OutputSpec", "Job", "ReadFile", "InputResult", "process", "planned_outputs", "planned_files",
+           "PlannedFile", "files_read", "overwritten_read", "check_job",
            "output_path", "montage_path", "check_template", "NAME_FIELDS", "folder_problem", "input_stem", "map_groups", "ConvcliError"]

@@ -36,6 +36,7 @@ from .apply import (
     PlannedFile,
     check_job,
     input_stem,
+    overwritten_read,
     planned_files,
     process,
 )
@@ -159,7 +160,8 @@ def plan_batch(items: list[InputItem], job: Job) -> BatchPlan:
         ``--recursive`` instead, so the outputs mirror the sub-folders); if two filters
         of one input would (``--name`` without ``{filter}`` or ``{index}``); if an output
         or the ``--montage`` file would overwrite an input (``--name '{stem}.png' -o``
-        the input folder). The message names the option and both files.
+        the input folder) or a file the job reads (:attr:`Job.reads`: kernel and
+        pipeline files, under any name). The message names the option and both files.
     """
     sources: dict[str, str] = {}  # resolved input path → the input as given
     for item in items:
@@ -183,6 +185,9 @@ def plan_batch(items: list[InputItem], job: Job) -> BatchPlan:
                                      ("--name/-o", f"{item.source}'s output", "another -o folder or --name"))
             if key in sources:
                 raise OptionError(f"{option}: {what} {path} would overwrite the input {sources[key]}; choose {instead}")
+            read = overwritten_read(path, job.reads, resolved=key)
+            if read is not None:
+                raise OptionError(f"{option}: {what} {path} would overwrite {read}; choose {instead}")
             if key in owner:
                 first_index, first = owner[key]
                 raise OptionError(_collision_message(path, items[first_index].source, first, item.source, out,

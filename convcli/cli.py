@@ -250,7 +250,7 @@ def apply(inputs, **params):
       cat a.png | convcli apply - -k box-blur --depthwise --padding same -o - > b.png
       convcli apply sample_images/bump-1d.csv -k bump --print
     """
-    from .apply import Job, OutputSpec, ReadSpec
+    from .apply import Job, OutputSpec, ReadSpec, files_read
     from .batch import expand_inputs, run_batch
 
     stack = _build_stack(params)
@@ -271,6 +271,7 @@ def apply(inputs, **params):
                           skip_existing=params["skip_existing"]),
         algorithm=params["algorithm"],
         print_maps=params["print_maps"],
+        reads=files_read(stack, params["kernels"], params["pipeline"]),
     )
     items = expand_inputs(list(inputs), recursive=params["recursive"])
     if not items:

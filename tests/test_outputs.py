@@ -166,3 +166,121 @@ def test_a_montage_over_an_input_names_montage(work):
     assert one_line(result) == (f"convcli: error: --montage: {path}'s montage {path} would overwrite the input {path};"
                                 " choose another --montage file")
     assert (work / "img" / "rgb.png").read_bytes() == before
+
+
+# --- files the command reads are never overwritten -------------------------------------------------
+
+def write_kernel_file(path: Path) -> Path:
+    """The 3×3 edge kernel in the format ``path``'s extension names."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix
+    if suffix == ".npy":
+        np.save(path, np.array(EDGE, dtype=np.float32))
+    elif suffix == ".mat":
+        path.write_text("3 3\n" + "\n".join(" ".join(str(v) for v in row) for row in EDGE) + "\n")
+    elif suffix == ".json":
+        path.write_text(json.dumps({"name": "kern", "weights": EDGE}) + "\n")
+    else:
+        path.write_text("name: kern\nweights: " + json.dumps(EDGE) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".yml", ".json", ".mat", ".npy"])
+def test_a_kernel_file_given_with_k_is_never_overwritten(work, suffix):
+    write_rgb(work / "ow2" / "a.png")
+    kernel = write_kernel_file(work / "ow2" / f"kern{suffix}")
+    before = files_under(work / "ow2")
+    name = f"kern{suffix}"
+    result = run("apply", "ow2/a.png", "-k", f"ow2/{name}", "-o", "ow2", "--name", name, status=2)
+    path = Path("ow2") / name
+    assert one_line(result) == (f"convcli: error: --name/-o: {Path('ow2/a.png')}'s output {path} would overwrite"
+                                f" the kernel file {path} (-k); choose another -o folder or --name")
+    assert files_under(work / "ow2") == before
+    assert kernel.read_bytes() == before[name]
+
+
+@pytest.mark.parametrize("link", ["hard", "symbolic"])
+def test_a_kernel_file_is_protected_under_another_name(work, link):
+    write_kernel_file(work / "ow2" / "kern.yaml")
+    (os.link if link == "hard" else os.symlink)(work / "ow2" / "kern.yaml", work / "ow2" / "rgb_kern.png")
+    before = files_under(work / "ow2")
+    result = run("apply", "img/rgb.png", "-k", "ow2/kern.yaml", "-o", "ow2", status=2)
+    line = one_line(result)
+    assert f"output {Path('ow2/rgb_kern.png')} would overwrite the kernel file {Path('ow2/kern.yaml')} (-k)" in line
+    assert files_under(work / "ow2") == before
+    assert (work / "ow2" / "rgb_kern.png").is_symlink() == (link == "symbolic")
+
+
+def test_built_in_and_inline_kernels_name_no_file(work):
+    (work / "out").mkdir()
+    (work / "out" / "edge").write_bytes(b"not the built-in")
+    run("apply", "img/rgb.png", "-k", "edge", "-k", "3x3: 0,1,0 0,1,0 0,1,0", "-o", "out")
+    assert sorted(files_under(work / "out")) == ["edge", "rgb_edge.png", "rgb_inline.png"]
+
+
+def test_a_kernel_file_may_be_read_while_writing_to_standard_output(work):
+    write_kernel_file(work / "kern.yaml")
+    result = run("apply", "img/rgb.png", "-k", "kern.yaml", "-o", "-")
+    assert result.stdout_bytes.startswith(b"\x89PNG")
+
+
+@pytest.fixture
+def pipeline(work):
+    """``pl/p.yaml``, a pipeline of one conv layer whose kernel is the file ``pl/k.yaml``."""
+    write_kernel_file(work / "pl" / "k.yaml")
+    (work / "pl" / "p.yaml").write_text("layers:\n  - conv: {kernels: [k.yaml], padding: same}\n")
+    return work / "pl"
+
+
+def test_the_pipeline_file_is_never_overwritten(pipeline):
+    before = files_under(pipeline)
+    result = run("apply", "img/rgb.png", "--pipeline", "pl/p.yaml", "-o", "pl", "--name", "p.yaml", status=2)
+    path = Path("pl/p.yaml")
+    assert one_line(result) == (f"convcli: error: --name/-o: {Path('img/rgb.png')}'s output {path} would overwrite"
+                                f" the pipeline file {path} (--pipeline); choose another -o folder or --name")
+    assert files_under(pipeline) == before
+
+
+def test_a_kernel_file_named_in_the_pipeline_is_never_overwritten(pipeline):
+    before = files_under(pipeline)
+    result = run("apply", "img/rgb.png", "--pipeline", "pl/p.yaml", "-o", "pl", "--name", "k.yaml", status=2)
+    assert (f"would overwrite the kernel file {Path('pl/k.yaml')} (named in {Path('pl/p.yaml')})"
+            in one_line(result))
+    assert files_under(pipeline) == before
+
+
+def test_the_montage_never_overwrites_the_pipeline_file(pipeline):
+    before = files_under(pipeline)
+    result = run("apply", "img/rgb.png", "--pipeline", "pl/p.yaml", "-o", "out", "--montage", "pl/p.yaml", status=2)
+    path = Path("pl/p.yaml")
+    assert one_line(result) == (f"convcli: error: --montage: {Path('img/rgb.png')}'s montage {path} would overwrite"
+                                f" the pipeline file {path} (--pipeline); choose another --montage file")
+    assert files_under(pipeline) == before
+    assert not (pipeline.parent / "out").exists()
+
+
+def test_the_montage_never_overwrites_a_kernel_file(work):
+    kernel = write_kernel_file(work / "kern.npy")
+    before = kernel.read_bytes()
+    result = run("apply", "img/rgb.png", "-k", "kern.npy", "-o", "out", "--montage", "kern.npy", status=2)
+    assert one_line(result).startswith("convcli: error: --montage: ")
+    assert "would overwrite the kernel file kern.npy (-k)" in result.stderr
+    assert kernel.read_bytes() == before
+
+
+def test_process_refuses_to_overwrite_a_read_file_itself(work):
+    # The batch refuses before any work; process() checks again as it writes (a library
+    # caller, or a link made meanwhile).
+    from convcli.apply import Job, OutputSpec, ReadFile, process
+    from convcli.errors import OutputError
+    from convcli.kernels import load_kernels
+    from convcli.layer import ConvSpec
+    from convcli.stack import Stack
+
+    kernel = write_kernel_file(work / "kern.yaml")
+    before = kernel.read_bytes()
+    job = Job(stack=Stack.single(load_kernels(str(kernel)), ConvSpec()),
+              output=OutputSpec(directory=work, name="kern.yaml"), reads=(ReadFile(str(kernel)),))
+    with pytest.raises(OutputError, match=r"kern\.yaml: refusing to overwrite the kernel file .*kern\.yaml \(-k\)"):
+        process(str(work / "img" / "rgb.png"), job)
+    assert kernel.read_bytes() == before
