@@ -35,6 +35,7 @@ from .apply import (
     Job,
     PlannedFile,
     check_job,
+    folder_problem,
     input_stem,
     overwritten_read,
     planned_files,
@@ -161,7 +162,8 @@ def plan_batch(items: list[InputItem], job: Job) -> BatchPlan:
         of one input would (``--name`` without ``{filter}`` or ``{index}``); if an output
         or the ``--montage`` file would overwrite an input (``--name '{stem}.png' -o``
         the input folder) or a file the job reads (:attr:`Job.reads`: kernel and
-        pipeline files, under any name). The message names the option and both files.
+        pipeline files, under any name); or if an output's folder lies inside a file.
+        The message names the option and both files.
     """
     sources: dict[str, str] = {}  # resolved input path → the input as given
     for item in items:
@@ -170,6 +172,7 @@ def plan_batch(items: list[InputItem], job: Job) -> BatchPlan:
     plan = BatchPlan(inputs=frozenset(sources))
     owner: dict[str, tuple[int, PlannedFile]] = {}  # resolved output path → who writes it
     seen: dict[str, int] = {}
+    folders: set[Path] = set()  # output folders already checked
     for index, item in enumerate(items):
         if item.source != STDOUT:
             key = _resolved(item.source)
@@ -193,7 +196,13 @@ def plan_batch(items: list[InputItem], job: Job) -> BatchPlan:
                 raise OptionError(_collision_message(path, items[first_index].source, first, item.source, out,
                                                      same_input=first_index == index))
             owner[key] = (index, out)
-            plan.outputs.setdefault(Path(path).parent, set()).add(Path(path).name)
+            folder = Path(path).parent
+            if folder not in folders:
+                folders.add(folder)
+                problem = folder_problem(folder)
+                if problem:
+                    raise OptionError(f"{option}: {what} {path} cannot be written: {folder}: {problem}")
+            plan.outputs.setdefault(folder, set()).add(Path(path).name)
         if job.output.skip_existing and planned and all(os.path.exists(p.path) for p in planned):
             plan.skipped[index] = [str(p.path) for p in planned]
         else:

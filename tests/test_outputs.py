@@ -284,3 +284,23 @@ def test_process_refuses_to_overwrite_a_read_file_itself(work):
     with pytest.raises(OutputError, match=r"kern\.yaml: refusing to overwrite the kernel file .*kern\.yaml \(-k\)"):
         process(str(work / "img" / "rgb.png"), job)
     assert kernel.read_bytes() == before
+
+
+# --- output folders under -o and the montage's folder ----------------------------------------------
+
+def test_a_montage_inside_a_file_is_a_usage_error(work):
+    (work / "afile").write_bytes(b"keep me")
+    result = run("apply", "img/rgb.png", "-k", "edge", "-o", "out", "--montage", "afile/m.png", status=2)
+    assert one_line(result) == (f"convcli: error: --montage: {Path('img/rgb.png')}'s montage {Path('afile/m.png')}"
+                                " cannot be written: afile: not a directory (it is a file)")
+    assert (work / "afile").read_bytes() == b"keep me"
+    assert not (work / "out").exists()
+
+
+def test_a_mirrored_sub_folder_that_is_a_file_is_a_usage_error(work):
+    write_rgb(work / "photos" / "2023" / "x.png")
+    (work / "out").mkdir()
+    (work / "out" / "2023").write_bytes(b"keep me")
+    result = run("apply", "photos", "-r", "-k", "edge", "-o", "out", status=2)
+    assert one_line(result).endswith(f"cannot be written: {Path('out/2023')}: not a directory (it is a file)")
+    assert files_under(work / "out") == {"2023": b"keep me"}
