@@ -215,7 +215,8 @@ def cli():
 @click.option("-o", "--output-dir", default=None, metavar="DIR|-",
               help="Output folder (default '.'), or '-' for standard output (a single output only).")
 @click.option("--name", "name_template", default="{stem}_{filter}.{ext}", show_default=True,
-              help="Output file name template; fields {stem} {filter} {index} {ext}.")
+              help="Output file name template under -o; fields {stem} {filter} {index} {ext}, each with an "
+                   "optional format spec ({index:03d}); may name sub-folders ({stem}/{filter}.{ext}).")
 @click.option("--format", "fmt", type=_choice("png", "png16", "tiff", "npy"), default="png", show_default=True,
               help="png (8-bit), png16 (16-bit), tiff (float32), npy (one H×W×F float32 array per input).")
 @click.option("--normalize", type=_choice("minmax", "clip", "abs", "offset"), default="minmax",
