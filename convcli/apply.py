@@ -775,6 +775,6 @@ def check_job(job: Job, input_count: int, *, json_lines: bool = False) -> None:
         raise OptionError("--save-all: cannot write every layer to standard output; use -o DIR")
 
 
-__all__ = ["ReadSpec", "OutputSpec", "Job", "ReadFile", "InputResult", "process", "planned_outputs", "planned_files",
-           "PlannedFile", "files_read", "overwritten_read", "check_job",
-           "output_path", "montage_path", "check_template", "NAME_FIELDS", "folder_problem", "input_stem", "map_groups", "ConvcliError"]
+__all__ = ["ReadSpec", "OutputSpec", "Job", "ReadFile", "InputResult", "PlannedFile", "process", "planned_files",
+           "planned_outputs", "files_read", "overwritten_read", "check_job", "check_template", "folder_problem",
+           "output_path", "montage_path", "input_stem", "map_groups", "NAME_FIELDS", "ConvcliError"]

@@ -93,7 +93,8 @@ def test_a_name_template_naming_a_folder_is_refused(work, template, ending):
 
 
 def test_name_templates_with_format_specs_and_sub_folders_still_work(work):
-    run("apply", "img/rgb.png", "-k", "edge", "-k", "sobel-x", "-o", "out", "--name", "{stem}/{index:03d}-{filter}.{ext}")
+    run("apply", "img/rgb.png", "-k", "edge", "-k", "sobel-x", "-o", "out",
+        "--name", "{stem}/{index:03d}-{filter}.{ext}")
     assert sorted(files_under(work / "out")) == ["rgb/000-edge.png", "rgb/001-sobel-x.png"]
 
 
