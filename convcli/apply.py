@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import string
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -56,14 +58,105 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class ReadFile:
+    """A file the command reads besides its inputs (a kernel or pipeline file).
+
+    Like the inputs, it is never overwritten by an output. ``via`` says how the command
+    line names it: ``-k``, ``--pipeline``, ``named in net.yaml``.
+    """
+
+    path: str
+    what: str = "kernel file"
+    via: str = "-k"
+
+    def __str__(self) -> str:
+        return f"the {self.what} {self.path} ({self.via})"
+
+
+@dataclass(frozen=True)
 class Job:
-    """Everything ``apply`` needs for any input; built once, shared by workers."""
+    """Everything ``apply`` needs for any input; built once, shared by workers.
+
+    ``reads`` are the kernel and pipeline files the stack was read from (see
+    :func:`files_read`): no output may overwrite them.
+    """
 
     stack: Stack
     read: ReadSpec = field(default_factory=ReadSpec)
     output: OutputSpec = field(default_factory=OutputSpec)
     algorithm: str = "auto"
     print_maps: bool = False
+    reads: tuple[ReadFile, ...] = ()
+
+
+def files_read(stack: Stack, kernel_sources=(), pipeline: str | os.PathLike | None = None) -> tuple[ReadFile, ...]:
+    """The files a job reads besides its inputs: ``-k`` kernel files, the pipeline and its kernel files.
+
+    ``kernel_sources`` are the ``-k`` values (built-in names and inline matrices name no
+    file); ``pipeline`` is the ``--pipeline`` file the stack was loaded from, whose
+    layers' kernel files (:attr:`~convcli.pipeline.Pipeline.kernel_files`) are added.
+    """
+    from .kernels import source_file
+
+    reads: list[ReadFile] = []
+    for value in kernel_sources:
+        path = source_file(value)
+        if path is not None:
+            reads.append(ReadFile(str(path), "kernel file", "-k"))
+    if pipeline is not None:
+        reads.append(ReadFile(os.fspath(pipeline), "pipeline file", "--pipeline"))
+        reads += [ReadFile(path, "kernel file", f"named in {os.fspath(pipeline)}")
+                  for path in getattr(stack, "kernel_files", ())]
+    return tuple(reads)
+
+
+@lru_cache(maxsize=4)
+def _read_identities(reads: tuple[ReadFile, ...],
+                     cwd: str) -> tuple[dict[str, ReadFile], dict[tuple[int, int], ReadFile]]:
+    """Each read file by resolved path and by (device, inode), computed once per job and process.
+
+    ``cwd`` is part of the cache key: the paths may be relative to it.
+    """
+    by_path: dict[str, ReadFile] = {}
+    by_identity: dict[tuple[int, int], ReadFile] = {}
+    for read in reads:
+        by_path.setdefault(str(Path(read.path).resolve()), read)
+        try:
+            st = os.stat(read.path)
+        except OSError:
+            continue
+        by_identity.setdefault((st.st_dev, st.st_ino), read)
+    return by_path, by_identity
+
+
+def overwritten_read(path: Path | str, reads: tuple[ReadFile, ...], *, resolved: str | None = None) -> ReadFile | None:
+    """The read file that writing ``path`` would replace, or None.
+
+    The rule of :func:`convcli.imageio.same_file` — the same resolved path (symbolic links
+    followed) or, for an existing ``path``, the same device and inode (hard links) — with
+    each read file looked at once. ``resolved``: ``path`` already resolved, if known.
+    """
+    if not reads:
+        return None
+    by_path, by_identity = _read_identities(reads, os.getcwd())
+    found = by_path.get(resolved if resolved is not None else str(Path(path).resolve()))
+    if found is not None:
+        return found
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return by_identity.get((st.st_dev, st.st_ino))
+
+
+def _refuse_overwrite(path: Path, job: Job, inputs: frozenset[str], *, option: str | None = None) -> None:
+    """Raise OutputError if ``path`` is an input or a file the job reads (any name for it)."""
+    suffix = f" ({option})" if option else ""
+    if _is_input(path, inputs):
+        raise OutputError(f"{path}: refusing to overwrite an input file{suffix}")
+    read = overwritten_read(path, job.reads)
+    if read is not None:
+        raise OutputError(f"{path}: refusing to overwrite {read}{suffix}")
 
 
 @dataclass
@@ -174,53 +267,123 @@ def _field(value: str) -> str:
     return safe_name(value)
 
 
+#: The fields of ``--name``; ``--montage`` has ``{stem}`` only.
+NAME_FIELDS = ("stem", "filter", "index", "ext")
+_SAMPLE = {"stem": "stem", "filter": "filter", "index": 0, "ext": "png"}
+_SEPARATORS = tuple(sep for sep in {"/", os.sep, os.altsep} if sep)
+
+
+@lru_cache(maxsize=16)
+def check_template(template: str, option: str = "--name", fields: tuple[str, ...] = NAME_FIELDS) -> None:
+    """Refuse a file name template that is more than text and plain ``{field}`` s.
+
+    A field is one of ``fields`` with an optional format spec (``{index:03d}``). Refused,
+    naming ``option`` and the offending part: an empty template, a template ending with a
+    path separator (it names a folder, not a file), unbalanced braces, positional
+    (``{}``), unknown, attribute or index fields (``{stem.__class__}``, ``{stem[0]}``),
+    conversions (``{filter!r}``), nested fields in a format spec and format specs that do
+    not fit the field (``{stem:d}``). Folders inside the template (``{stem}/{filter}.{ext}``)
+    are fine; :func:`output_path` keeps the result inside the output folder.
+
+    Raises
+    ------
+    OptionError
+        ``"--name: '{stem[0]}': attribute or index access is not allowed; fields are …"``.
+    """
+    known = " ".join(f"{{{name}}}" for name in fields)
+    hint = f"fields are {known}, with an optional format spec such as {{index:03d}}" if "index" in fields \
+        else f"the field is {known}"
+    if not template.strip():
+        raise OptionError(f"{option}: empty template; give a file name such as "
+                          + ("{stem}_{filter}.{ext}" if option == "--name" else "{stem}_montage.png"))
+    last = re.split("|".join(re.escape(sep) for sep in _SEPARATORS), template)[-1]
+    if last in ("", "."):
+        raise OptionError(f"{option}: {template!r} ends with {template[len(template) - len(last) - 1:]!r}, so it"
+                          " names a folder, not a file; end it with a file name"
+                          + (" such as {filter}.{ext}" if option == "--name" else ""))
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise OptionError(f"{option}: {template!r} is not a valid template ({err}); {hint}") from None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        part = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if name == "" or name.isdigit():
+            raise OptionError(f"{option}: {part!r}: positional fields are not allowed; {hint}")
+        base = re.split(r"[.\[]", name, maxsplit=1)[0]
+        if name != base and base in fields:
+            raise OptionError(f"{option}: {part!r}: attribute or index access is not allowed; {hint}")
+        if name not in fields:
+            raise OptionError(f"{option}: {part!r}: unknown field {name!r}; {hint}")
+        if conversion is not None:
+            raise OptionError(f"{option}: {part!r}: conversions (!r, !s, !a) are not allowed; {hint}")
+        if "{" in spec or "}" in spec:
+            raise OptionError(f"{option}: {part!r}: nested fields in a format spec are not allowed; {hint}")
+        try:
+            format(_SAMPLE[name], spec)
+        except ValueError as err:
+            raise OptionError(f"{option}: {part!r}: {err}; {hint}") from None
+
+
 def output_path(directory: Path, template: str, *, stem: str, filter: str, index: int, ext: str) -> Path:
     """Format the ``--name`` template and check the result stays inside ``directory``.
 
-    Field values are made file-name safe first, so a kernel named ``../../x`` cannot
-    place a file elsewhere; a template that itself points outside is refused.
+    The template is checked first (:func:`check_template`). Field values are made
+    file-name safe, so a kernel named ``../../x`` cannot place a file elsewhere; a
+    template that itself points outside is refused.
     """
-    try:
-        name = template.format(stem=_field(stem), filter=_field(filter), index=index, ext=ext)
-    except (KeyError, IndexError, ValueError) as err:
-        raise OptionError(
-            f"--name: {template!r} is not a valid template ({err}); fields are {{stem}} {{filter}} {{index}} {{ext}}"
-        ) from None
+    check_template(template)
+    name = template.format(stem=_field(stem), filter=_field(filter), index=index, ext=ext)
     relative = Path(name)
     if relative.is_absolute() or ".." in relative.parts or name.strip() == "":
         raise OptionError(f"--name: {template!r} gives {name!r}, which is outside the output folder")
     return Path(directory) / relative
 
 
-def planned_outputs(job: Job, stem: str, in_channels: int | None, rel_dir: str = "") -> list[Path]:
+@dataclass(frozen=True)
+class PlannedFile:
+    """One file :func:`process` will write: a map (``filter`` names it) or the montage."""
+
+    path: Path
+    filter: str = ""  # the map's filter (``all`` for an npy array); "" for the montage
+    montage: bool = False
+
+
+def planned_files(job: Job, stem: str, in_channels: int | None, rel_dir: str = "") -> list[PlannedFile]:
     """The files :func:`process` will write for an input, before it is read.
 
-    Used for ``--skip-existing`` and to find, before any work, two inputs that would
-    write the same file or an output that would overwrite an input. ``in_channels``
-    only matters for a depthwise layer on more than 4 channels (one file per channel);
-    ``None`` plans for an image of at most 4 channels. Includes the ``--montage`` file
-    and, with ``--save-all``, every layer's maps. Empty for ``-o -`` and ``--print``
-    without ``-o``.
+    Used for ``--skip-existing`` and to find, before any work, two maps or inputs that
+    would write the same file or an output that would overwrite an input or a read
+    file. ``in_channels`` only matters for a depthwise layer on more than 4 channels
+    (one file per channel); ``None`` plans for an image of at most 4 channels. Includes
+    the ``--montage`` file and, with ``--save-all``, every layer's maps. Empty for
+    ``-o -`` and ``--print`` without ``-o``.
     """
     out = job.output
-    paths: list[Path] = []
+    files: list[PlannedFile] = []
     if out.directory is not None and not out.to_stdout:
         directory = Path(out.directory) / rel_dir
         if out.save_all:
-            paths += _planned_save_all(job, stem, directory, in_channels)
+            files += _planned_save_all(job, stem, directory, in_channels)
         else:
-            paths += _planned_maps(job, job.stack.output_names(), stem, directory, in_channels,
+            files += _planned_maps(job, job.stack.output_names(), stem, directory, in_channels,
                                    depthwise=job.stack.last_conv.spec.depthwise)
     if out.montage:
-        paths.append(montage_path(out.montage, stem))
-    return paths
+        files.append(PlannedFile(montage_path(out.montage, stem), montage=True))
+    return files
+
+
+def planned_outputs(job: Job, stem: str, in_channels: int | None, rel_dir: str = "") -> list[Path]:
+    """The paths of :func:`planned_files`."""
+    return [planned.path for planned in planned_files(job, stem, in_channels, rel_dir)]
 
 
 def _planned_maps(job: Job, names: list[str], stem: str, directory: Path, in_channels: int | None, *,
-                  depthwise: bool) -> list[Path]:
+                  depthwise: bool) -> list[PlannedFile]:
     files = _map_files(job, names, stem, directory, depthwise=depthwise,
                        in_channels=in_channels if in_channels is not None else 1)
-    return [path for path, _ in files]
+    return [PlannedFile(path, group.name) for path, group in files]
 
 
 def _map_files(job: Job, names: list[str], stem: str, directory: Path, *, depthwise: bool, in_channels: int,
@@ -236,10 +399,10 @@ def _map_files(job: Job, names: list[str], stem: str, directory: Path, *, depthw
             for g in map_groups(names, depthwise=depthwise, in_channels=in_channels)]
 
 
-def _planned_save_all(job: Job, stem: str, directory: Path, in_channels: int | None) -> list[Path]:
+def _planned_save_all(job: Job, stem: str, directory: Path, in_channels: int | None) -> list[PlannedFile]:
     from .stack import ConvStep
 
-    paths: list[Path] = []
+    paths: list[PlannedFile] = []
     names: list[str] = []
     depthwise = False
     for index, step in enumerate(job.stack.steps):
@@ -251,11 +414,9 @@ def _planned_save_all(job: Job, stem: str, directory: Path, in_channels: int | N
 
 
 def montage_path(template: str, stem: str) -> Path:
-    """The ``--montage`` file for an input: the template with ``{stem}`` filled in."""
-    try:
-        return Path(template.format(stem=_field(stem)))
-    except (KeyError, IndexError, ValueError):
-        raise OptionError(f"--montage: {template!r} is not a valid path template (field: {{stem}})") from None
+    """The ``--montage`` file for an input: the template with ``{stem}`` filled in (see :func:`check_template`)."""
+    check_template(template, "--montage", ("stem",))
+    return Path(template.format(stem=_field(stem)))
 
 
 def encode_group(array, *, fmt: str, normalize: str, compress_level: int | None, workers: int = 1) -> bytes:
@@ -369,8 +530,7 @@ def _write_maps(output, names: list[str], *, job: Job, stem: str, directory: Pat
     if len(set(paths)) != len(paths):
         raise OptionError(f"--name: {out.name!r} gives the same file name to several maps; add {{filter}} or {{index}}")
     for path in paths:
-        if _is_input(path, inputs):
-            raise OutputError(f"{path}: refusing to overwrite an input file")
+        _refuse_overwrite(path, job, inputs)
     _encode_and_write(paths, output, groups, fmt=out.format, normalize=out.normalize,
                       compress_level=out.compress_level, pool=pool, pending=pending)
     return [str(p) for p in paths]
@@ -553,8 +713,7 @@ def _write_montage(output, names: list[str], job: Job, stem: str, depthwise: boo
     from . import imageio
 
     path = montage_path(job.output.montage or "", stem)
-    if _is_input(path, inputs):
-        raise OutputError(f"{path}: refusing to overwrite an input file (--montage)")
+    _refuse_overwrite(path, job, inputs, option="--montage")
     groups = map_groups(names, depthwise=depthwise, in_channels=in_depth)
     tiles = [imageio.to_display(a, normalize=job.output.normalize, bits=8) for a in _group_arrays(output, groups)]
     blob = imageio.montage(tiles, [g.name for g in groups])
@@ -569,14 +728,38 @@ def _stdout_count_message(count: int, names: list[str]) -> str:
             " use -o DIR, or --format npy for one array")
 
 
+def folder_problem(folder: Path | str) -> str | None:
+    """Why files cannot be written under ``folder``: an existing non-folder on its path; else None.
+
+    ``"not a directory (it is a file)"`` when ``folder`` itself is a file (or a broken symbolic link),
+    ``"x is a file, not a directory"`` when one of its parents is. A missing folder is fine
+    (it is created).
+    """
+    folder = Path(folder)
+    for path in (folder, *folder.parents):
+        if path.is_dir():
+            return None
+        if os.path.lexists(path):
+            what = "a broken symbolic link" if path.is_symlink() else "a file"
+            return f"not a directory (it is {what})" if path == folder else f"{path} is {what}, not a directory"
+    return None
+
+
 def check_job(job: Job, input_count: int, *, json_lines: bool = False) -> None:
     """Option checks that need no input read (usage errors, raised before any work).
 
     ``-o -`` needs exactly one input and one output (one filter; a depthwise layer
     of one filter writes one image of the input's channels); ``--print``, ``--json``
-    and ``-o -`` cannot share standard output.
+    and ``-o -`` cannot share standard output. ``-o`` must not be, or be inside, a file.
     """
     out = job.output
+    if out.directory is not None and not out.to_stdout:
+        problem = folder_problem(out.directory)
+        if problem:
+            raise OptionError(f"-o {out.directory}: {problem}")
+    check_template(out.name)
+    if out.montage is not None:
+        check_template(out.montage, "--montage", ("stem",))
     if out.format not in FORMATS:
         raise OptionError(f"--format: {out.format!r} is not one of {', '.join(FORMATS)}")
     if out.normalize not in NORMALIZE_MODES:
@@ -600,5 +783,6 @@ def check_job(job: Job, input_count: int, *, json_lines: bool = False) -> None:
         raise OptionError("--save-all: cannot write every layer to standard output; use -o DIR")
 
 
-__all__ = ["ReadSpec", "OutputSpec", "Job", "InputResult", "process", "planned_outputs", "check_job",
-           "output_path", "montage_path", "input_stem", "map_groups", "ConvcliError"]
+__all__ = ["ReadSpec", "OutputSpec", "Job", "ReadFile", "InputResult", "PlannedFile", "process", "planned_files",
+           "planned_outputs", "files_read", "overwritten_read", "check_job", "check_template", "folder_problem",
+           "output_path", "montage_path", "input_stem", "map_groups", "NAME_FIELDS", "ConvcliError"]

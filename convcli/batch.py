@@ -29,7 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
-from .apply import STDOUT, InputResult, Job, check_job, input_stem, planned_outputs, process
+from .apply import (
+    STDOUT,
+    InputResult,
+    Job,
+    PlannedFile,
+    check_job,
+    folder_problem,
+    input_stem,
+    overwritten_read,
+    planned_files,
+    process,
+)
 from .errors import ConvcliError, ExitStatus, OptionError
 
 #: File extensions a directory contributes (lower case). Hidden files and folders
@@ -145,42 +156,77 @@ def plan_batch(items: list[InputItem], job: Job) -> BatchPlan:
     Raises
     ------
     OptionError
-        If an input is given twice, if two inputs would write the same output file
-        (``a/x.png b/x.png`` both give ``x_edge.png``; name their common folder
-        with ``--recursive`` instead, so the outputs mirror the sub-folders), or if
-        an output would overwrite an input (``--name '{stem}.png' -o`` the input
-        folder). The message names both files.
+        If an input is given twice; if two inputs would write the same output file
+        (``a/x.png b/x.png`` both give ``x_edge.png``; name their common folder with
+        ``--recursive`` instead, so the outputs mirror the sub-folders); if two filters
+        of one input would (``--name`` without ``{filter}`` or ``{index}``); if an output
+        or the ``--montage`` file would overwrite an input (``--name '{stem}.png' -o``
+        the input folder) or a file the job reads (:attr:`Job.reads`: kernel and
+        pipeline files, under any name); or if an output's folder lies inside a file.
+        The message names the option and both files.
     """
-    plan = BatchPlan(inputs=frozenset(_resolved(i.source) for i in items if i.source != STDOUT))
-    owner: dict[str, int] = {}  # resolved output path → index of the input that writes it
+    sources: dict[str, str] = {}  # resolved input path → the input as given
+    for item in items:
+        if item.source != STDOUT:
+            sources.setdefault(_resolved(item.source), item.source)
+    plan = BatchPlan(inputs=frozenset(sources))
+    owner: dict[str, tuple[int, PlannedFile]] = {}  # resolved output path → who writes it
     seen: dict[str, int] = {}
+    folders: set[Path] = set()  # output folders already checked
     for index, item in enumerate(items):
         if item.source != STDOUT:
             key = _resolved(item.source)
             if key in seen:
                 raise OptionError(f"INPUT: {item.source} is given twice (also as {items[seen[key]].source})")
             seen[key] = index
-        outputs = planned_outputs(job, input_stem(item.source), None, item.rel_dir)
-        for path in outputs:
+        planned = planned_files(job, input_stem(item.source), None, item.rel_dir)
+        for out in planned:
+            path = out.path
             key = _resolved(path)
-            if key in plan.inputs:
-                raise OptionError(
-                    f"--name/-o: {item.source}'s output {path} would overwrite the input {path};"
-                    " choose another -o folder or --name"
-                )
+            option, what, instead = (("--montage", f"{item.source}'s montage", "another --montage file")
+                                     if out.montage else
+                                     ("--name/-o", f"{item.source}'s output", "another -o folder or --name"))
+            if key in sources:
+                raise OptionError(f"{option}: {what} {path} would overwrite the input {sources[key]}; choose {instead}")
+            read = overwritten_read(path, job.reads, resolved=key)
+            if read is not None:
+                raise OptionError(f"{option}: {what} {path} would overwrite {read}; choose {instead}")
             if key in owner:
-                first = items[owner[key]].source
-                raise OptionError(
-                    f"INPUT: {first} and {item.source} would both write {path}; name their common folder"
-                    " with --recursive (outputs mirror sub-folders under -o) or run them separately"
-                )
-            owner[key] = index
-            plan.outputs.setdefault(Path(path).parent, set()).add(Path(path).name)
-        if job.output.skip_existing and outputs and all(os.path.exists(p) for p in outputs):
-            plan.skipped[index] = [str(p) for p in outputs]
+                first_index, first = owner[key]
+                raise OptionError(_collision_message(path, items[first_index].source, first, item.source, out,
+                                                     same_input=first_index == index))
+            owner[key] = (index, out)
+            folder = Path(path).parent
+            if folder not in folders:
+                folders.add(folder)
+                problem = folder_problem(folder)
+                if problem:
+                    raise OptionError(f"{option}: {what} {path} cannot be written: {folder}: {problem}")
+            plan.outputs.setdefault(folder, set()).add(Path(path).name)
+        if job.output.skip_existing and planned and all(os.path.exists(p.path) for p in planned):
+            plan.skipped[index] = [str(p.path) for p in planned]
         else:
             plan.run.append(index)
     return plan
+
+
+def _collision_message(path: Path, first_source: str, first: PlannedFile, source: str, second: PlannedFile, *,
+                       same_input: bool) -> str:
+    """Why two planned files are one: two filters of an input, a montage and a map, or two inputs."""
+    if first.montage and second.montage:  # two inputs of one stem
+        return (f"--montage: {first_source} and {source} would both write the montage {path} (the same {{stem}});"
+                " run them separately")
+    if first.montage or second.montage:
+        def role(src: str, planned: PlannedFile) -> str:
+            return f"{src}'s montage" if planned.montage else f"{src}'s map {planned.filter}"
+
+        return (f"--montage: {role(first_source, first)} and {role(source, second)} would both write {path};"
+                " choose another --montage file")
+    if same_input:
+        return (f"--name: filters {first.filter} and {second.filter} of {source} would both write {path};"
+                " put {filter} or {index} in --name")
+    return (f"INPUT: {first_source} and {source} would both write {path}; name their common folder"
+            " with --recursive (outputs mirror sub-folders under -o) or run them separately")
 
 
 # --- outcomes and reporting --------------------------------------------------------------------

@@ -215,7 +215,8 @@ def cli():
 @click.option("-o", "--output-dir", default=None, metavar="DIR|-",
               help="Output folder (default '.'), or '-' for standard output (a single output only).")
 @click.option("--name", "name_template", default="{stem}_{filter}.{ext}", show_default=True,
-              help="Output file name template; fields {stem} {filter} {index} {ext}.")
+              help="Output file name template under -o; fields {stem} {filter} {index} {ext}, each with an "
+                   "optional format spec ({index:03d}); may name sub-folders ({stem}/{filter}.{ext}).")
 @click.option("--format", "fmt", type=_choice("png", "png16", "tiff", "npy"), default="png", show_default=True,
               help="png (8-bit), png16 (16-bit), tiff (float32), npy (one H×W×F float32 array per input).")
 @click.option("--normalize", type=_choice("minmax", "clip", "abs", "offset"), default="minmax",
@@ -250,7 +251,7 @@ def apply(inputs, **params):
       cat a.png | convcli apply - -k box-blur --depthwise --padding same -o - > b.png
       convcli apply sample_images/bump-1d.csv -k bump --print
     """
-    from .apply import Job, OutputSpec, ReadSpec
+    from .apply import Job, OutputSpec, ReadSpec, files_read
     from .batch import expand_inputs, run_batch
 
     stack = _build_stack(params)
@@ -271,6 +272,7 @@ def apply(inputs, **params):
                           skip_existing=params["skip_existing"]),
         algorithm=params["algorithm"],
         print_maps=params["print_maps"],
+        reads=files_read(stack, params["kernels"], params["pipeline"]),
     )
     items = expand_inputs(list(inputs), recursive=params["recursive"])
     if not items:

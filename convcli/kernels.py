@@ -97,6 +97,7 @@ __all__ = [
     "BuiltinEntry",
     "load_kernels",
     "resolve_source",
+    "source_file",
     "load_file",
     "parse_inline",
     "looks_inline",
@@ -477,9 +478,8 @@ def resolve_source(value: str | os.PathLike, *, base_dir: str | os.PathLike | No
     if not text.strip():
         raise KernelError("kernel '': an empty kernel name or path")
     key = text.strip().lower().replace("_", "-")
-    path = _existing_path(text, base_dir)
-    # A directory that happens to share a built-in's name (``./edge/``) is not a kernel file.
-    if path is not None and not (path.is_dir() and key in builtin_names()):
+    path = source_file(text, base_dir=base_dir)
+    if path is not None:
         return load_file(path)
     if looks_inline(text):
         return parse_inline(text)
@@ -487,6 +487,25 @@ def resolve_source(value: str | os.PathLike, *, base_dir: str | os.PathLike | No
         return load_builtin(key)
     names = ", ".join(builtin_names())
     raise KernelError(f"kernel {text!r}: no such file or built-in kernel (built-ins: {names})")
+
+
+def source_file(value: str | os.PathLike, *, base_dir: str | os.PathLike | None = None) -> Path | None:
+    """The path a kernel source names, as :func:`resolve_source` reads it; None for the others.
+
+    None for an inline matrix, a built-in kernel or a value that names nothing. ``apply``
+    uses it to protect the kernel files it reads from being overwritten by its outputs.
+    """
+    text = os.fspath(value)
+    if not isinstance(text, str):  # a bytes path
+        text = os.fsdecode(text)
+    if not text.strip():
+        return None
+    key = text.strip().lower().replace("_", "-")
+    path = _existing_path(text, base_dir)
+    # A directory that happens to share a built-in's name (``./edge/``) is not a kernel file.
+    if path is not None and not (path.is_dir() and key in builtin_names()):
+        return path
+    return None
 
 
 def _existing_path(text: str, base_dir) -> Path | None:

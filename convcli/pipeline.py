@@ -85,6 +85,9 @@ class Pipeline(Stack):
     """
 
     source: str = ""
+    #: The kernel files its ``kernels`` entries name (paths as read, relative to the
+    #: pipeline file's folder), in file order.
+    kernel_files: tuple[str, ...] = field(default=(), compare=False, repr=False)
     #: The steps for a 1-D signal (input height 1): sizes written as one number N mean 1×N,
     #: as Keras' Conv1D/MaxPooling1D and PyTorch's Conv1d read them.
     one_d: tuple[Step, ...] | None = field(default=None, compare=False, repr=False)
@@ -92,7 +95,7 @@ class Pipeline(Stack):
     def for_input(self, input_shape) -> "Pipeline":
         """The pipeline as it applies to an input of this shape (1-D signals: see ``one_d``)."""
         if input_shape[0] == 1 and self.one_d is not None and self.one_d != self.steps:
-            return Pipeline(steps=self.one_d, source=self.source)
+            return Pipeline(steps=self.one_d, source=self.source, kernel_files=self.kernel_files)
         return self
 
     def _prefix(self, index: int, step: Step) -> str:
@@ -201,14 +204,15 @@ def parse_pipeline(data: Any, *, base_dir: Path | str = ".", source: str = "pipe
     names = _layer_names(entries, where)
     base = Path(base_dir)
     steps: list[Step] = []
+    files: list[str] = []
     for index, ((kind, options), name) in enumerate(zip(entries, names)):
         label = f"{where}layers[{index}]"
         if kind == "conv":
-            steps.append(_conv_step(options, name, label, base))
+            steps.append(_conv_step(options, name, label, base, files))
         else:
             steps.append(_pool_step(options, name, label))
     one_d = tuple(_one_d_step(step, options) for step, (_, options) in zip(steps, entries))
-    return Pipeline(steps=tuple(steps), source=source, one_d=one_d)
+    return Pipeline(steps=tuple(steps), source=source, kernel_files=tuple(dict.fromkeys(files)), one_d=one_d)
 
 
 def _kind(value: Any) -> str:
@@ -289,7 +293,8 @@ def _bool(options: dict, key: str, label: str) -> bool:
     return value
 
 
-def _conv_step(options: dict, name: str, label: str, base_dir: Path) -> ConvStep:
+def _conv_step(options: dict, name: str, label: str, base_dir: Path, files: list[str]) -> ConvStep:
+    """One ``conv`` entry; the kernel files it reads are appended to ``files``."""
     has_kernels = "kernels" in options
     has_size = "filters" in options or "kernel_size" in options
     if has_kernels and has_size:
@@ -325,7 +330,7 @@ def _conv_step(options: dict, name: str, label: str, base_dir: Path) -> ConvStep
         use_bias, bias_values = True, _bias_values(bias, label)
 
     if has_kernels:
-        bank = _load_bank(options["kernels"], label, base_dir)
+        bank = _load_bank(options["kernels"], label, base_dir, files)
         if bias_values is not None:
             if len(bias_values) not in (1, bank.filters):
                 raise OptionError(
@@ -394,15 +399,17 @@ def _kernel_source(value: Any, label: str, base_dir: Path):
     return kernels.load_builtin(key)
 
 
-def _load_bank(value: Any, label: str, base_dir: Path):
-    from .kernels import load_kernels
+def _load_bank(value: Any, label: str, base_dir: Path, files: list[str]):
+    from .kernels import FilterBank, Kernel, load_kernels
 
     items = value if isinstance(value, list) else [value]
     if not items:
         raise OptionError(f"{label}.kernels: the list is empty; give at least one kernel")
     try:
+        sources = [_kernel_source(item, label, base_dir) for item in items]
+        files += [source for source in sources if not isinstance(source, (FilterBank, Kernel))]
         # load_kernels checks that the filters share one size and one depth.
-        return load_kernels(*[_kernel_source(item, label, base_dir) for item in items])
+        return load_kernels(*sources)
     except KernelError as err:
         raise KernelError(f"{label}.kernels: {err}") from None
 

@@ -760,6 +760,20 @@ def test_resolve_order_path_then_inline_then_builtin(tmp_path, monkeypatch):
         load_kernels("emboss")
 
 
+def test_source_file_names_the_file_resolve_source_reads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "edge.yaml").write_text("weights: [[7]]\n")
+    (tmp_path / "sharpen").mkdir()  # a folder named like a built-in: the built-in
+    assert K.source_file("edge.yaml") == Path("edge.yaml")
+    assert K.source_file("edge") is None
+    assert K.source_file("sharpen") is None
+    assert K.source_file("3x3: 0,1,0 0,1,0 0,1,0") is None
+    assert K.source_file("  ") is None
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "edge.yaml").write_text("weights: [[5]]\n")
+    assert K.source_file("edge.yaml", base_dir="sub") == Path("sub") / "edge.yaml"
+
+
 def test_builtin_lookup_is_case_and_underscore_insensitive():
     assert load_kernels("Sobel_X") == load_kernels("sobel-x")
     assert K.load_builtin("SOBEL_Y") == load_kernels("sobel-y")

@@ -697,3 +697,16 @@ def test_1d_seed_through_a_pipeline_with_padding_and_pool():
     np.testing.assert_array_equal(conv.reshape(-1), expected_conv)
     np.testing.assert_array_equal(output.reshape(-1), expected_conv.reshape(-1, 2).max(axis=1))
     assert output.shape == (1, 4, 1)
+
+
+def test_a_pipeline_lists_the_kernel_files_it_read(tmp_path):
+    (tmp_path / "k.yaml").write_text("weights: [[0, 1, 0], [0, 1, 0], [0, 1, 0]]\n")
+    (tmp_path / "net.yaml").write_text(
+        "layers:\n"
+        "  - conv: {kernels: [k.yaml, edge, '3x3: 0,1,0 0,1,0 0,1,0']}\n"
+        "  - pool: {}\n"
+        "  - conv: {kernels: k.yaml}\n"
+    )
+    pipeline = load_pipeline(tmp_path / "net.yaml")
+    assert pipeline.kernel_files == (str(tmp_path / "k.yaml"),)
+    assert pipeline.for_input((1, 9, 1)).kernel_files == pipeline.kernel_files
