@@ -896,6 +896,11 @@ def _parse_yaml(text: str, source: str) -> Any:
     try:
         return _compose(loader, source, yaml)
     except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        if "nesting depth" in str(getattr(exc, "problem", "")) and mark is not None:
+            # The libyaml of recent PyYAML wheels (6.0.4) stops at 1000 levels while it scans ahead, before
+            # the events reach the limit below: the same refusal, so the same message.
+            raise KernelError(f"{source}: line {mark.line + 1}: nested deeper than {MAX_NESTING} levels") from None
         raise KernelError(f"{source}: invalid YAML: {_yaml_problem(exc)}") from None
     finally:
         loader.dispose()
