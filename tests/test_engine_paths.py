@@ -119,22 +119,44 @@ def test_pool_fused_in_row_chunks(rng, monkeypatch, algorithm, pool):
     np.testing.assert_allclose(result.output, ref, rtol=RTOL, atol=5 * ATOL)
 
 
-def test_threads_do_not_change_results(rng, monkeypatch):
+@pytest.mark.parametrize("pool", [None, ("max", 2, None, "valid")])
+def test_threads_do_not_change_results(rng, monkeypatch, pool):
+    # Every bit is the same whatever the thread count: BLAS and FFTs round by the shape of
+    # each call, so the tiles must not depend on it (they did, and 2 threads differed from 1).
     monkeypatch.setattr(_threads, "PARALLEL_MIN_BYTES", 1)  # a layer this small would run on one thread
+    monkeypatch.setattr(_threads, "CPUS", 2)
     x = rng.standard_normal((300, 257, 3)).astype(np.float32)
     w = rng.standard_normal((3, 3, 3, 16)).astype(np.float32)  # enough arithmetic to run threaded
+    sep = low_rank_weights(rng, 7, 7, 3, 2, rank=1)
+    pspec = PoolSpec.from_options(mode=pool[0], size=pool[1], stride=pool[2], padding=pool[3]) if pool else None
+    layers = [(w, "direct"), (w, "fft"), (sep, "separable"), (sep, "fft")]
     before = engine.get_threads()
     try:
         outs = {}
         for n in (1, 2, 3):
             engine.set_threads(n)
-            outs[n] = [engine.conv2d(x, w, padding="same", stride=(1, 2), algorithm=a) for a in ("direct", "fft")]
+            outs[n] = [engine.run_layer(x, engine.WeightsBank(k, np.arange(k.shape[3], dtype=np.float32)),
+                                        ConvSpec.from_options(padding="same", stride=(1, 2), activation="relu"),
+                                        pspec, algorithm=a).output
+                       for k, a in layers]
     finally:
         engine.set_threads(before)
     for n in (2, 3):
-        np.testing.assert_array_equal(outs[n][0], outs[1][0])
-        np.testing.assert_allclose(outs[n][1], outs[1][1], rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(outs[1][0], ref_conv(x, w, None, (1, 2), padding="same"), rtol=RTOL, atol=ATOL)
+        for k, (_, algorithm) in enumerate(layers):
+            np.testing.assert_array_equal(outs[n][k], outs[1][k], err_msg=f"{algorithm} on {n} threads")
+    if pool is None:
+        np.testing.assert_allclose(outs[1][0], np.maximum(ref_conv(x, w, np.arange(16), (1, 2), padding="same"), 0),
+                                   rtol=RTOL, atol=ATOL)
+
+
+def test_tile_ranges_are_whole_tiles(monkeypatch):
+    monkeypatch.setattr(_threads, "_threads", 3)
+    assert _threads.tile_ranges(100, 7, 3) == [(0, 35), (35, 70), (70, 100)]  # 15 tiles, 5 each
+    assert _threads.tile_ranges(100, 7, 2) == [(0, 49), (49, 100)]  # at most `parts` ranges
+    assert _threads.tile_ranges(100, 7, 3, min_rows=40) == [(0, 49), (49, 100)]  # 40 rows need 6 tiles
+    assert _threads.tile_ranges(5, 7, 3) == [(0, 5)]
+    monkeypatch.setattr(_threads, "_threads", 1)
+    assert _threads.tile_ranges(100, 7, 3) == [(0, 100)]  # at most get_threads() ranges
 
 
 def test_separable_decompose(rng):
@@ -315,7 +337,8 @@ def test_opencv_in_run_layer_pools_and_reuses_like_numpy(rng):
 
 def test_small_layers_run_on_one_thread(monkeypatch):
     # Two threads pay only when each one's tiles are large (GIL hand-overs between short calls).
-    monkeypatch.setattr(_threads, "_threads", 2)
+    monkeypatch.setattr(_threads, "CPUS", 2)
+    monkeypatch.setattr(_threads, "_threads", 1)  # planned for the machine, not for set_threads
     assert _threads.threads_for(_threads.PARALLEL_MIN_BYTES - 1) == 1
     assert _threads.threads_for(2 * _threads.PARALLEL_MIN_BYTES) == 2
     assert _threads.threads_for(100 * _threads.PARALLEL_MIN_BYTES) == 2
@@ -324,6 +347,7 @@ def test_small_layers_run_on_one_thread(monkeypatch):
     assert _threads.threads_for(2 * (1600 << 10), w4) == 2
     assert _threads.threads_for(2 * (1600 << 10), direct.tile_macs_per_byte(1, (3, 3, 1, 1), False)) == 1
     assert _threads.split_rows(100, 1, parts=1) == [(0, 100)]
+    monkeypatch.setattr(_threads, "_threads", 2)
     assert _threads.split_rows(100, 1) == [(0, 50), (50, 100)]
 
 

@@ -197,8 +197,8 @@ def _pooled(run, conv_hw, n_maps: int, pool: PoolSpec, epilogue, out=None, macs_
     conv_row_bytes = 4 * ow * n_maps * pool.strides[0]
     # The pre-pool chunks (one per thread) share the memory budget with the path's tiles.
     budget = max(_common.TILE_MIN_BYTES * 16, int(_common.TILE_FRACTION * out.nbytes) // 2)
-    n_threads = _threads.threads_for(budget, macs_per_byte)
-    per_thread = budget // n_threads
+    parts = _threads.threads_for(budget, macs_per_byte)
+    per_thread = budget // parts
     chunk = max(1, min(poh, per_thread // max(1, conv_row_bytes)))
 
     def work(p_lo: int, p_hi: int) -> None:
@@ -211,7 +211,7 @@ def _pooled(run, conv_hw, n_maps: int, pool: PoolSpec, epilogue, out=None, macs_
             conv = run(rows=(a, b), epilogue=epilogue, scratch=per_thread, out=bufs.get("conv", (b - a, ow, n_maps)))
             out[p0:p1] = pool_rows(conv, pool, in_h=oh, out_rows=(p0, p1))
 
-    _threads.run_ranges(work, _threads.split_rows(poh, chunk, n_threads))
+    _threads.run_ranges(work, _threads.tile_ranges(poh, chunk, parts))
     return out
 
 

@@ -3,6 +3,12 @@
 numpy's matmul, copies and ufuncs and scipy.fft release the GIL, so threads over
 disjoint bands of output rows use both cores without copying the input. Batch workers
 (``-j N``) call :func:`set_threads` with 1 so N processes do not each start a pool.
+
+A layer's tiles are planned for the machine (:data:`CPUS`), never for the thread count
+set here, and BLAS runs on one thread inside the engine: OpenBLAS and pocketfft round a
+pixel differently depending on the shape of the call it is in (seen on AVX-512 cores), so
+this is what keeps every output bit the same whatever ``-j`` or :func:`set_threads` says.
+The threads then take whole tiles (:func:`tile_ranges`).
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from ..errors import OptionError
 from . import _blas
 
-_threads = max(1, os.cpu_count() or 1)
+#: The CPUs of this machine: how many threads a layer's tiles are planned for.
+CPUS = max(1, os.cpu_count() or 1)
+_threads = CPUS
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _lock = threading.Lock()
@@ -56,11 +64,14 @@ PARALLEL_MIN_MACS = 2_000_000
 
 
 def threads_for(budget: int, macs_per_byte: float = 0.0) -> int:
-    """How many threads should share a layer whose tiles may use ``budget`` bytes in all.
+    """How many threads of this machine should share a layer whose tiles may use ``budget`` bytes in all.
 
-    ``macs_per_byte``: the multiply-adds a tile does per byte of its scratch.
+    ``macs_per_byte``: the multiply-adds a tile does per byte of its scratch. This is the
+    number of parts the budget is cut into (each part one tile's scratch), computed from
+    :data:`CPUS` alone so that the tiles do not depend on :func:`set_threads`; at most
+    ``min(parts, get_threads())`` threads then run them.
     """
-    for n in range(_threads, 1, -1):
+    for n in range(CPUS, 1, -1):
         share = budget // n
         if share >= PARALLEL_MIN_BYTES or share * macs_per_byte >= PARALLEL_MIN_MACS:
             return n
@@ -74,17 +85,36 @@ def split_rows(n_rows: int, min_rows: int = 1, parts: int | None = None) -> list
     return [(bounds[k], bounds[k + 1]) for k in range(parts) if bounds[k + 1] > bounds[k]]
 
 
+def tile_ranges(n_rows: int, tile_rows: int, parts: int, min_rows: int = 1) -> list[tuple[int, int]]:
+    """[0, n_rows) as at most ``min(parts, get_threads())`` ranges of whole tiles of ``tile_rows`` rows.
+
+    Every boundary is a multiple of ``tile_rows``, so a range's tiles, cut from its start,
+    are the tiles of the whole, whatever the number of ranges; each range holds at least
+    ``min_rows`` rows where it can.
+    """
+    n_tiles = -(-n_rows // max(1, tile_rows))
+    per_range = -(-max(1, min_rows) // max(1, tile_rows))  # tiles a range needs for min_rows
+    count = max(1, min(parts, _threads, n_tiles // per_range))
+    bounds = [min(n_rows, n_tiles * k // count * tile_rows) for k in range(count + 1)]
+    return [(bounds[k], bounds[k + 1]) for k in range(count) if bounds[k + 1] > bounds[k]]
+
+
 def run_ranges(fn, ranges) -> None:
-    """Call ``fn(r0, r1)`` for every range, in parallel when there are several; re-raise errors."""
+    """Call ``fn(r0, r1)`` for every range, in parallel when there are several; re-raise errors.
+
+    BLAS runs on one thread in every case: the ranges are the parallelism (BLAS threads
+    under them would oversubscribe the cores), and a BLAS call's rounding depends on how
+    many threads it splits its work between.
+    """
     nested = threading.current_thread().name.startswith("convcli-engine")
     if len(ranges) <= 1 or nested:
-        with _blas.threads(1 if nested or len(ranges) > 1 else _threads):
+        with _blas.threads(1):
             for r0, r1 in ranges:
                 fn(r0, r1)
         return
 
     def one(r0: int, r1: int) -> None:
-        with _blas.threads(1):  # the pool is the parallelism; BLAS threads would oversubscribe
+        with _blas.threads(1):
             fn(r0, r1)
 
     futures = [_executor(len(ranges)).submit(one, r0, r1) for r0, r1 in ranges]

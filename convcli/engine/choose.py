@@ -117,7 +117,7 @@ def cost_fft(layer: Layer) -> float:
     c = layer.in_hwc[2]
     oh, ow = layer.out_hw
     # The blocks fft.correlate will cut: its memory budget, shared by the threads.
-    budget = int(_common.TILE_FRACTION * 4 * oh * ow * layer.n_maps) // _threads.get_threads()
+    budget = int(_common.TILE_FRACTION * 4 * oh * ow * layer.n_maps) // _threads.CPUS
     rows, cols, n_h, n_w = fft.plan((oh, ow), (kh, kw), layer.stride, layer.dilation, c, layer.n_maps, budget,
                                     fast_len=fft.next_smooth)
     blocks = math.ceil(oh / rows) * math.ceil(ow / cols)

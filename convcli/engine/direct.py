@@ -56,16 +56,16 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     per_pixel = 4 * (kh * kw * c + n_maps)
     macs_per_row = ow * kh * kw * c * f
     min_rows = max(1, _MIN_MACS_PER_THREAD // max(1, macs_per_row))
-    # Every thread holds one tile's scratch at a time: they share the layer's budget.
+    # Every thread holds one tile's scratch at a time: they share the layer's budget. Tiles
+    # of a few MB: the matmul runs in cache-sized slices anyway (GEMM_CHUNK), and fewer,
+    # larger tiles mean fewer numpy calls and fewer hand-offs of the GIL between threads
+    # (with L2-sized tiles two threads ran slower than one).
     total = scratch if scratch is not None else int(_common.TILE_FRACTION * out.nbytes)
-    ranges = _threads.split_rows(row_b - row_a, min_rows, _threads.threads_for(total, tile_macs_per_byte(c, w.shape, depthwise)))
-    budget = total // len(ranges)
+    parts = _threads.threads_for(total, tile_macs_per_byte(c, w.shape, depthwise))
+    tile_h, tile_w = tile_plan(row_b - row_a, ow, per_pixel, out.nbytes, budget=total // parts)
+    ranges = _threads.tile_ranges(row_b - row_a, tile_h, parts, min_rows)
 
     def work(r_lo: int, r_hi: int) -> None:
-        # Tiles of a few MB: the matmul runs in cache-sized slices anyway (GEMM_CHUNK), and
-        # fewer, larger tiles mean fewer numpy calls and fewer hand-offs of the GIL between
-        # threads (with L2-sized tiles two threads ran slower than one).
-        tile_h, tile_w = tile_plan(r_hi - r_lo, ow, per_pixel, out.nbytes, budget=budget)
         scratch_bufs = _common.thread_buffers()  # patches and band, reused by every tile
         for r0, r1, c0, c1 in tiles(r_hi - r_lo, ow, tile_h, tile_w):
             dest = out[r0 + r_lo:r1 + r_lo]

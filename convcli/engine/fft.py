@@ -89,16 +89,16 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     n_maps = c * f if depthwise else f
     row_a, row_b = rows if rows is not None else (0, oh)
     out = _common.result_array((row_b - row_a, ow, n_maps), out)
-    if scratch is None:  # every thread holds one block's spectra at a time
-        scratch = int(_common.TILE_FRACTION * out.nbytes) // _threads.get_threads()
-    tile_rows, tile_cols, n_h, n_w = plan((row_b - row_a, ow), (kh, kw), stride, dilation, c, n_maps, scratch)
+    total = scratch if scratch is not None else int(_common.TILE_FRACTION * out.nbytes)
+    parts = _threads.CPUS  # every thread holds one block's spectra at a time (blocks are long calls)
+    tile_rows, tile_cols, n_h, n_w = plan((row_b - row_a, ow), (kh, kw), stride, dilation, c, n_maps, total // parts)
     padder = Padder(x, pads, border)
     dilated = np.zeros((eh, ew, cw, f), dtype=np.float32)
     dilated[::dh, ::dw] = w
     # conj(K): multiplying by it turns the FFT's convolution into a correlation.
     spectra = np.conj(sfft.rfft2(dilated.transpose(2, 3, 0, 1), s=(n_h, n_w), workers=_threads.get_threads()))
     spectra = spectra.astype(np.complex64)  # (cw, f, n_h, n_w//2+1)
-    ranges = _threads.split_rows(row_b - row_a, tile_rows)
+    ranges = _threads.tile_ranges(row_b - row_a, tile_rows, parts)
     workers = max(1, _threads.get_threads() // len(ranges))
 
     def work(r_lo: int, r_hi: int) -> None:

@@ -121,10 +121,10 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     most = max(len(v) for v in by_channel.values())
     # Per output row: vertical results (terms × width), their block copies, and the planar accumulator.
     per_row = 4 * (most * width * (1 + span / max(1, block * sw)) + n_maps * ow + c * width * sh)
-    if scratch is None:  # every thread holds one tile's scratch at a time
-        scratch = int(_common.TILE_FRACTION * out.nbytes) // _threads.get_threads()
+    total = scratch if scratch is not None else int(_common.TILE_FRACTION * out.nbytes)
+    parts = _threads.CPUS  # every thread holds one tile's scratch at a time
     tile_rows = max(1, min(row_b - row_a, max(MIN_TILE_ROWS, 4 * eh),
-                           tile_plan(oh, 1, int(per_row), out.nbytes, max_bytes=4 << 20, budget=scratch)[0]))
+                           tile_plan(oh, 1, int(per_row), out.nbytes, max_bytes=4 << 20, budget=total // parts)[0]))
 
     def work(r_lo: int, r_hi: int) -> None:
         for r0, r1, _, _ in tiles(r_hi - r_lo, 1, tile_rows, 1):
@@ -149,5 +149,6 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
                 epilogue(dest)
 
     macs_per_row = ow * len(terms) * (kh + kw)
-    _threads.run_ranges(work, _threads.split_rows(row_b - row_a, max(tile_rows, 2_000_000 // max(1, macs_per_row))))
+    _threads.run_ranges(work, _threads.tile_ranges(row_b - row_a, tile_rows, parts,
+                                                   2_000_000 // max(1, macs_per_row)))
     return out
