@@ -12,7 +12,7 @@ import os
 import re
 import string
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -400,6 +400,9 @@ def _map_files(job: Job, names: list[str], stem: str, directory: Path, *, depthw
 
 
 def _planned_save_all(job: Job, stem: str, directory: Path, in_channels: int | None) -> list[PlannedFile]:
+    # A 1-D signal's layers that are 1-D take Keras' 1-D default names (01-conv1d/), known only once
+    # the input is read: its folders are planned with the 2-D names. --skip-existing then runs it
+    # again; the write itself still refuses to overwrite an input.
     from .stack import ConvStep
 
     paths: list[PlannedFile] = []
@@ -565,6 +568,8 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
     # does so exactly, as integers, before its one float32 conversion.
     loaded = imageio.read_input(source, mode=job.read.mode, scale=job.read.scale, max_pixels=max_pixels,
                                 keep_integers=job.stack.sums_channels_first)
+    if loaded.kind == "signal":  # Keras Conv1D meaning; a one-row image stays 2-D
+        job = replace(job, stack=job.stack.for_signal())
     stem = input_stem(source)  # the stem the batch planned with
     x = loaded.array
     result.input_shape = list(x.shape)
@@ -639,7 +644,6 @@ def _write_by_filter_group(x, job: Job, names: list[str], *, stem: str, director
                            inputs: frozenset[str]) -> tuple[list[int], list[str], list[str]]:
     """Run and write the layer :data:`FILTER_GROUP` filters at a time; same files as one run."""
     from concurrent.futures import ThreadPoolExecutor
-    from dataclasses import replace
 
     from . import engine
     from .kernels import FilterBank

@@ -38,6 +38,7 @@ class LibraryType(click.ParamType):
             self.fail(str(err).split(": ", 1)[-1], param, ctx)
 
 
+# One number N parses to a SinglePair: on a 1-D signal it means 1×N (Keras Conv1D), NH,NW stays 2-D.
 PAIR = LibraryType("N|NH,NW", parse_pair, tuple)
 PADDING = LibraryType("valid|same|full|causal|P|PH,PW|T,B,L,R", Padding.parse, Padding)
 SLOPE = LibraryType("FLOAT", parse_slope, float)
@@ -174,7 +175,7 @@ def _build_stack(params: dict, *, shape_only: bool = False):
         bank = load_kernels(*params["kernels"])
         return Stack.single(bank, conv, pool, use_bias=not params.get("no_bias"))
     if shape_only and (params.get("filters") or params.get("kernel_size")):
-        kernel_size = parse_pair(params.get("kernel_size") or "3", "--kernel-size")
+        kernel_size = params.get("kernel_size") or parse_pair(3, "--kernel-size")
         return Stack.single(None, conv, pool, filters=params.get("filters") or 1, kernel_size=kernel_size,
                             use_bias=not params.get("no_bias"))
     if shape_only:
@@ -286,7 +287,7 @@ def apply(inputs, **params):
 @click.option("--input", "input_shape", metavar="HxWxC",
               help="Input shape HxWxC (also H,W,C; HxW = one channel; L = a 1-D signal of length L).")
 @click.option("--filters", type=click.IntRange(min=1), default=None, help="Number of filters F.")
-@click.option("--kernel-size", default=None, metavar="K|KH,KW",
+@click.option("--kernel-size", type=PAIR, default=None, metavar="K|KH,KW",
               help="Kernel size K or KH,KW (default 3; K on a 1-D signal means 1×K, as Keras Conv1D).")
 @layer_options
 @click.option("--mode", type=_choice("keep", "gray", "rgb", "rgba"), default="keep", show_default=True,
@@ -300,6 +301,9 @@ def shape(image, input_shape, **params):
     """Report output shapes, weight shapes, parameters and MACs of a layer or stack.
 
     The input shape comes from --input or from IMAGE's header (not decoded).
+    A 1-D signal (--input L, or a .npy/.csv/.txt of one row or column) gets
+    Keras' Conv1D layers: one number N (--kernel-size, --stride, --padding, …)
+    acts along its length; a one-row image is 2-D.
 
     \b
     Examples:
@@ -308,7 +312,7 @@ def shape(image, input_shape, **params):
       convcli shape --input 224x224x3 --pipeline examples/vgg16.yaml --json
     """
     from . import report
-    from .geometry import parse_input_shape
+    from .geometry import parse_input
 
     if image is None and input_shape is None:
         raise OptionError("no input shape: give --input HxWxC (or L for a 1-D signal) or an IMAGE file")
@@ -316,14 +320,16 @@ def shape(image, input_shape, **params):
         raise OptionError(f"give the input shape either as --input ({input_shape}) or as an IMAGE file ({image}), "
                           "not both")
     if input_shape is not None:
-        shape3 = parse_input_shape(input_shape)
+        shape3, signal = parse_input(input_shape)
     else:
-        from .imageio import read_shape
+        from .imageio import read_header
 
-        h, w, c = read_shape(image)
+        (h, w, c), kind = read_header(image)
         mode = params["mode"]
-        shape3 = (h, w, {"gray": 1, "rgb": 3, "rgba": 4}.get(mode, c))
+        shape3, signal = (h, w, {"gray": 1, "rgb": 3, "rgba": 4}.get(mode, c)), kind == "signal"
     stack = _build_stack(params, shape_only=True)
+    if signal:
+        stack = stack.for_signal()
     layers = stack.geometry(shape3, locally_connected=params["locally_connected"])
     if params["as_json"]:
         click.echo(report.shape_json(shape3, layers))

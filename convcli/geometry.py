@@ -14,6 +14,11 @@ Sizes follow Keras/TensorFlow. With the effective kernel extent
 * full:   ``k - 1`` dilated taps, ``(k - 1) * d`` on each side
 * causal: ``(k - 1) * d`` before (left), 1-D signals only
 * explicit: the given amounts, then as valid.
+
+A layer on a 1-D signal (``one_d``: a 1×L×C input, a 1×K kernel or window and no rows
+of padding) is reported as Keras' Conv1D family reports it: types ``conv1d``,
+``depthwise_conv1d``, ``max_pooling1d``…, weights ``(K, C, F)``. Its sizes are those of
+the 2-D rules with height 1, so output shapes stay H×W×C lists (1×L'×F).
 """
 
 from __future__ import annotations
@@ -100,7 +105,9 @@ class LayerGeometry:
     between neighbouring outputs, also called the effective stride).
     """
 
-    type: str  # "conv2d", "depthwise_conv2d", "locally_connected2d", "max_pool", "avg_pool"
+    # "conv2d", "depthwise_conv2d", "locally_connected2d", "max_pool", "avg_pool"; on a 1-D
+    # signal "conv1d", "depthwise_conv1d", "locally_connected1d", "max_pooling1d", "average_pooling1d"
+    type: str
     name: str
     input_shape: Shape3
     output_shape: Shape3
@@ -163,6 +170,7 @@ def conv_layer(
     name: str = "conv",
     rf_in: Pair = (1, 1),
     jump_in: Pair = (1, 1),
+    one_d: bool = False,
 ) -> LayerGeometry:
     """Geometry of a convolution layer on an H×W×C input.
 
@@ -172,9 +180,19 @@ def conv_layer(
     DepthwiseConv2D with ``depth_multiplier=F``, and ``oh·ow·(kh·kw·C·F + F)`` for a
     locally-connected layer. Raises :class:`GeometryError` when the output is empty or
     the depths disagree.
+
+    ``one_d``: the layer is Keras' Conv1D (DepthwiseConv1D, LocallyConnected1D) on a
+    1-D signal 1×L×C with a 1×K kernel: the same sizes and counts, reported with
+    Conv1D's type names and kernel shape (K, C, F) — for DepthwiseConv1D F is the depth
+    multiplier.
     """
     h, w, c = input_shape
     kh, kw = kernel_size
+    if one_d and (h != 1 or kh != 1 or spec.padding.pads_rows):
+        raise GeometryError(
+            f"{name}: a 1-D layer needs a 1×L input, a 1×K kernel and no rows of padding; got input {h}×{w},"
+            f" kernel {kh}×{kw}, padding {spec.padding}"
+        )
     if filters < 1:
         raise GeometryError(f"{name}: filters must be at least 1, got {filters}")
     if kh < 1 or kw < 1:
@@ -200,53 +218,59 @@ def conv_layer(
         )
     sh, sw = spec.stride
     dh, dw = spec.dilation
-    lines = [
-        _axis_explain("height", h, pads[0], pads[1], kh, dh, sh, spec.padding, oh),
-        _axis_explain("width", w, pads[2], pads[3], kw, dw, sw, spec.padding, ow),
-    ]
     if spec.depthwise and locally_connected:
         raise GeometryError(f"{name}: --locally-connected counts one full filter per output position; "
                             "it cannot be combined with a depthwise layer")
+    width_line = _axis_explain("length" if one_d else "width", w, pads[2], pads[3], kw, dw, sw, spec.padding, ow)
+    lines = [width_line] if one_d else [
+        _axis_explain("height", h, pads[0], pads[1], kh, dh, sh, spec.padding, oh), width_line]
+    # Keras' Conv1D kernels are (K, C, F); Conv2D's (KH, KW, C, F). The counts are the same.
+    window = (kw,) if one_d else (kh, kw)
+    taps = "·".join(str(k) for k in window)
+    dims = "1d" if one_d else "2d"
     if spec.depthwise:
         out_c = c * filters
-        weights = (kh, kw, c, filters)
+        weights = window + (c, filters)
         bias = (c * filters,) if use_bias else None
         params = kh * kw * c * filters + (c * filters if use_bias else 0)
         macs = oh * ow * c * filters * kh * kw
-        kind = "depthwise_conv2d"
+        kind = f"depthwise_conv{dims}"
         lines.append(f"channels: {c} inputs × {filters} per input (depthwise) = {out_c}")
         lines.append(
-            f"params = {kh}·{kw}·{c}·{filters}" + (f" + {c}·{filters}" if use_bias else "") + f" = {_fmt(params)}"
+            f"params = {taps}·{c}·{filters}" + (f" + {c}·{filters}" if use_bias else "") + f" = {_fmt(params)}"
         )
-        lines.append(f"MACs = {oh}·{ow}·{c}·{filters}·{kh}·{kw} = {_fmt(macs)}")
+        lines.append(f"MACs = {_positions(oh, ow, one_d)}·{c}·{filters}·{taps} = {_fmt(macs)}")
     elif locally_connected:
         out_c = filters
         weights = (oh * ow, kh * kw * c, filters)
-        bias = (oh, ow, filters) if use_bias else None
+        bias = ((ow,) if one_d else (oh, ow)) + (filters,) if use_bias else None
         params = oh * ow * (kh * kw * c * filters + (filters if use_bias else 0))
         macs = oh * ow * filters * kh * kw * c
-        kind = "locally_connected2d"
+        kind = f"locally_connected{dims}"
         lines.append(
-            f"params = {oh}·{ow}·({kh}·{kw}·{c}·{filters}" + (f" + {filters}" if use_bias else "")
+            f"params = {_positions(oh, ow, one_d)}·({taps}·{c}·{filters}" + (f" + {filters}" if use_bias else "")
             + f") = {_fmt(params)}  (one filter per output position)"
         )
-        lines.append(f"MACs = {oh}·{ow}·{filters}·{kh}·{kw}·{c} = {_fmt(macs)}")
+        lines.append(f"MACs = {_positions(oh, ow, one_d)}·{filters}·{taps}·{c} = {_fmt(macs)}")
     else:
         out_c = filters
-        weights = (kh, kw, c, filters)
+        weights = window + (c, filters)
         bias = (filters,) if use_bias else None
         params = (kh * kw * c + (1 if use_bias else 0)) * filters
         macs = oh * ow * filters * kh * kw * c
-        kind = "conv2d"
+        kind = f"conv{dims}"
         lines.append(
-            f"params = ({kh}·{kw}·{c}" + (" + 1" if use_bias else "") + f")·{filters} = {_fmt(params)}"
+            f"params = ({taps}·{c}" + (" + 1" if use_bias else "") + f")·{filters} = {_fmt(params)}"
         )
-        lines.append(f"MACs = {oh}·{ow}·{filters}·{kh}·{kw}·{c} = {_fmt(macs)}")
+        lines.append(f"MACs = {_positions(oh, ow, one_d)}·{filters}·{taps}·{c} = {_fmt(macs)}")
     rf, jump = _rf(rf_in, jump_in, kernel_size, spec.dilation, spec.stride)
-    lines.append(
-        f"receptive field = {rf_in[0]} + ({kh}−1)·{dh}·{jump_in[0]} = {rf[0]} (h), "
-        f"{rf_in[1]} + ({kw}−1)·{dw}·{jump_in[1]} = {rf[1]} (w); jump = {jump[0]}, {jump[1]}"
-    )
+    if one_d:
+        lines.append(f"receptive field = {rf_in[1]} + ({kw}−1)·{dw}·{jump_in[1]} = {rf[1]}; jump = {jump[1]}")
+    else:
+        lines.append(
+            f"receptive field = {rf_in[0]} + ({kh}−1)·{dh}·{jump_in[0]} = {rf[0]} (h), "
+            f"{rf_in[1]} + ({kw}−1)·{dw}·{jump_in[1]} = {rf[1]} (w); jump = {jump[0]}, {jump[1]}"
+        )
     return LayerGeometry(
         type=kind, name=name, input_shape=(h, w, c), output_shape=(oh, ow, out_c),
         weights_shape=weights, bias_shape=bias, params=params, macs=macs, pads=pads,
@@ -254,10 +278,20 @@ def conv_layer(
     )
 
 
+def _positions(oh: int, ow: int, one_d: bool) -> str:
+    return str(ow) if one_d else f"{oh}·{ow}"
+
+
 def pool_layer(input_shape: Shape3, pool: PoolSpec, *, name: str = "pool",
-               rf_in: Pair = (1, 1), jump_in: Pair = (1, 1)) -> LayerGeometry:
-    """Geometry of a max/avg pooling step (no parameters, no multiply-accumulates)."""
+               rf_in: Pair = (1, 1), jump_in: Pair = (1, 1), one_d: bool = False) -> LayerGeometry:
+    """Geometry of a max/avg pooling step (no parameters, no multiply-accumulates).
+
+    ``one_d``: Keras' MaxPooling1D/AveragePooling1D on a 1×L×C signal with a 1×N window.
+    """
     h, w, c = input_shape
+    if one_d and (h != 1 or pool.size[0] != 1):
+        raise GeometryError(f"{name}: a 1-D pool needs a 1×L input and a 1×N window; got input {h}×{w},"
+                            f" window {pool.size[0]}×{pool.size[1]}")
     oh, ow = pool_output_hw((h, w), pool)
     pads = pool_pad_amounts((h, w), pool)
     if oh < 1 or ow < 1:
@@ -266,15 +300,20 @@ def pool_layer(input_shape: Shape3, pool: PoolSpec, *, name: str = "pool",
             f" (padding {pool.padding.value}); the output would be {oh}×{ow}"
         )
     sh, sw = pool.strides
+    width_axis = ("length" if one_d else "width", w, pool.size[1], sw, ow)
+    axes = [width_axis] if one_d else [("height", h, pool.size[0], sh, oh), width_axis]
     if pool.padding is PaddingMode.SAME:
-        lines = [f"height: ceil({h} / {sh}) = {oh}", f"width: ceil({w} / {sw}) = {ow}"]
+        lines = [f"{axis}: ceil({n} / {s}) = {out}" for axis, n, _, s, out in axes]
     else:
-        lines = [f"height: floor(({h} − {pool.size[0]}) / {sh}) + 1 = {oh}",
-                 f"width: floor(({w} − {pool.size[1]}) / {sw}) + 1 = {ow}"]
+        lines = [f"{axis}: floor(({n} − {k}) / {s}) + 1 = {out}" for axis, n, k, s, out in axes]
     lines.append("params = 0")
     rf, jump = _rf(rf_in, jump_in, pool.size, (1, 1), pool.strides)
-    lines.append(f"receptive field = {rf[0]}×{rf[1]}; jump = {jump[0]}, {jump[1]}")
-    kind = "max_pool" if pool.mode is PoolMode.MAX else "avg_pool"
+    if one_d:
+        lines.append(f"receptive field = {rf[1]}; jump = {jump[1]}")
+        kind = "max_pooling1d" if pool.mode is PoolMode.MAX else "average_pooling1d"
+    else:
+        lines.append(f"receptive field = {rf[0]}×{rf[1]}; jump = {jump[0]}, {jump[1]}")
+        kind = "max_pool" if pool.mode is PoolMode.MAX else "avg_pool"
     return LayerGeometry(
         type=kind, name=name, input_shape=(h, w, c), output_shape=(oh, ow, c), weights_shape=None,
         bias_shape=None, params=0, macs=0, pads=pads, receptive_field=rf, jump=jump, explain=tuple(lines),
@@ -283,6 +322,14 @@ def pool_layer(input_shape: Shape3, pool: PoolSpec, *, name: str = "pool",
 
 def parse_input_shape(text: str) -> Shape3:
     """Parse ``HxWxC``, ``H,W,C``, ``HxW`` (one channel) or ``L`` (a 1-D signal, 1×L×1)."""
+    return parse_input(text)[0]
+
+
+def parse_input(text: str) -> tuple[Shape3, bool]:
+    """``shape --input``: the shape as :func:`parse_input_shape`, and whether it is a 1-D signal.
+
+    Only ``L`` (one number) is a signal; ``1xL`` or ``1xLxC`` is a one-row image (Conv2D).
+    """
     from .errors import OptionError
 
     cleaned = text.strip().lower().replace("×", "x").replace(",", "x").replace(" ", "")
@@ -290,7 +337,8 @@ def parse_input_shape(text: str) -> Shape3:
         parts = [int(p) for p in cleaned.split("x")]
     except ValueError:
         raise OptionError(f"--input: expected HxWxC, H,W,C, HxW or L, got {text!r}") from None
-    if len(parts) == 1:
+    signal = len(parts) == 1
+    if signal:
         parts = [1, parts[0], 1]
     elif len(parts) == 2:
         parts = parts + [1]
@@ -298,7 +346,7 @@ def parse_input_shape(text: str) -> Shape3:
         raise OptionError(f"--input: expected HxWxC, H,W,C, HxW or L, got {text!r}")
     if any(p < 1 for p in parts):
         raise OptionError(f"--input: every size must be at least 1, got {text!r}")
-    return (parts[0], parts[1], parts[2])
+    return (parts[0], parts[1], parts[2]), signal
 
 
 def output_shape(

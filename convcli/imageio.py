@@ -4,7 +4,8 @@ Reading
     :func:`read_input` turns an image (PNG, JPEG, TIFF, BMP, WebP, GIF's first frame; 8- and
     16-bit), a ``.npy`` array or a ``.csv``/``.txt`` table, from a path, standard input
     (``"-"``) or bytes, into a float32 H×W×C array wrapped in :class:`Loaded`.
-    :func:`read_shape` gives the (H, W, C) the same input would have, from the file header.
+    :func:`read_shape` gives the (H, W, C) the same input would have, from the file header
+    (:func:`read_header` also whether it is a 1-D signal).
 
 Writing
     :func:`to_display` maps float feature maps to uint8/uint16 pixels (SPEC's
@@ -51,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "DEFAULT_PNG_COMPRESS_LEVEL", "IMAGE_SUFFIXES", "ARRAY_SUFFIXES",
-    "MODES", "SCALES", "NORMALIZE_MODES", "STDIN", "Loaded", "read_input", "read_shape",
+    "MODES", "SCALES", "NORMALIZE_MODES", "STDIN", "Loaded", "read_input", "read_shape", "read_header",
     "is_supported", "to_display", "encode_png", "encode_tiff", "encode_npy", "write_atomic",
     "same_file", "montage", "format_map_rows",
 ]
@@ -217,20 +218,29 @@ def read_shape(source: Source) -> tuple[int, int, int]:
     InputError
         As :func:`read_input` for missing, unreadable or unrecognised inputs.
     """
+    return read_header(source)[0]
+
+
+def read_header(source: Source) -> tuple[tuple[int, int, int], str]:
+    """(H, W, C) as :func:`read_shape`, and the :attr:`Loaded.kind` :func:`read_input` would give.
+
+    The kind is ``signal`` for a 1-D array or a one-row/one-column table (``shape``
+    then gives it Keras' Conv1D meaning), ``image`` or ``array`` otherwise.
+    """
     name, _stem, path, data = _resolve_source(source)
     head = _head(name, path, data)
     if head.startswith(_NPY_MAGIC):
-        return _npy_header_shape(name, path, data)
-    if path is not None and path.suffix.lower() in (".csv", ".txt", ".npy"):
-        return tuple(_read_raw(name, path, data, max_pixels=None).array.shape)  # type: ignore
-    if head.startswith(_TIFF_MAGICS):
-        shape = _tiff_header_shape(name, path, data)
-        if shape is not None:
-            return shape
-    with _pillow_open(name, path, data) as im:
-        if im is not None:
-            return (im.size[1], im.size[0], _pillow_channels(im))
-    return tuple(_read_raw(name, path, data, max_pixels=None).array.shape)  # type: ignore
+        return _npy_header(name, path, data)
+    if path is None or path.suffix.lower() not in (".csv", ".txt", ".npy"):
+        if head.startswith(_TIFF_MAGICS):
+            shape = _tiff_header_shape(name, path, data)
+            if shape is not None:
+                return shape, "image"
+        with _pillow_open(name, path, data) as im:
+            if im is not None:
+                return (im.size[1], im.size[0], _pillow_channels(im)), "image"
+    raw = _read_raw(name, path, data, max_pixels=None)
+    return tuple(raw.array.shape), raw.kind  # type: ignore[return-value]
 
 
 def is_supported(path: str | os.PathLike[str]) -> bool:
@@ -353,7 +363,7 @@ def _read_npy(name: str, blob: bytes) -> _Raw:
     return _Raw(array.reshape(shape), kind, bit_depth)
 
 
-def _npy_header_shape(name: str, path: Path | None, data: bytes | None) -> tuple[int, int, int]:
+def _npy_header(name: str, path: Path | None, data: bytes | None) -> tuple[tuple[int, int, int], str]:
     from numpy.lib import format as npformat
 
     fh = io.BytesIO(data) if data is not None else open(path, "rb")  # type: ignore[arg-type]
@@ -365,10 +375,11 @@ def _npy_header_shape(name: str, path: Path | None, data: bytes | None) -> tuple
             elif version == (2, 0):
                 shape, _fortran, _dtype = npformat.read_array_header_2_0(fh)
             else:  # a format version without a public header reader: load it
-                return tuple(_read_npy(name, _read_bytes(name, path, data)).array.shape)  # type: ignore
+                raw = _read_npy(name, _read_bytes(name, path, data))
+                return tuple(raw.array.shape), raw.kind  # type: ignore[return-value]
     except (ValueError, OSError, EOFError) as err:
         raise InputError(f"{name}: cannot read .npy header: {err}") from None
-    return _array_shape(name, tuple(shape))[0]
+    return _array_shape(name, tuple(shape))
 
 
 def _read_text(name: str, blob: bytes, *, comma: bool | None) -> _Raw:

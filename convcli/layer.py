@@ -8,7 +8,7 @@ option strings travels through the code.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Union
 
@@ -16,6 +16,29 @@ from .errors import OptionError
 
 Pair = tuple[int, int]
 PairLike = Union[int, tuple[int, int], list[int], str, Pair]
+
+
+class SinglePair(tuple):
+    """An (N, N) pair that was written as the single number N (``--stride 2``, ``size: 2``).
+
+    To geometry and the engine it is the plain 2-tuple (N, N), and it compares equal to
+    one. It differs on a 1-D signal only: there one number acts along the length, as
+    Keras' ``Conv1D(kernel_size=3)`` and ``MaxPooling1D(2)`` read it, so
+    :func:`on_signal` makes it (1, N); a pair written ``NH,NW`` keeps its 2-D meaning.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, n: int) -> "SinglePair":
+        return super().__new__(cls, (n, n))
+
+    def __getnewargs__(self) -> tuple[int]:  # pickling (batch workers): rebuild from N
+        return (self[1],)
+
+
+def on_signal(pair: Pair) -> Pair:
+    """What ``pair`` means on a 1-D signal: (1, N) if it was written as one number N, else itself."""
+    return (1, pair[1]) if isinstance(pair, SinglePair) else pair
 
 
 class Border(str, Enum):
@@ -104,19 +127,22 @@ def _ints(value, name: str) -> list[int]:
 
 
 def parse_pair(value: PairLike, name: str, *, minimum: int = 1) -> Pair:
-    """Parse ``N`` or ``NH,NW`` (also an int or a 2-sequence) into an (h, w) pair.
+    """Parse ``N`` or ``NH,NW`` (also an int or a 1- or 2-sequence) into an (h, w) pair.
 
-    Every part must be at least ``minimum``; the message names the option.
+    One number N gives a :class:`SinglePair` (N, N), which remembers how it was written
+    (on a 1-D signal it means 1×N); a parsed pair is returned as it is. Every part must
+    be at least ``minimum``; the message names the option.
     """
-    parts = _ints(value, name)
+    single = isinstance(value, SinglePair)
+    parts = [value[1]] if single else _ints(value, name)  # type: ignore[index]
     if len(parts) == 1:
-        parts = parts * 2
+        single, parts = True, parts * 2
     if len(parts) != 2:
         raise OptionError(f"{name}: expected N or NH,NW, got {len(parts)} numbers ({value!r})")
     for part in parts:
         if part < minimum:
             raise OptionError(f"{name}: must be at least {minimum}, got {value if isinstance(value, str) else tuple(parts)}")
-    return (parts[0], parts[1])
+    return SinglePair(parts[0]) if single else (parts[0], parts[1])
 
 
 @dataclass(frozen=True)
@@ -125,11 +151,13 @@ class Padding:
 
     ``mode`` is one of valid, same (TensorFlow: odd pixel bottom/right), full, causal
     (1-D: all on the left) or explicit, in which case ``amounts`` holds
-    (top, bottom, left, right) in pixels.
+    (top, bottom, left, right) in pixels. ``single``: the amounts were written as one
+    number P, which on a 1-D signal pads its two ends only (:meth:`on_signal`).
     """
 
     mode: PaddingMode = PaddingMode.VALID
     amounts: tuple[int, int, int, int] = (0, 0, 0, 0)
+    single: bool = False
 
     @classmethod
     def parse(cls, value, name: str = "--padding") -> "Padding":
@@ -158,7 +186,18 @@ class Padding:
             amounts = tuple(parts)
         else:
             raise OptionError(f"{name}: expected P, PH,PW or T,B,L,R, got {len(parts)} numbers ({value!r})")
-        return cls(PaddingMode.EXPLICIT, amounts)  # type: ignore[arg-type]
+        return cls(PaddingMode.EXPLICIT, amounts, single=len(parts) == 1)  # type: ignore[arg-type]
+
+    def on_signal(self) -> "Padding":
+        """This padding on a 1-D signal: one number P pads the two ends only (Keras ZeroPadding1D(P))."""
+        if self.mode is PaddingMode.EXPLICIT and self.single:
+            return Padding(PaddingMode.EXPLICIT, (0, 0, self.amounts[2], self.amounts[3]))
+        return self
+
+    @property
+    def pads_rows(self) -> bool:
+        """Explicit amounts above or below: the layer adds rows (on a signal it is then 2-D)."""
+        return self.mode is PaddingMode.EXPLICIT and (self.amounts[0] > 0 or self.amounts[1] > 0)
 
     def __str__(self) -> str:
         if self.mode is PaddingMode.EXPLICIT:
@@ -181,9 +220,9 @@ def parse_slope(value, name: str) -> float:
 class ConvSpec:
     """Settings of one convolution layer (everything but the weights)."""
 
-    stride: Pair = (1, 1)
+    stride: Pair = SinglePair(1)
     padding: Padding = field(default_factory=Padding)
-    dilation: Pair = (1, 1)
+    dilation: Pair = SinglePair(1)
     border: Border = Border.ZEROS
     flip: bool = False
     depthwise: bool = False
@@ -214,13 +253,18 @@ class ConvSpec:
             negative_slope=parse_slope(negative_slope, "negative-slope"),
         )
 
+    def on_signal(self) -> "ConvSpec":
+        """These settings on a 1-D signal: values written as one number act along its length."""
+        return replace(self, stride=on_signal(self.stride), dilation=on_signal(self.dilation),
+                       padding=self.padding.on_signal())
+
 
 @dataclass(frozen=True)
 class PoolSpec:
     """Pooling after the activation (Keras MaxPooling2D / AveragePooling2D)."""
 
     mode: PoolMode = PoolMode.MAX
-    size: Pair = (2, 2)
+    size: Pair = SinglePair(2)
     stride: Pair | None = None  # None: the pool size, as Keras
     padding: PaddingMode = PaddingMode.VALID  # valid or same only
 
@@ -239,3 +283,8 @@ class PoolSpec:
             stride=None if stride is None else parse_pair(stride, "pool-stride"),
             padding=PaddingMode(pad),
         )
+
+    def on_signal(self) -> "PoolSpec":
+        """This pool on a 1-D signal: a size or stride written as one number N is 1×N (MaxPooling1D(N))."""
+        return replace(self, size=on_signal(self.size),
+                       stride=None if self.stride is None else on_signal(self.stride))

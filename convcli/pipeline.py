@@ -26,14 +26,18 @@ Every ``conv`` entry takes the keys and value syntax of ``apply``'s layer option
 ``name``
     The layer's name in ``shape`` tables, messages and ``--save-all`` folders
     (``01-conv2d``). Default: Keras' names ``conv2d``, ``conv2d_1``, …,
-    ``depthwise_conv2d``, ``max_pooling2d``, ``average_pooling2d``.
+    ``depthwise_conv2d``, ``max_pooling2d``, ``average_pooling2d`` (``conv1d``, … for
+    the layers that are 1-D on a signal).
 
 A ``pool`` entry takes ``mode`` (max|avg, default max), ``size`` (default 2),
 ``stride`` (default: the size) and ``padding`` (valid|same, default valid).
 
-On a 1-D signal (an input of height 1), sizes written as one number — ``kernel_size``,
-``stride``, ``dilation``, explicit ``padding``, the pool's ``size`` and ``stride`` — act
-along its length only, as in Keras' Conv1D/MaxPooling1D: ``size: 2`` pools 1×2.
+On a 1-D signal (an input read as one: a 1-D array, a one-row or one-column table, or
+``shape --input L``), values written as one number — ``kernel_size``, ``stride``,
+``dilation``, explicit ``padding``, the pool's ``size`` and ``stride`` — act along its
+length only, as in Keras' Conv1D/MaxPooling1D: ``size: 2`` pools 1×2, ``padding: 1``
+pads the two ends. Values written as pairs (``"2,2"``, ``[1, 3]``) keep their 2-D
+meaning, and a one-row image is 2-D throughout (see :meth:`Stack.for_signal`).
 
 Errors name the file, the layer and the key: ``net.yaml: layers[2].stride: must be at
 least 1, got (0, 0)``; shape errors found later name the layer: ``layers[3] (conv2d_1): …``.
@@ -48,19 +52,17 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConvcliError, GeometryError, KernelError, OptionError
-from .geometry import LayerGeometry, Shape3
 from .layer import (
     ConvSpec,
     Padding,
     PaddingMode,
-    PoolMode,
     PoolSpec,
     parse_activation,
     parse_border,
     parse_pair,
     parse_pool_mode,
 )
-from .stack import ConvStep, PoolStep, Stack, Step
+from .stack import ConvStep, PoolStep, Stack, Step, keras_names
 
 #: Largest pipeline file read; a stack of layers is a few kilobytes.
 MAX_PIPELINE_BYTES = 1 << 20  # 1 MiB
@@ -88,39 +90,10 @@ class Pipeline(Stack):
     #: The kernel files its ``kernels`` entries name (paths as read, relative to the
     #: pipeline file's folder), in file order.
     kernel_files: tuple[str, ...] = field(default=(), compare=False, repr=False)
-    #: The steps for a 1-D signal (input height 1): sizes written as one number N mean 1×N,
-    #: as Keras' Conv1D/MaxPooling1D and PyTorch's Conv1d read them.
-    one_d: tuple[Step, ...] | None = field(default=None, compare=False, repr=False)
 
-    def for_input(self, input_shape) -> "Pipeline":
-        """The pipeline as it applies to an input of this shape (1-D signals: see ``one_d``)."""
-        if input_shape[0] == 1 and self.one_d is not None and self.one_d != self.steps:
-            return Pipeline(steps=self.one_d, source=self.source, kernel_files=self.kernel_files)
-        return self
-
-    def _prefix(self, index: int, step: Step) -> str:
+    def _step_error(self, index: int, step: Step, err: ConvcliError) -> ConvcliError:
         where = f"{self.source}: " if self.source else ""
-        return f"{where}layers[{index}] ({step.name}): "
-
-    def geometry(self, input_shape: Shape3, *, locally_connected: bool = False) -> list[LayerGeometry]:
-        """Per-layer geometry, as :meth:`Stack.geometry`; errors name ``layers[i] (name)``."""
-        out: list[LayerGeometry] = []
-        shape, rf, jump = tuple(input_shape), (1, 1), (1, 1)
-        for index, step in enumerate(self.for_input(shape).steps):
-            try:
-                g = step.geometry(shape, locally_connected=locally_connected, rf_in=rf, jump_in=jump)  # type: ignore[arg-type]
-            except ConvcliError as err:
-                raise type(err)(self._prefix(index, step) + _strip_name(str(err), step.name)) from None
-            out.append(g)
-            shape, rf, jump = g.output_shape, g.receptive_field, g.jump
-        return out
-
-    def run(self, x, *, algorithm: str = "auto", keep_all: bool = False):
-        """Run every step on ``x`` (H×W×C float32), as :meth:`Stack.run`."""
-        adapted = self.for_input(x.shape)
-        if adapted is not self:
-            return adapted.run(x, algorithm=algorithm, keep_all=keep_all)
-        return super().run(x, algorithm=algorithm, keep_all=keep_all)
+        return type(err)(f"{where}layers[{index}] ({step.name}): " + _strip_name(str(err), step.name))
 
     def check_runnable(self) -> None:
         """Raise GeometryError naming the file and the first conv layer without weights."""
@@ -201,18 +174,15 @@ def parse_pipeline(data: Any, *, base_dir: Path | str = ".", source: str = "pipe
     entries = [_entry(item, index, where) for index, item in enumerate(layers)]
     if not any(kind == "conv" for kind, _ in entries):
         raise OptionError(f"{where}layers: no conv layer among the {len(entries)} layers; give at least one")
-    names = _layer_names(entries, where)
+    _check_names(entries, where)
     base = Path(base_dir)
     steps: list[Step] = []
     files: list[str] = []
-    for index, ((kind, options), name) in enumerate(zip(entries, names)):
+    for index, (kind, options) in enumerate(entries):
         label = f"{where}layers[{index}]"
-        if kind == "conv":
-            steps.append(_conv_step(options, name, label, base, files))
-        else:
-            steps.append(_pool_step(options, name, label))
-    one_d = tuple(_one_d_step(step, options) for step, (_, options) in zip(steps, entries))
-    return Pipeline(steps=tuple(steps), source=source, kernel_files=tuple(dict.fromkeys(files)), one_d=one_d)
+        step = _conv_step(options, label, base, files) if kind == "conv" else _pool_step(options, label)
+        steps.append(replace(step, name=options["name"], named=True) if "name" in options else step)
+    return Pipeline(steps=keras_names(steps), source=source, kernel_files=tuple(dict.fromkeys(files)))
 
 
 def _kind(value: Any) -> str:
@@ -242,20 +212,8 @@ def _entry(item: Any, index: int, where: str) -> tuple[str, dict]:
     return kind, options
 
 
-def _default_base(kind: str, options: dict) -> str:
-    # Keras' layer names: Conv2D → conv2d, DepthwiseConv2D → depthwise_conv2d, ...
-    if kind == "conv":
-        return "depthwise_conv2d" if options.get("depthwise") is True else "conv2d"
-    mode = options.get("mode", "max")
-    try:
-        avg = parse_pool_mode(mode) is PoolMode.AVG
-    except OptionError:
-        avg = False  # reported with its key when the layer is built
-    return "average_pooling2d" if avg else "max_pooling2d"
-
-
-def _layer_names(entries: list[tuple[str, dict]], where: str) -> list[str]:
-    """Each layer's name: its ``name``, or Keras' ``conv2d``, ``conv2d_1``, … avoiding given names."""
+def _check_names(entries: list[tuple[str, dict]], where: str) -> None:
+    """Names the user gave are safe folder names (``--save-all``) and unique; the others follow Keras."""
     given: dict[str, int] = {}
     for index, (kind, options) in enumerate(entries):
         if "name" not in options:
@@ -269,21 +227,6 @@ def _layer_names(entries: list[tuple[str, dict]], where: str) -> list[str]:
         if name in given:
             raise OptionError(f"{where}layers[{index}].name: {name!r} is already the name of layers[{given[name]}]")
         given[name] = index
-    counters: dict[str, int] = {}
-    names: list[str] = []
-    for kind, options in entries:
-        if "name" in options:
-            names.append(options["name"])
-            continue
-        base = _default_base(kind, options)
-        while True:
-            count = counters.get(base, 0)
-            counters[base] = count + 1
-            candidate = base if count == 0 else f"{base}_{count}"
-            if candidate not in given:
-                break
-        names.append(candidate)
-    return names
 
 
 def _bool(options: dict, key: str, label: str) -> bool:
@@ -293,7 +236,7 @@ def _bool(options: dict, key: str, label: str) -> bool:
     return value
 
 
-def _conv_step(options: dict, name: str, label: str, base_dir: Path, files: list[str]) -> ConvStep:
+def _conv_step(options: dict, label: str, base_dir: Path, files: list[str]) -> ConvStep:
     """One ``conv`` entry; the kernel files it reads are appended to ``files``."""
     has_kernels = "kernels" in options
     has_size = "filters" in options or "kernel_size" in options
@@ -340,7 +283,7 @@ def _conv_step(options: dict, name: str, label: str, base_dir: Path, files: list
             bank = _with_biases(bank, values)
         elif not use_bias:
             bank = _with_biases(bank, [0.0] * bank.filters)  # Keras use_bias=False: no bias at all
-        return ConvStep(spec=spec, bank=bank, use_bias=use_bias, name=name)
+        return ConvStep(spec=spec, bank=bank, use_bias=use_bias)
 
     if "filters" not in options or "kernel_size" not in options:
         missing = "kernel_size" if "filters" in options else "filters"
@@ -351,7 +294,7 @@ def _conv_step(options: dict, name: str, label: str, base_dir: Path, files: list
     kernel_size = parse_pair(options["kernel_size"], f"{label}.kernel_size")
     if bias_values is not None and len(bias_values) not in (1, filters):
         raise OptionError(f"{label}.bias: {len(bias_values)} values for {filters} filters; give one number or {filters}")
-    return ConvStep(spec=spec, bank=None, filters=filters, kernel_size=kernel_size, use_bias=use_bias, name=name)
+    return ConvStep(spec=spec, bank=None, filters=filters, kernel_size=kernel_size, use_bias=use_bias)
 
 
 def _bias_values(bias: Any, label: str) -> list[float]:
@@ -414,38 +357,7 @@ def _load_bank(value: Any, label: str, base_dir: Path, files: list[str]):
         raise KernelError(f"{label}.kernels: {err}") from None
 
 
-def _scalar(value: Any) -> bool:
-    """A size written as one number (``3``, ``"3"``, ``[3]``), which means 1×N on a 1-D signal."""
-    if isinstance(value, list):
-        return len(value) == 1
-    if isinstance(value, str):
-        return not any(sep in value.lower() for sep in (",", "x"))
-    return isinstance(value, int)
-
-
-def _one_d_step(step: Step, options: dict) -> Step:
-    """The step as it applies to a 1-D signal (1×L): one-number sizes act along the length only."""
-    if isinstance(step, PoolStep):
-        spec = step.spec
-        size = (1, spec.size[1]) if _scalar(options.get("size", 2)) else spec.size
-        stride = spec.stride
-        if stride is not None and _scalar(options.get("stride")):
-            stride = (1, stride[1])
-        return replace(step, spec=replace(spec, size=size, stride=stride))
-    spec = step.spec
-    stride = (1, spec.stride[1]) if _scalar(options.get("stride", 1)) else spec.stride
-    dilation = (1, spec.dilation[1]) if _scalar(options.get("dilation", 1)) else spec.dilation
-    padding = spec.padding
-    if padding.mode is PaddingMode.EXPLICIT and _scalar(options.get("padding")):
-        padding = Padding(PaddingMode.EXPLICIT, (0, 0, padding.amounts[2], padding.amounts[3]))
-    kernel_size = step.kernel_size
-    if kernel_size is not None and _scalar(options.get("kernel_size")):
-        kernel_size = (1, kernel_size[1])
-    return replace(step, spec=replace(spec, stride=stride, dilation=dilation, padding=padding),
-                   kernel_size=kernel_size)
-
-
-def _pool_step(options: dict, name: str, label: str) -> PoolStep:
+def _pool_step(options: dict, label: str) -> PoolStep:
     mode = parse_pool_mode(options.get("mode", "max"), f"{label}.mode")
     size = parse_pair(options.get("size", 2), f"{label}.size")
     stride = options.get("stride")
@@ -455,7 +367,7 @@ def _pool_step(options: dict, name: str, label: str) -> PoolStep:
     if text not in (PaddingMode.VALID.value, PaddingMode.SAME.value):
         raise OptionError(f"{label}.padding: {padding!r} is not one of valid, same")
     spec = PoolSpec.from_options(mode=mode, size=size, stride=strides, padding=text)
-    return PoolStep(spec=spec, name=name)
+    return PoolStep(spec=spec)
 
 
 __all__ = ["Pipeline", "load_pipeline", "parse_pipeline", "MAX_PIPELINE_BYTES", "CONV_KEYS", "POOL_KEYS"]

@@ -3,6 +3,9 @@
 The CLI's single layer (``-k … --pool max``) is a stack of one conv step and, when
 pooling is asked for, one pool step; a ``--pipeline`` file is a longer stack. So
 ``apply`` and ``shape`` walk the same steps through the same geometry.
+
+An input read as a 1-D signal (see :meth:`Stack.for_signal`) gets the stack's Keras
+Conv1D meaning; every other input, a one-row image included, its Conv2D meaning.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Union
 
-from .errors import GeometryError
+from .errors import ConvcliError, GeometryError
 from .geometry import LayerGeometry, Shape3, conv_layer, pool_layer
-from .layer import ConvSpec, Pair, Padding, PaddingMode, PoolSpec
+from .layer import ConvSpec, Pair, PaddingMode, PoolMode, PoolSpec, on_signal
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -41,7 +44,11 @@ def unique_names(names: list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class ConvStep:
-    """A convolution layer: weights from ``bank``, or only a size for shape-only layers."""
+    """A convolution layer: weights from ``bank``, or only a size for shape-only layers.
+
+    ``named``: the user gave ``name`` (else it is Keras' default, see :func:`keras_names`).
+    ``one_d``: the layer is a Conv1D on a 1-D signal (set by :meth:`on_signal`).
+    """
 
     spec: ConvSpec = field(default_factory=ConvSpec)
     bank: "FilterBank | None" = None
@@ -49,22 +56,50 @@ class ConvStep:
     kernel_size: Pair | None = None  # shape-only layers: kernel size
     use_bias: bool = True
     name: str = "conv"
+    named: bool = False
+    one_d: bool = False
 
     @property
     def has_weights(self) -> bool:
         return self.bank is not None
 
+    @property
+    def kernel_hw(self) -> Pair:
+        """(kh, kw) of the kernels: the bank's, or the shape-only ``kernel_size``."""
+        if self.bank is not None:
+            return self.bank.size
+        assert self.kernel_size is not None
+        return self.kernel_size
+
+    def on_signal(self) -> "ConvStep":
+        """This layer with a 1-D signal as its input.
+
+        Stride, dilation, explicit padding and ``kernel_size`` written as one number act
+        along the signal (:func:`~convcli.layer.on_signal`). The layer is then a Conv1D
+        (``one_d``) when its kernel is one row high and its padding adds no rows; else it
+        is a Conv2D on a one-row image (a 3×3 kernel on it does not fit).
+        """
+        spec = self.spec.on_signal()
+        step = replace(self, spec=spec, kernel_size=None if self.kernel_size is None else on_signal(self.kernel_size))
+        return replace(step, one_d=step.kernel_hw[0] == 1 and not spec.padding.pads_rows)
+
     def geometry(self, input_shape: Shape3, *, locally_connected: bool = False,
                  rf_in: Pair = (1, 1), jump_in: Pair = (1, 1)) -> LayerGeometry:
+        if self.spec.padding.mode is PaddingMode.CAUSAL and not self.one_d:
+            h, w, c = input_shape
+            raise GeometryError(
+                f"{self.name}: padding 'causal' is for 1-D signals (Keras Conv1D), but this layer is 2-D on a"
+                f" {h}×{w}×{c} input (a signal is a .npy/.csv/.txt of one row or column, or shape --input L)"
+            )
         if self.bank is not None:
-            size, filters, depth = self.bank.size, self.bank.filters, self.bank.depth
+            filters, depth = self.bank.filters, self.bank.depth
         else:
-            assert self.kernel_size is not None and self.filters is not None
-            size, filters, depth = self.kernel_size, self.filters, None
+            assert self.filters is not None
+            filters, depth = self.filters, None
         return conv_layer(
-            input_shape, kernel_size=size, filters=filters, spec=self.spec, kernel_depth=depth,
+            input_shape, kernel_size=self.kernel_hw, filters=filters, spec=self.spec, kernel_depth=depth,
             use_bias=self.use_bias, locally_connected=locally_connected, name=self.name,
-            rf_in=rf_in, jump_in=jump_in,
+            rf_in=rf_in, jump_in=jump_in, one_d=self.one_d,
         )
 
     @property
@@ -77,45 +112,66 @@ class ConvStep:
 
 @dataclass(frozen=True)
 class PoolStep:
+    """A max/avg pooling layer; ``named`` and ``one_d`` as for :class:`ConvStep`."""
+
     spec: PoolSpec
     name: str = "pool"
+    named: bool = False
+    one_d: bool = False
+
+    def on_signal(self) -> "PoolStep":
+        """This pool with a 1-D signal as its input: MaxPooling1D when its window is one row high."""
+        spec = self.spec.on_signal()
+        return replace(self, spec=spec, one_d=spec.size[0] == 1)
 
     def geometry(self, input_shape: Shape3, *, locally_connected: bool = False,
                  rf_in: Pair = (1, 1), jump_in: Pair = (1, 1)) -> LayerGeometry:
-        return pool_layer(input_shape, self.spec, name=self.name, rf_in=rf_in, jump_in=jump_in)
+        return pool_layer(input_shape, self.spec, name=self.name, rf_in=rf_in, jump_in=jump_in, one_d=self.one_d)
 
 
 Step = Union[ConvStep, PoolStep]
 
 
-def _along_signal(pair: Pair | None) -> Pair | None:
-    return (1, pair[1]) if pair is not None and pair[0] == pair[1] else pair
+def keras_base_name(step: Step) -> str:
+    """Keras' name for the layer's class: conv2d, depthwise_conv2d, max_pooling2d, …; 1d on a signal."""
+    dims = "1d" if step.one_d else "2d"
+    if isinstance(step, ConvStep):
+        return ("depthwise_conv" if step.spec.depthwise else "conv") + dims
+    return ("max_pooling" if step.spec.mode is PoolMode.MAX else "average_pooling") + dims
 
 
-def signal_step(step: Step) -> Step:
-    """The step as it applies to a 1-D signal (height 1), as Keras Conv1D/MaxPooling1D.
+def keras_names(steps) -> tuple[Step, ...]:
+    """Name the steps the user did not name as Keras numbers layers: conv2d, conv2d_1, …
 
-    A square size, stride or dilation N×N means 1×N, and uniform explicit padding P pads
-    the two ends of the signal only: on a 1-row input the height parts could only add rows
-    of padding or fail.
+    Names the user gave are kept, and skipped by the numbering.
     """
-    if isinstance(step, PoolStep):
-        spec = replace(step.spec, size=_along_signal(step.spec.size), stride=_along_signal(step.spec.stride))
-        return replace(step, spec=spec)
-    conv = step.spec
-    padding = conv.padding
-    if padding.mode is PaddingMode.EXPLICIT and len(set(padding.amounts)) == 1:
-        amount = padding.amounts[0]
-        padding = Padding(PaddingMode.EXPLICIT, (0, 0, amount, amount))
-    spec = replace(conv, stride=_along_signal(conv.stride), dilation=_along_signal(conv.dilation), padding=padding)
-    return replace(step, spec=spec, kernel_size=_along_signal(step.kernel_size))
+    given = {step.name for step in steps if step.named}
+    counters: dict[str, int] = {}
+    named: list[Step] = []
+    for step in steps:
+        if step.named:
+            named.append(step)
+            continue
+        base = keras_base_name(step)
+        while True:
+            count = counters.get(base, 0)
+            counters[base] = count + 1
+            candidate = base if count == 0 else f"{base}_{count}"
+            if candidate not in given:
+                break
+        named.append(replace(step, name=candidate))
+    return tuple(named)
 
 
 @dataclass(frozen=True)
 class Stack:
-    """Layers applied in order; see :meth:`geometry` and :meth:`run`."""
+    """Layers applied in order; see :meth:`geometry` and :meth:`run`.
+
+    ``signal``: the stack as it applies to a 1-D signal (made by :meth:`for_signal`).
+    """
 
     steps: tuple[Step, ...]
+    signal: bool = False
 
     @classmethod
     def single(cls, bank: "FilterBank | None", conv: ConvSpec, pool: PoolSpec | None = None, *,
@@ -123,26 +179,53 @@ class Stack:
                use_bias: bool = True) -> "Stack":
         """The stack of the CLI's layer options: one conv step, then a pool step if asked."""
         steps: list[Step] = [ConvStep(spec=conv, bank=bank, filters=filters, kernel_size=kernel_size,
-                                      use_bias=use_bias,
-                                      name="depthwise_conv2d" if conv.depthwise else "conv2d")]
+                                      use_bias=use_bias)]
         if pool is not None:
-            steps.append(PoolStep(spec=pool, name="max_pooling2d" if pool.mode.value == "max"
-                                  else "average_pooling2d"))
-        return cls(tuple(steps))
+            steps.append(PoolStep(spec=pool))
+        return cls(keras_names(steps))
 
-    def for_input(self, input_shape) -> "Stack":
-        """The stack as it applies to an input of this shape (1-D signals: :func:`signal_step`)."""
-        if input_shape[0] != 1:
+    def for_signal(self) -> "Stack":
+        """The stack as it applies to a 1-D signal (1×L×C): Keras' Conv1D meaning.
+
+        A signal is an input read as one (a 1-D array, a one-row or one-column table) or
+        ``shape --input L``; a one-row image is not one. The first layer reads values
+        written as one number along the signal (:meth:`ConvStep.on_signal`). When it is
+        then 1-D (Conv1D, MaxPooling1D) its output is a signal too and the next layer
+        reads them the same way; a layer that is 2-D on the signal (values written as
+        pairs: a kernel or window more than one row high, rows of padding) gives an image,
+        and the layers after it keep their 2-D meaning. Default names become Keras' 1-D
+        ones (conv1d, max_pooling1d, …).
+        """
+        if self.signal:
             return self
-        adapted = tuple(signal_step(step) for step in self.steps)
-        return self if adapted == self.steps else replace(self, steps=adapted)
+        steps: list[Step] = []
+        signal = True
+        for step in self.steps:
+            if signal:
+                step = step.on_signal()
+                signal = step.one_d
+            steps.append(step)
+        return replace(self, steps=keras_names(steps), signal=True)
+
+    def _check_input(self, input_shape) -> None:
+        if self.signal and input_shape[0] != 1:
+            h, w, c = input_shape
+            raise GeometryError(f"a stack for a 1-D signal needs a 1×L×C input, got {h}×{w}×{c}")
+
+    def _step_error(self, index: int, step: Step, err: ConvcliError) -> ConvcliError:
+        """The error to raise when step ``index`` cannot work (subclasses add where it comes from)."""
+        return err
 
     def geometry(self, input_shape: Shape3, *, locally_connected: bool = False) -> list[LayerGeometry]:
         """Per-step geometry; raises GeometryError naming the step that cannot work."""
+        self._check_input(input_shape)
         out: list[LayerGeometry] = []
         shape, rf, jump = tuple(input_shape), (1, 1), (1, 1)
-        for step in self.for_input(shape).steps:
-            g = step.geometry(shape, locally_connected=locally_connected, rf_in=rf, jump_in=jump)  # type: ignore[arg-type]
+        for index, step in enumerate(self.steps):
+            try:
+                g = step.geometry(shape, locally_connected=locally_connected, rf_in=rf, jump_in=jump)  # type: ignore[arg-type]
+            except ConvcliError as err:
+                raise self._step_error(index, step, err) from None
             out.append(g)
             shape, rf, jump = g.output_shape, g.receptive_field, g.jump
         return out
@@ -197,7 +280,7 @@ class Stack:
                 and not first.spec.depthwise)
 
     def run(self, x: "np.ndarray", *, algorithm: str = "auto", keep_all: bool = False, reuse=None):
-        """Run every step on ``x`` (H×W×C float32).
+        """Run every step on ``x`` (H×W×C float32; a 1-D signal with the stack :meth:`for_signal` returns).
 
         Returns ``(output, algorithms, intermediates)``: the last step's output, the
         engine path each conv step used, and — with ``keep_all`` — every step's output.
@@ -206,9 +289,6 @@ class Stack:
         """
         from . import engine
 
-        adapted = self.for_input(x.shape)
-        if adapted is not self:
-            return adapted.run(x, algorithm=algorithm, keep_all=keep_all, reuse=reuse)
         self.check_runnable()
         self.geometry(tuple(x.shape))  # fail early, with the step's name, before any work
         algorithms: list[str] = []

@@ -129,6 +129,153 @@ def test_shape_from_kernels_and_image_header(tmp_path):
     assert gray["input_shape"] == [40, 30, 1]
 
 
+# --- 1-D signals (Keras Conv1D) and one-row images (Keras Conv2D) -----------------------------------
+# A signal is an input read as one (.npy/.csv/.txt of one row or column) or `shape --input L`; on it a
+# value written as one number acts along the length. A one-row image or `--input 1xWxC` is 2-D.
+# Keras numbers below were checked with Keras 3.15.1 (TensorFlow 2.21) in a scratch script.
+
+BUMP_SIGNAL = np.array([0, 0, 0, 1, 1, 0, 0, 0], np.float32)
+
+
+@pytest.fixture
+def one_row(tmp_path):
+    """A 1×12 RGB PNG (an image, not a signal) and a 1-D .npy signal of the seed's bump."""
+    image = tmp_path / "onerow.png"
+    Image.fromarray((np.arange(36, dtype=np.uint8) * 5).reshape(1, 12, 3)).save(image)
+    signal = tmp_path / "sig.npy"
+    np.save(signal, BUMP_SIGNAL)
+    return image, signal
+
+
+def _shape_json(*args) -> dict:
+    return json.loads(run("shape", *args, "--json").stdout)
+
+
+def test_one_row_input_is_2d_as_keras_conv2d():
+    # Keras: Conv2D(4, (2, 2), padding='same') on (1, 12, 2) → (1, 12, 4), kernel (2, 2, 2, 4), 36 parameters.
+    data = _shape_json("--input", "1x12x2", "--filters", "4", "--kernel-size", "2,2", "--padding", "same")
+    layer, = data["layers"]
+    assert (layer["type"], layer["output_shape"], layer["weights_shape"], layer["params"]) == (
+        "conv2d", [1, 12, 4], [2, 2, 2, 4], 36)
+    assert layer["macs"] == 1 * 12 * 4 * 2 * 2 * 2
+
+
+@pytest.mark.parametrize("args, size", [
+    (["--input", "1x12x3", "--filters", "1", "--kernel-size", "3,3"], "1×12"),
+    (["onerow.png", "--kernel-size", "3"], "1×12"),
+    (["sig.npy", "--kernel-size", "3,3"], "1×8"),
+    (["--input", "8", "--kernel-size", "3,3"], "1×8"),
+])
+def test_a_3x3_kernel_on_one_row_is_an_error_naming_the_numbers(one_row, tmp_path, args, size):
+    # Keras: Conv2D(1, (3, 3)) on (1, 12, 3) raises "Computed output size would be zero or negative".
+    args = [tmp_path / a if a.endswith((".png", ".npy")) else a for a in args]
+    line = _one_line(run("shape", *args, status=2))
+    width = int(size.split("×")[1])
+    assert line == (f"convcli: error: conv2d: kernel extent 3×3 (kernel 3×3, dilation 1,1) is larger than the padded"
+                    f" input {size} (input {size}, padding valid); the output would be 0×{width - 2}")
+
+
+def test_one_row_pool_that_does_not_fit_is_an_error():
+    # SPEC §1 sizes (the rule Keras/PyTorch use): full padding adds (k−1)·d on each side.
+    h = (1 + 2 * (2 - 1) * 3 - ((2 - 1) * 3 + 1)) // 3 + 1
+    w = (26 + 2 * (4 - 1) - 4) // 1 + 1
+    assert (h, w) == (2, 29)  # torch Conv2d(3, 1, (2, 4), stride=(3, 1), dilation=(3, 1), padding=3) agrees
+    # Keras: AveragePooling2D((3, 3), strides=(1, 2)) on (2, 29, 1) raises (empty output).
+    line = _one_line(run("shape", "--input", "1x26x3", "--filters", "1", "--kernel-size", "2,4", "--stride", "3,1",
+                         "--dilation", "3,1", "--padding", "full", "--pool", "avg", "--pool-size", "3,3",
+                         "--pool-stride", "1,2", status=2))
+    assert line == ("convcli: error: average_pooling2d: pool 3×3 is larger than its input 2×29 (padding valid);"
+                    " the output would be 0×14")
+
+
+def test_pool_on_a_one_row_image_fails_the_input(one_row, tmp_path):
+    # Keras: MaxPooling2D(2) on the (1, 10, 1) map of a 1×3 kernel on (1, 12, 3) raises.
+    line = _one_line(run("apply", one_row[0], "-k", "bump", "--pool", "max", "-o", tmp_path / "o", status=1))
+    assert line.endswith("onerow.png: max_pooling2d: pool 2×2 is larger than its input 1×10 (padding valid);"
+                         " the output would be 0×5")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_signal_kernel_size_3_is_a_1x3_conv1d_kernel():
+    data = _shape_json("--input", "8", "--filters", "1", "--kernel-size", "3")
+    assert [layer["output_shape"] for layer in data["layers"]] == [[1, 6, 1]]
+    assert data["layers"][0]["weights_shape"] == [3, 1, 1]  # Keras Conv1D(1, 3) on (8, 1): kernel (3, 1, 1)
+
+
+def test_one_padding_number_pads_the_ends_of_a_signal_and_a_pair_pads_rows(one_row, tmp_path):
+    _, signal = one_row
+    ends = run("apply", signal, "-k", "bump", "--padding", "1", "--format", "npy", "-o", tmp_path / "ends")
+    assert ends.exit_code == 0
+    expected_ends = np.correlate(np.pad(BUMP_SIGNAL, 1), [0, 1, 0], mode="valid")  # PyTorch Conv1d(padding=1)
+    np.testing.assert_array_equal(np.load(tmp_path / "ends" / "sig.npy"), expected_ends.reshape(1, 8, 1))
+    # --padding 1,1 is PH,PW: Keras ZeroPadding2D((1, 1)) then Conv2D with the 1×3 kernel gives (3, 8, 1).
+    run("apply", signal, "-k", "bump", "--padding", "1,1", "--format", "npy", "-o", tmp_path / "rows")
+    rows = np.load(tmp_path / "rows" / "sig.npy")
+    from scipy.signal import correlate2d
+
+    padded = np.pad(BUMP_SIGNAL.reshape(1, 8), 1)
+    np.testing.assert_array_equal(rows[:, :, 0], correlate2d(padded, np.array([[0, 1, 0]]), mode="valid"))
+    assert rows.shape == (3, 8, 1)
+    printed = run("apply", signal, "-k", "bump", "--padding", "1,1", "--print").stdout
+    assert printed == ("[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]\n[0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]\n"
+                       "[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]\n")
+
+
+def test_shape_on_a_signal_reports_keras_conv1d_layers(one_row):
+    # Keras: Conv1D(4, 3) then MaxPooling1D(2) on (8, 1): kernels (3, 1, 4) + (4,), 16 parameters, (6, 4), (3, 4).
+    for source in (["--input", "8"], [one_row[1]]):
+        data = _shape_json(*source, "--filters", "4", "--kernel-size", "3", "--pool", "max")
+        assert [(layer["name"], layer["type"]) for layer in data["layers"]] == [
+            ("conv1d", "conv1d"), ("max_pooling1d", "max_pooling1d")]
+        assert [layer["output_shape"] for layer in data["layers"]] == [[1, 6, 4], [1, 3, 4]]
+        assert data["layers"][0]["weights_shape"] == [3, 1, 4] and data["total_params"] == 16
+    # Keras: DepthwiseConv1D(3, depth_multiplier=2) on (8, 3): kernel (3, 3, 2), bias (6,), 24 parameters.
+    data = _shape_json(one_row[1], "--mode", "rgb", "--filters", "2", "--kernel-size", "3", "--depthwise",
+                       "--pool", "avg")
+    assert [layer["type"] for layer in data["layers"]] == ["depthwise_conv1d", "average_pooling1d"]
+    assert (data["layers"][0]["weights_shape"], data["layers"][0]["output_shape"], data["total_params"]) == (
+        [3, 3, 2], [1, 6, 6], 24)
+    table = run("shape", "--input", "8", "--filters", "4", "--kernel-size", "3").stdout
+    assert "conv1d (conv1d)" in table and "3×1×4 + 4" in table and "1×6×4" in table
+
+
+def test_a_signal_layer_written_with_pairs_is_2d_and_so_is_what_follows(one_row, tmp_path):
+    # --padding 1,1 adds rows: Keras ZeroPadding2D((1, 1)) + Conv2D(1, (1, 3)) → (3, 8, 1); the pool after it
+    # is MaxPooling2D(2) → (1, 4, 1), where on the signal it would have been MaxPooling1D(2).
+    data = _shape_json(one_row[1], "-k", "bump", "--padding", "1,1", "--pool", "max")
+    assert [(layer["type"], layer["output_shape"]) for layer in data["layers"]] == [
+        ("conv2d", [3, 8, 1]), ("max_pool", [1, 4, 1])]
+    assert data["layers"][0]["weights_shape"] == [1, 3, 1, 1]
+    ends = _shape_json(one_row[1], "-k", "bump", "--padding", "1", "--pool", "max")
+    assert [(layer["type"], layer["output_shape"]) for layer in ends["layers"]] == [
+        ("conv1d", [1, 8, 1]), ("max_pooling1d", [1, 4, 1])]
+
+
+def test_pipeline_kernel_size_3_is_3x3_on_a_one_row_image_and_1x3_on_a_signal(one_row, tmp_path):
+    net = tmp_path / "net.yaml"
+    net.write_text("layers:\n  - conv: {filters: 4, kernel_size: 3}\n  - pool: {size: 2}\n"
+                   "  - conv: {filters: 2, kernel_size: 2}\n")
+    line = _one_line(run("shape", one_row[0], "--pipeline", net, status=2))
+    assert line == (f"convcli: error: {net}: layers[0] (conv2d): kernel extent 3×3 (kernel 3×3, dilation 1,1) is"
+                    " larger than the padded input 1×12 (input 1×12, padding valid); the output would be 0×10")
+    # Keras: Conv1D(4, 3), MaxPooling1D(2), Conv1D(2, 2) on (8, 1) → (6, 4), (3, 4), (2, 2).
+    data = _shape_json(one_row[1], "--pipeline", net)
+    assert [(layer["name"], layer["output_shape"], layer["weights_shape"]) for layer in data["layers"]] == [
+        ("conv1d", [1, 6, 4], [3, 1, 4]), ("max_pooling1d", [1, 3, 4], None), ("conv1d_1", [1, 2, 2], [2, 4, 2])]
+    assert data["total_params"] == (3 * 1 + 1) * 4 + (2 * 4 + 1) * 2
+
+
+def test_apply_pipeline_pool_2_is_2x2_on_a_one_row_image_and_1x2_on_a_signal(one_row, tmp_path):
+    net = tmp_path / "bump.yaml"
+    net.write_text("layers:\n  - conv: {kernels: [bump]}\n  - pool: {size: 2}\n")
+    line = _one_line(run("apply", one_row[0], "--pipeline", net, "-o", tmp_path / "o", status=1))
+    assert line.endswith("layers[1] (max_pooling2d): pool 2×2 is larger than its input 1×10 (padding valid);"
+                         " the output would be 0×5")
+    printed = run("apply", one_row[1], "--pipeline", net, "--print").stdout
+    valid = np.correlate(BUMP_SIGNAL, [0, 1, 0], mode="valid")  # [0, 0, 1, 1, 0, 0]
+    assert printed == str(valid.reshape(-1, 2).max(axis=1).tolist()) + "\n"
+
+
 # --- apply writes what the engine computes --------------------------------------------------------
 
 def _minmax_u8(values: np.ndarray) -> np.ndarray:

@@ -15,11 +15,12 @@ from convcli.geometry import (
     conv_output_hw,
     conv_pad_amounts,
     output_shape,
+    parse_input,
     parse_input_shape,
     pool_layer,
     pool_output_hw,
 )
-from convcli.layer import ConvSpec, Padding, PaddingMode, PoolSpec, parse_pair
+from convcli.layer import ConvSpec, Padding, PaddingMode, PoolSpec, SinglePair, on_signal, parse_pair
 
 
 def positions(size: int, extent: int, stride: int) -> int:
@@ -150,6 +151,93 @@ def test_receptive_field_recurrence():
 ])
 def test_parse_input_shape(text, expected):
     assert parse_input_shape(text) == expected
+
+
+@pytest.mark.parametrize("text, signal", [("8", True), ("1x8", False), ("1x8x1", False), ("1,8,1", False),
+                                          ("8x8", False)])
+def test_only_one_number_is_a_signal(text, signal):
+    assert parse_input(text) == (parse_input_shape(text), signal)
+
+
+# --- 1-D signals: values written as one number, Conv1D reports --------------------------------------
+
+@pytest.mark.parametrize("value, pair, on_a_signal", [
+    (3, (3, 3), (1, 3)), ("3", (3, 3), (1, 3)), ([3], (3, 3), (1, 3)),
+    ("3,3", (3, 3), (3, 3)), ("3x3", (3, 3), (3, 3)), ([3, 3], (3, 3), (3, 3)), ("2,3", (2, 3), (2, 3)),
+])
+def test_a_pair_remembers_whether_it_was_one_number(value, pair, on_a_signal):
+    parsed = parse_pair(value, "--stride")
+    assert parsed == pair  # a plain (h, w) pair to geometry and the engine
+    assert on_signal(parsed) == on_a_signal
+    assert type(parse_pair(parsed, "--stride")) is type(parsed)  # parsing again keeps how it was written
+
+
+def test_a_single_pair_survives_pickling_for_batch_workers():
+    import pickle
+
+    spec = ConvSpec.from_options(stride=2, padding=1, dilation="2,1")
+    again = pickle.loads(pickle.dumps(spec))
+    assert isinstance(again.stride, SinglePair) and again.stride == (2, 2)
+    assert again.on_signal() == spec.on_signal() == ConvSpec.from_options(
+        stride="1,2", padding="0,0,1,1", dilation="2,1")
+
+
+@pytest.mark.parametrize("text, on_a_signal", [
+    ("1", (0, 0, 1, 1)), ("1,1", (1, 1, 1, 1)), ("0,2", (0, 0, 2, 2)), ("1,0,2,3", (1, 0, 2, 3)),
+])
+def test_one_padding_number_pads_the_ends_of_a_signal_only(text, on_a_signal):
+    padding = Padding.parse(text)
+    assert padding.amounts == ((int(text),) * 4 if "," not in text else padding.amounts)
+    assert padding.on_signal().amounts == on_a_signal
+    assert padding.on_signal().pads_rows == (on_a_signal[:2] != (0, 0))
+    assert Padding.parse("same").on_signal() == Padding.parse("same")
+
+
+def test_pool_sizes_on_a_signal():
+    assert PoolSpec.from_options(mode="max").on_signal().size == (1, 2)  # MaxPooling1D() pools 2
+    spec = PoolSpec.from_options(mode="max", size=3, stride="1,2").on_signal()
+    assert (spec.size, spec.strides) == ((1, 3), (1, 2))
+    assert PoolSpec.from_options(mode="avg", size="2,2").on_signal().size == (2, 2)
+
+
+def test_conv1d_reports_keras_conv1d_kernel_shape_and_names():
+    # Keras 3.15.1: Conv1D(4, 3) on (8, 3) has kernel (3, 3, 4), bias (4,), 40 parameters.
+    g = conv_layer((1, 8, 3), kernel_size=(1, 3), filters=4, one_d=True)
+    assert (g.type, g.output_shape, g.weights_shape, g.bias_shape, g.params) == (
+        "conv1d", (1, 6, 4), (3, 3, 4), (4,), 40)
+    assert g.macs == conv_layer((1, 8, 3), kernel_size=(1, 3), filters=4).macs == 6 * 4 * 3 * 3
+    assert g.explain[0] == "length: floor((8 + 0 + 0 − ((3−1)·1+1)) / 1) + 1 = 6  [valid padding]"
+    assert "params = (3·3 + 1)·4 = 40" in g.explain
+
+
+def test_depthwise_conv1d_reports_keras_depthwise_conv1d_kernel_shape():
+    # Keras 3.15.1: DepthwiseConv1D(3, depth_multiplier=2) on (8, 3) has kernel (3, 3, 2), bias (6,),
+    # 24 parameters and output (6, 6).
+    g = conv_layer((1, 8, 3), kernel_size=(1, 3), filters=2, spec=ConvSpec.from_options(depthwise=True), one_d=True)
+    assert (g.type, g.output_shape, g.weights_shape, g.bias_shape, g.params) == (
+        "depthwise_conv1d", (1, 6, 6), (3, 3, 2), (6,), 24)
+
+
+def test_locally_connected1d_and_pools_1d():
+    g = conv_layer((1, 8, 2), kernel_size=(1, 3), filters=4, locally_connected=True, one_d=True)
+    assert (g.type, g.weights_shape, g.bias_shape, g.params) == ("locally_connected1d", (6, 6, 4), (6, 4),
+                                                                 6 * (3 * 2 * 4 + 4))
+    pool = PoolSpec.from_options(mode="avg", size="1,2")
+    p = pool_layer((1, 7, 2), pool, one_d=True)
+    assert (p.type, p.output_shape, p.explain[0]) == ("average_pooling1d", (1, 3, 2),
+                                                      "length: floor((7 − 2) / 2) + 1 = 3")
+    assert pool_layer((1, 7, 2), pool).type == "avg_pool"
+
+
+def test_a_1d_layer_needs_a_1xl_input_and_a_1xk_kernel():
+    with pytest.raises(GeometryError, match=r"conv: a 1-D layer needs a 1×L input, a 1×K kernel and no rows of padding;"
+                                            r" got input 1×8, kernel 3×3, padding valid"):
+        conv_layer((1, 8, 1), kernel_size=(3, 3), filters=1, one_d=True)
+    with pytest.raises(GeometryError, match=r"got input 1×8, kernel 1×3, padding 1,1,1,1"):
+        conv_layer((1, 8, 1), kernel_size=(1, 3), filters=1, spec=ConvSpec.from_options(padding="1,1"), one_d=True)
+    with pytest.raises(GeometryError, match=r"pool: a 1-D pool needs a 1×L input and a 1×N window; got input 2×8,"
+                                            r" window 1×2"):
+        pool_layer((2, 8, 1), PoolSpec.from_options(mode="max", size="1,2"), one_d=True)
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -286,3 +374,55 @@ def test_apply_produces_exactly_the_shape_that_shape_reports(p):
     output, _, _ = stack.run(x)
     assert output.shape == reported[-1].output_shape
     assert output.dtype == np.float32
+
+
+signal_settings = st.fixed_dictionaries({
+    "length": st.integers(1, 30), "k": st.integers(1, 5), "stride": st.integers(1, 3), "dilation": st.integers(1, 3),
+    "padding": st.sampled_from(["valid", "same", "full", "causal", "0", "2"]),
+    "pool": st.sampled_from([None, "max", "avg"]), "pool_size": st.integers(1, 3),
+})
+
+
+def conv1d_reference(x: np.ndarray, w: np.ndarray, *, stride: int, dilation: int, padding: str) -> np.ndarray:
+    """Keras Conv1D (PyTorch Conv1d for explicit P) on one channel, written out as loops."""
+    extent = (len(w) - 1) * dilation + 1
+    if padding == "same":
+        _, left, right = tf_same(len(x), len(w), stride, dilation)
+    elif padding.isdigit():
+        left = right = int(padding)
+    else:
+        left, right = {"valid": (0, 0), "full": (extent - 1, extent - 1), "causal": (extent - 1, 0)}[padding]
+    padded = np.concatenate([np.zeros(left), x, np.zeros(right)])
+    starts = range(0, len(padded) - extent + 1, stride)
+    return np.array([sum(padded[i + j * dilation] * w[j] for j in range(len(w))) for i in starts])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(signal_settings)
+def test_one_number_settings_on_a_signal_are_keras_conv1d(p):
+    """A 1-D kernel with every option written as one number is Conv1D (then MaxPooling1D) on a signal."""
+    from convcli.kernels import load_kernels
+    from convcli.stack import Stack
+
+    rng = np.random.default_rng(p["length"] * 31 + p["k"])
+    x = rng.standard_normal(p["length"])
+    w = rng.standard_normal(p["k"])
+    conv = ConvSpec.from_options(stride=p["stride"], dilation=p["dilation"], padding=p["padding"])
+    pool = PoolSpec.from_options(mode=p["pool"], size=p["pool_size"]) if p["pool"] else None
+    stack = Stack.single(load_kernels(w.astype(np.float32)), conv, pool).for_signal()
+    expected = conv1d_reference(x, w, stride=p["stride"], dilation=p["dilation"], padding=p["padding"])
+    if pool is not None and len(expected):
+        n = len(expected) // p["pool_size"] * p["pool_size"]
+        windows = expected[:n].reshape(-1, p["pool_size"])
+        expected = windows.max(axis=1) if p["pool"] == "max" else windows.mean(axis=1)
+    if len(expected) == 0:
+        with pytest.raises(GeometryError):
+            stack.geometry((1, p["length"], 1))
+        return
+    reported = stack.geometry((1, p["length"], 1))
+    assert [g.type for g in reported] == ["conv1d"] + (
+        [] if pool is None else ["max_pooling1d" if p["pool"] == "max" else "average_pooling1d"])
+    assert reported[0].weights_shape == (p["k"], 1, 1)
+    output, _, _ = stack.run(x.astype(np.float32).reshape(1, -1, 1))
+    assert output.shape == reported[-1].output_shape == (1, len(expected), 1)
+    np.testing.assert_allclose(output[0, :, 0], expected, rtol=1e-4, atol=1e-4)

@@ -417,7 +417,19 @@ def test_npy_shapes(tmp_path, shape, expected, kind):
     np.save(tmp_path / "a.npy", array)
     loaded = imageio.read_input(tmp_path / "a.npy")
     assert (loaded.shape, loaded.kind, imageio.read_shape(tmp_path / "a.npy")) == (expected, kind, expected)
+    assert imageio.read_header(tmp_path / "a.npy") == (expected, kind)  # `shape` reads the header only
     np.testing.assert_array_equal(loaded.array.ravel(), array.ravel())
+
+
+def test_header_kind_a_one_row_image_or_3d_array_is_no_signal(tmp_path):
+    Image.fromarray(np.zeros((1, 12, 3), np.uint8)).save(tmp_path / "row.png")
+    np.save(tmp_path / "row3.npy", np.zeros((1, 12, 1), np.float32))
+    (tmp_path / "row.csv").write_text("1,2,3\n")
+    assert imageio.read_header(tmp_path / "row.png") == ((1, 12, 3), "image")
+    assert imageio.read_header(tmp_path / "row3.npy") == ((1, 12, 1), "array")
+    assert imageio.read_header(tmp_path / "row.csv") == ((1, 3, 1), "signal")
+    for name in ("row.png", "row3.npy", "row.csv"):
+        assert imageio.read_input(tmp_path / name).kind == imageio.read_header(tmp_path / name)[1]
 
 
 def test_npy_integer_and_bool_types(tmp_path):

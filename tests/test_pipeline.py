@@ -373,7 +373,11 @@ def test_geometry_errors_name_file_and_layer():
     causal = _parse([{"conv": {"filters": 1, "kernel_size": [1, 3], "padding": "causal"}}])
     with pytest.raises(GeometryError, match=r"layers\[0\] \(conv2d\): padding 'causal' is for 1-D signals"):
         causal.geometry((4, 8, 1))
-    assert causal.geometry((1, 8, 1))[0].output_shape == (1, 8, 1)
+    # A one-row image is 2-D (Keras Conv2D has no causal padding); a signal takes it, as Conv1D.
+    with pytest.raises(GeometryError, match=r"^net\.yaml: layers\[0\] \(conv2d\): padding 'causal' is for 1-D signals"
+                                            r" \(Keras Conv1D\), but this layer is 2-D on a 1×8×1 input"):
+        causal.geometry((1, 8, 1))
+    assert causal.for_signal().geometry((1, 8, 1))[0].output_shape == (1, 8, 1)
 
 
 def test_shape_only_layer_makes_check_runnable_fail_naming_it():
@@ -601,6 +605,18 @@ def test_apply_save_all_writes_one_folder_per_layer(tmp_path):
         np.testing.assert_array_equal(np.load(tmp_path / "out" / "img" / folder / "img.npy"), expected)
 
 
+def test_apply_save_all_on_a_signal_names_the_folders_as_keras_1d_layers(tmp_path):
+    net = _write(tmp_path / "net.yaml", "layers:\n  - conv: {kernels: [bump], padding: 1}\n  - pool: {size: 2}\n")
+    signal = np.array([0, 0, 0, 1, 1, 0, 0, 0], np.float32)
+    np.save(tmp_path / "sig.npy", signal)
+    _cli("apply", tmp_path / "sig.npy", "--pipeline", net, "--format", "npy", "--save-all", "-o", tmp_path / "out", "-q")
+    conv = np.correlate(np.pad(signal, 1), [0, 1, 0], mode="valid")  # Conv1d(padding=1), then MaxPooling1D(2)
+    folders = {"01-conv1d": conv, "02-max_pooling1d": conv.reshape(-1, 2).max(axis=1)}
+    assert sorted(p.name for p in (tmp_path / "out" / "sig").iterdir()) == sorted(folders)
+    for folder, expected in folders.items():
+        np.testing.assert_array_equal(np.load(tmp_path / "out" / "sig" / folder / "sig.npy"), expected.reshape(1, -1, 1))
+
+
 def test_apply_refuses_a_shape_only_pipeline(tmp_path):
     np.save(tmp_path / "img.npy", np.zeros((32, 32, 3), np.float32))
     result = _cli("apply", tmp_path / "img.npy", "--pipeline", VGG16, "-o", tmp_path, status=2)
@@ -673,7 +689,9 @@ def test_one_number_sizes_act_along_a_1d_signal_like_conv1d():
     length = 100
     conv_len = (length - 5) // 2 + 1
     pooled = conv_len // 2
-    geometry = stack.geometry((1, length, 1))
+    geometry = stack.for_signal().geometry((1, length, 1))
+    assert [(g.name, g.type) for g in geometry] == [
+        ("conv1d", "conv1d"), ("max_pooling1d", "max_pooling1d"), ("conv1d_1", "conv1d")]
     assert [g.output_shape for g in geometry] == [(1, conv_len, 4), (1, pooled, 4), (1, pooled, 2)]
     assert [g.params for g in geometry] == [(5 * 1 + 1) * 4, 0, (3 * 4 + 1) * 2]
     rf1, j1 = 1 + 4, 2
@@ -685,13 +703,18 @@ def test_one_number_sizes_act_along_a_1d_signal_like_conv1d():
     assert stack.geometry((30, 30, 1))[0].output_shape == (13, 13, 4)
     # Two numbers stay as written, so a 2×2 pool on a signal is an error naming the layer.
     with pytest.raises(GeometryError, match=r"layers\[1\] \(max_pooling2d\): pool 2×2 is larger than its input 1×48"):
-        _parse([{"conv": {"filters": 4, "kernel_size": 5, "stride": 2}}, {"pool": {"size": "2,2"}}]).geometry((1, 100, 1))
+        _parse([{"conv": {"filters": 4, "kernel_size": 5, "stride": 2}}, {"pool": {"size": "2,2"}}]
+               ).for_signal().geometry((1, 100, 1))
+    # A one-row image is no signal: one number is square there too, so the 5×5 kernel does not fit.
+    with pytest.raises(GeometryError, match=r"layers\[0\] \(conv2d\): kernel extent 5×5 \(kernel 5×5, dilation 1,1\)"
+                                            r" is larger than the padded input 1×100"):
+        stack.geometry((1, length, 1))
 
 
 def test_1d_seed_through_a_pipeline_with_padding_and_pool():
     signal = np.array([0, 0, 0, 1, 1, 0, 0, 0], np.float32)
     stack = _parse([{"conv": {"kernels": "bump", "padding": 1}}, {"pool": {"mode": "max", "size": 2}}])
-    output, _, (conv, _) = stack.run(signal.reshape(1, 8, 1), keep_all=True)
+    output, _, (conv, _) = stack.for_signal().run(signal.reshape(1, 8, 1), keep_all=True)
     # PyTorch Conv1d(padding=1): the length grows by 2, there is still one row.
     expected_conv = np.correlate(np.pad(signal, 1), [0, 1, 0], mode="valid")
     np.testing.assert_array_equal(conv.reshape(-1), expected_conv)
@@ -709,4 +732,29 @@ def test_a_pipeline_lists_the_kernel_files_it_read(tmp_path):
     )
     pipeline = load_pipeline(tmp_path / "net.yaml")
     assert pipeline.kernel_files == (str(tmp_path / "k.yaml"),)
-    assert pipeline.for_input((1, 9, 1)).kernel_files == pipeline.kernel_files
+    assert pipeline.for_signal().kernel_files == pipeline.kernel_files
+
+
+def test_on_a_signal_default_names_become_keras_1d_names_and_given_names_stay():
+    stack = _parse([{"conv": {"filters": 2, "kernel_size": 3, "name": "conv1d"}}, {"pool": {"mode": "avg"}},
+                    {"conv": {"filters": 2, "kernel_size": 3, "depthwise": True}},
+                    {"conv": {"filters": 2, "kernel_size": 1, "name": "head"}},
+                    {"conv": {"filters": 2, "kernel_size": 1}}])
+    assert [s.name for s in stack.steps] == ["conv1d", "average_pooling2d", "depthwise_conv2d", "head", "conv2d"]
+    signal = stack.for_signal()
+    assert [s.name for s in signal.steps] == ["conv1d", "average_pooling1d", "depthwise_conv1d", "head", "conv1d_1"]
+    assert all(s.one_d for s in signal.steps) and signal.for_signal() is signal
+    # The stack for a signal is for 1×L inputs only.
+    with pytest.raises(GeometryError, match=r"^a stack for a 1-D signal needs a 1×L×C input, got 8×8×1$"):
+        signal.geometry((8, 8, 1))
+
+
+def test_after_a_layer_that_is_2d_on_a_signal_one_number_is_square_again():
+    # kernel_size [3, 3] with padding "1,1" is a Conv2D on the signal (its padded input is 3 rows high), so
+    # the pool after it is 2-D: Keras ZeroPadding2D((1, 1)) + Conv2D(2, (3, 3)) on (1, 10, 1) gives (1, 10, 2),
+    # and MaxPooling2D(2) on that fails.
+    stack = _parse([{"conv": {"filters": 2, "kernel_size": [3, 3], "padding": "1,1"}}, {"pool": {"size": 2}}])
+    signal = stack.for_signal()
+    assert [(s.name, s.one_d) for s in signal.steps] == [("conv2d", False), ("max_pooling2d", False)]
+    with pytest.raises(GeometryError, match=r"layers\[1\] \(max_pooling2d\): pool 2×2 is larger than its input 1×10"):
+        signal.geometry((1, 10, 1))
