@@ -37,7 +37,8 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     ``rows=(a, b)`` computes output rows [a, b) only (an (b−a, ow, maps) array);
     ``epilogue(block)`` is called on each finished block of whole output rows while it is
     still in cache (bias and activation, in place); ``scratch`` is the tile memory budget in
-    bytes when the caller computes the layer in chunks; ``out``, when given, is the
+    bytes, in all (the call's threads share it), when the caller computes the layer in
+    chunks; ``out``, when given, is the
     C-contiguous float32 array of the result's shape to write into (and is returned).
     Every path shares this contract.
     """
