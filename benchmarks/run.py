@@ -107,10 +107,11 @@ def tool_convcli(name, x, w, b, dw):
 
 
 def tool_convcli_numpy(name, x, w, b, dw):
-    """convcli with its optional OpenCV backend switched off (numpy/scipy paths only)."""
+    """convcli with its optional OpenCV backend and compiled core switched off (numpy/scipy paths only)."""
     from convcli import engine
 
     engine.use_opencv(False)
+    engine.use_ccore(False)
     return tool_convcli(name, x, w, b, dw)
 
 
@@ -386,8 +387,9 @@ def agree(a_path: str, b_path: str) -> float:
     return float(np.abs(a - b).max() / scale)
 
 
-TARGETS = {"W1": ("fastest", 0.8), "W2": ("fastest", 0.8), "W4": ("fastest", 0.8), "W3": ("opencv", 1.5),
-           "W5": ("opencv", 1.5), "L21": ("scipy.ndimage", 0.1)}
+# Issue 14 (the compiled core): TensorFlow on W1, W2, W4; OpenCV on W3, W5; scipy.ndimage on L21.
+TARGETS = {"W1": ("tensorflow", 0.5), "W2": ("tensorflow", 0.7), "W4": ("tensorflow", 0.6), "W3": ("opencv", 1.0),
+           "W5": ("opencv", 1.0), "L21": ("scipy.ndimage", 0.1)}
 
 
 def fmt_ms(seconds: float) -> str:
@@ -583,7 +585,7 @@ scipy {scipy.__version__}. Shared machines are noisy: repeat before drawing fine
 
 {table}
 {cli_section}
-## Targets (issue 4)
+## Targets (issue 14)
 
 {chr(10).join(verdicts)}
 """

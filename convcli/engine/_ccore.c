@@ -27,9 +27,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+typedef float v1 __attribute__((vector_size(4), aligned(4)));
+typedef float v2 __attribute__((vector_size(8), aligned(4)));
 typedef float v4 __attribute__((vector_size(16), aligned(4)));
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
+typedef int vi16 __attribute__((vector_size(64), aligned(4)));
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
 #define MULTI_ISA 1
@@ -40,6 +43,10 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
 #endif
 
 #define INLINE static inline __attribute__((always_inline))
+/* Largest pixel block of the expand kernel over all builds (columns an expanded row keeps past ow). */
+#define MAX_EXPAND_PIXELS 128
+/* Largest number of vectors in one expand block over all builds. */
+#define MAX_EXPAND_VECTORS 8
 
 enum { ACT_NONE = 0, ACT_RELU, ACT_LEAKY, ACT_SIGMOID, ACT_TANH, ACT_ABS };
 enum { POOL_NONE = 0, POOL_MAX, POOL_AVG };
@@ -61,26 +68,32 @@ typedef struct {
     int ix0, ix1;         /* output columns whose taps all lie inside the image */
     /* MODE_EXPAND: per padded input row, planes of (phase, column, vf lanes) values */
     int nb, nplanes, ncol;
+    int bc0, bc1;          /* columns (per phase) the expanded rows hold now: the tile's */
+    int ox0, ox1;          /* output columns computed now (a tile of the row, or all of it) */
+    int tile;              /* MODE_EXPAND without pooling: output columns per tile */
     size_t plane, rowsize; /* floats per plane, per expanded row */
     float *ring;           /* nslots expanded rows, tagged by padded row */
     int *tags;
     int nslots;
     int joff[64];          /* MODE_EXPAND: offset of tap column j in an expanded row (kw <= 64) */
+    int cidx[16];          /* MODE_EXPAND, one block of fewer maps than lanes: lanes to keep, in order */
 } Conv;
 
 /* ------------------------------------------------------------------ register blocks */
 
 /* MODE_BROADCAST (dense, many maps): PX pixels from output column ox (interior), maps
  * [b*VF, b*VF + VF). Each tap's input value is broadcast against a vector of VF weights. */
-#define DENSE_BLOCK(VT, VF, PX)                                                                    \
-    INLINE void dense_##VF##_##PX(const Conv *k, const float *const *rows, int ox, int b,          \
-                                  float *dst) {                                                    \
+#define DENSE_BLOCK(VT, VF, PX, PS)                                                                \
+    INLINE void dense_##VF##_##PX##_##PS(const Conv *k, const float *const *rows, int ox, int b,   \
+                                         float *dst) {                                             \
         VT acc[PX];                                                                                \
         VT bv;                                                                                     \
         memcpy(&bv, k->bias + (size_t)b * VF, sizeof bv);                                          \
         for (int p = 0; p < PX; p++) acc[p] = (VT){0};                                             \
         const int C = k->C, kw = k->kw;                                                            \
-        const size_t pstep = (size_t)k->sw * C;                                                    \
+        /* PS: the pixel step sw*C when fixed at compile time (plain displacements, no index     \
+           registers: Intel splits an indexed broadcast-FMA into two uops), 0 when variable */   \
+        const size_t pstep = PS ? (size_t)PS : (size_t)k->sw * C;                                  \
         const float *wb = k->w + (size_t)b * k->kh * kw * C * VF;                                  \
         if (k->dw == 1) { /* a tap row's (j, c) values are one contiguous run */                   \
             const int run = kw * C;                                                                \
@@ -187,15 +200,27 @@ typedef struct {
         const int f0 = b * vf;                                                                     \
         const int n = k->nmaps - f0 < vf ? k->nmaps - f0 : vf;                                     \
         const int whole = n == vf && vf == k->nmaps;                                               \
+        vi16 cidx;                                                                                 \
+        memcpy(&cidx, k->cidx, sizeof cidx);                                                       \
+        const size_t row_end = (size_t)k->ox1 * k->nmaps;                                           \
         for (int p = 0; p < PX; p++) {                                                             \
             const int px0 = ox + p * g;                                                            \
             acc[p] += bv;                                                                          \
-            if (whole && px0 + g <= k->ow) {                                                       \
+            if (whole && px0 + g <= k->ox1) {                                                       \
                 memcpy(dst + (size_t)px0 * vf, &acc[p], sizeof(v16));                              \
                 continue;                                                                          \
             }                                                                                      \
+            if (k->nb == 1) { /* G pixels of nmaps < vf maps: packed by one permute */             \
+                if (px0 >= k->ox1) break;                                                           \
+                const v16 t = __builtin_shuffle(acc[p], cidx);                                     \
+                const size_t at = (size_t)px0 * k->nmaps;                                          \
+                /* a whole vector where it stays inside the row: the next one overwrites the rest */ \
+                if (at + 16 <= row_end) memcpy(dst + at, &t, sizeof t);                            \
+                else memcpy(dst + at, &t, sizeof(float) * (row_end - at));                         \
+                continue;                                                                          \
+            }                                                                                      \
             memcpy(tail, &acc[p], sizeof(v16));                                                    \
-            for (int t = 0; t < g && px0 + t < k->ow; t++) {                                       \
+            for (int t = 0; t < g && px0 + t < k->ox1; t++) {                                       \
                 float *o = dst + (size_t)(px0 + t) * k->nmaps + f0;                                \
                 for (int l = 0; l < n; l++) o[l] = tail[t * vf + l];                               \
             }                                                                                      \
@@ -232,9 +257,17 @@ INLINE void gather_px(const Conv *k, const float *const *rows, int ox, int b, fl
     memcpy(dst + (size_t)ox * k->nmaps + f0, &acc, (size_t)n * sizeof(float));
 }
 
-DENSE_BLOCK(v16, 16, 12)
-DENSE_BLOCK(v16, 16, 6)
-DENSE_BLOCK(v16, 16, 3)
+#define DENSE_BLOCKS(PX)                                                                           \
+    DENSE_BLOCK(v16, 16, PX, 0)                                                                    \
+    DENSE_BLOCK(v16, 16, PX, 1)                                                                    \
+    DENSE_BLOCK(v16, 16, PX, 2)                                                                    \
+    DENSE_BLOCK(v16, 16, PX, 3)                                                                    \
+    DENSE_BLOCK(v16, 16, PX, 4)                                                                    \
+    DENSE_BLOCK(v16, 16, PX, 6)                                                                    \
+    DENSE_BLOCK(v16, 16, PX, 8)
+DENSE_BLOCKS(8)
+DENSE_BLOCKS(6)
+DENSE_BLOCKS(3)
 DENSE_EDGE(v16, 16)
 EXPAND_BLOCK(8)
 EXPAND_BLOCK(4)
@@ -268,7 +301,7 @@ INLINE void activate_row(const Conv *k, float *restrict d, size_t n) {
  * x[r, col, c] repeated VF times (zeros where the column map says so). */
 #define BUILD_DENSE(VT, VF)                                                                        \
     for (int q = 0; q < sw; q++) {                                                                 \
-        for (int col_k = 0; col_k < ncol; col_k++) {                                               \
+        for (int col_k = k->bc0; col_k < k->bc1; col_k++) {                                        \
             const Py_ssize_t col = (Py_ssize_t)col_k * sw + q;                                     \
             const int src = col < ncolmap ? colmap[col] : -1;                                      \
             float *o = e + (size_t)q * ncol * VF + (size_t)col_k * VF;                             \
@@ -285,8 +318,16 @@ INLINE void activate_row(const Conv *k, float *restrict d, size_t n) {
         }                                                                                          \
     }
 
-typedef float v1 __attribute__((vector_size(4), aligned(4)));
-typedef float v2 __attribute__((vector_size(8), aligned(4)));
+
+/* One column (phase 0) of a dense expanded row, through the column map. */
+INLINE void build_column(const Conv *k, float *e, const float *xr, int col_k) {
+    const int src = col_k < k->ncolmap ? k->colmap[col_k] : -1;
+    float *o = e + (size_t)col_k * k->vf;
+    for (int c = 0; c < k->C; c++) {
+        const float v = src < 0 ? 0.0f : xr[(size_t)src * k->C + c];
+        for (int l = 0; l < k->vf; l++) o[(size_t)c * k->plane + l] = v;
+    }
+}
 
 /* The expanded padded row pr (its input row r >= 0), from the ring or built now. */
 INLINE const float *expanded_row(Conv *k, int pr, int r) {
@@ -296,10 +337,39 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
     k->tags[slot] = pr;
     const float *xr = k->x + (size_t)r * k->W * k->C;
     const int vf = k->vf, sw = k->sw, C = k->C, ncol = k->ncol;
+    (void)ncol;
     const size_t plane = k->plane;
     const Py_ssize_t ncolmap = k->ncolmap;
     const int32_t *colmap = k->colmap;
     if (!k->depthwise) {
+        const int g = 16 / vf;
+        if (sw == 1 && g * C <= 16 && k->W >= g) {
+            /* The inside of the row, G columns at a time: one load of G pixels (G*C values) and
+               one permute per channel give the G x vf lanes of that channel's plane. */
+            const float *end = k->x + (size_t)k->H * k->W * C;
+            vi16 idx[16];
+            for (int c = 0; c < C; c++)
+                for (int l = 0; l < 16; l++) idx[c][l] = (l / vf) * C + c;
+            const int lo = k->left, hi = k->left + k->W < k->bc1 ? k->left + k->W : k->bc1;
+            int col_k = k->bc0;
+            for (; col_k < k->bc1; col_k++) {  /* up to the inside: through the column map */
+                if (col_k >= lo && col_k < hi) break;
+                build_column(k, e, xr, col_k);
+            }
+            for (; col_k + g <= hi; col_k += g) {
+                const float *px = xr + (size_t)(col_k - lo) * C;
+                if (px + 16 > end) break;
+                v16 v;
+                memcpy(&v, px, sizeof v);
+                float *o = e + (size_t)col_k * vf;
+                for (int c = 0; c < C; c++) {
+                    const v16 t = __builtin_shuffle(v, idx[c]);
+                    memcpy(o + (size_t)c * plane, &t, sizeof t);
+                }
+            }
+            for (; col_k < k->bc1; col_k++) build_column(k, e, xr, col_k);
+            return e;
+        }
         switch (vf) {
         case 1: BUILD_DENSE(v1, 1) break;
         case 2: BUILD_DENSE(v2, 2) break;
@@ -308,8 +378,32 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
         }
         return e;
     }
+    int fast_from = k->bc1, fast_to = k->bc1;  /* columns [from, to) built by the fast loop */
+    if (sw == 1 && k->mult == 1 && k->nplanes == 1 && (16 / vf) * C <= 16 && k->W >= 16 / vf) {
+        /* Lanes are the pixel's channels (lanes past C read the next pixel: their weights are
+           zero and they are never stored): G pixels are one load and one permute. */
+        const int g = 16 / vf;
+        const float *end = k->x + (size_t)k->H * k->W * C;
+        vi16 idx;
+        for (int l = 0; l < 16; l++) idx[l] = (l / vf) * C + (l % vf < C ? l % vf : C - 1);
+        const int lo = k->left, hi = k->left + k->W < k->bc1 ? k->left + k->W : k->bc1;
+        fast_from = lo > k->bc0 ? lo : k->bc0;
+        if (fast_from > k->bc1) fast_from = k->bc1;
+        int col_k = fast_from;
+        for (; col_k + g <= hi; col_k += g) {
+            const float *px = xr + (size_t)(col_k - lo) * C;
+            if (px + 16 > end) break;
+            v16 v;
+            memcpy(&v, px, sizeof v);
+            const v16 t = __builtin_shuffle(v, idx);
+            memcpy(e + (size_t)col_k * vf, &t, sizeof t);
+        }
+        fast_to = col_k;
+    }
     for (int q = 0; q < sw; q++) {
-        for (int col_k = 0; col_k < k->ncol; col_k++) {
+        for (int col_k = k->bc0; col_k < k->bc1; col_k++) {
+            if (q == 0 && col_k == fast_from) col_k = fast_to;
+            if (col_k >= k->bc1) break;
             const Py_ssize_t col = (Py_ssize_t)col_k * sw + q;
             const int src = col < k->ncolmap ? k->colmap[col] : -1;
             const float *px = src < 0 ? NULL : xr + (size_t)src * C;
@@ -356,19 +450,30 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
             float tail[16];                                                                        \
             const int step = PXE * (16 / k->vf);                                                   \
             for (int b = 0; b < k->nb; b++)                                                        \
-                for (int ox = 0; ox < k->ow; ox += step) expand_##PXE(k, rr, ox, b, dst, tail);    \
+                for (int ox = k->ox0; ox < k->ox1; ox += step) expand_##PXE(k, rr, ox, b, dst, tail); \
         } else if (k->mode == MODE_BROADCAST) {                                                    \
             for (int b = 0; b < k->nb; b++) {                                                      \
                 int ox = 0;                                                                        \
                 for (; ox < k->ix0 && ox < k->ow; ox++) dense_edge_16(k, rr, ox, b, dst);          \
-                for (; ox + PXB <= k->ix1; ox += PXB) dense_16_##PXB(k, rr, ox, b, dst);           \
+                switch (k->sw * k->C) {                                                            \
+                case 1: for (; ox + PXB <= k->ix1; ox += PXB) dense_16_##PXB##_1(k, rr, ox, b, dst); break; \
+                case 2: for (; ox + PXB <= k->ix1; ox += PXB) dense_16_##PXB##_2(k, rr, ox, b, dst); break; \
+                case 3: for (; ox + PXB <= k->ix1; ox += PXB) dense_16_##PXB##_3(k, rr, ox, b, dst); break; \
+                case 4: for (; ox + PXB <= k->ix1; ox += PXB) dense_16_##PXB##_4(k, rr, ox, b, dst); break; \
+                case 6: for (; ox + PXB <= k->ix1; ox += PXB) dense_16_##PXB##_6(k, rr, ox, b, dst); break; \
+                case 8: for (; ox + PXB <= k->ix1; ox += PXB) dense_16_##PXB##_8(k, rr, ox, b, dst); break; \
+                default: for (; ox + PXB <= k->ix1; ox += PXB) dense_16_##PXB##_0(k, rr, ox, b, dst); \
+                }                                                                                  \
                 for (; ox < k->ow; ox++) dense_edge_16(k, rr, ox, b, dst);                         \
             }                                                                                      \
         } else {                                                                                   \
             for (int b = 0; b < k->nb; b++)                                                        \
                 for (int ox = 0; ox < k->ow; ox++) gather_px(k, rr, ox, b, dst);                   \
         }                                                                                          \
-        activate_row(k, dst, (size_t)k->ow * k->nmaps);                                            \
+        if (k->mode == MODE_EXPAND)                                                                \
+            activate_row(k, dst + (size_t)k->ox0 * k->nmaps, (size_t)(k->ox1 - k->ox0) * k->nmaps);   \
+        else                                                                                       \
+            activate_row(k, dst, (size_t)k->ow * k->nmaps);                                        \
         free(heap);                                                                                \
     }
 
@@ -392,6 +497,24 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
 
 #define BANDS(SUFFIX, ATTR)                                                                        \
     ATTR static int bands_##SUFFIX(Conv *k, float *out, int r0, int r1, int pmode, int ph, int pw) { \
+        if (!pmode && k->mode == MODE_EXPAND) {                                                    \
+            /* Column tiles whose expanded rows stay in L1 while the band's rows pass over them. */ \
+            for (int t0 = 0; t0 < k->ow; t0 += k->tile) {                                          \
+                k->ox0 = t0;                                                                       \
+                k->ox1 = t0 + k->tile < k->ow ? t0 + k->tile : k->ow;                              \
+                k->bc0 = t0;                                                                       \
+                k->bc1 = k->ox1 + MAX_EXPAND_VECTORS * 16 / k->vf + (k->kw - 1) * k->dw / k->sw + 1; \
+                if (k->bc1 > k->ncol) k->bc1 = k->ncol;                                            \
+                for (int i = 0; i < k->nslots; i++) k->tags[i] = -1;                               \
+                for (int oy = r0; oy < r1; oy++)                                                   \
+                    conv_row_##SUFFIX(k, oy, out + (size_t)(oy - r0) * k->ow * k->nmaps);          \
+            }                                                                                      \
+            return 0;                                                                              \
+        }                                                                                          \
+        k->ox0 = 0;                                                                                \
+        k->ox1 = k->ow;                                                                            \
+        k->bc0 = 0;                                                                                \
+        k->bc1 = k->ncol;                                                                          \
         if (!pmode) {                                                                              \
             for (int oy = r0; oy < r1; oy++)                                                       \
                 conv_row_##SUFFIX(k, oy, out + (size_t)(oy - r0) * k->ow * k->nmaps);              \
@@ -422,7 +545,7 @@ BANDS(base, )
 CONV_ROW(avx2, TARGET("arch=x86-64-v3"), 6, 4)
 POOL_FOLD(avx2, TARGET("arch=x86-64-v3"))
 BANDS(avx2, TARGET("arch=x86-64-v3"))
-CONV_ROW(avx512, TARGET("arch=x86-64-v4"), 12, 8)
+CONV_ROW(avx512, TARGET("arch=x86-64-v4"), 8, 8)
 POOL_FOLD(avx512, TARGET("arch=x86-64-v4"))
 BANDS(avx512, TARGET("arch=x86-64-v4"))
 #endif
@@ -430,8 +553,6 @@ BANDS(avx512, TARGET("arch=x86-64-v4"))
 typedef int (*bands_fn)(Conv *, float *, int, int, int, int, int);
 static bands_fn bands = bands_base;
 static const char *isa_name = "baseline";
-/* Largest pixel block of the expand kernel over all builds (columns an expanded row keeps past ow). */
-#define MAX_EXPAND_PIXELS 128
 
 static void pick_isa(void) {
 #if MULTI_ISA
@@ -547,6 +668,16 @@ static PyObject *py_rows(PyObject *self, PyObject *args) {
         k.plane = (size_t)k.sw * k.ncol * k.vf;
         k.rowsize = k.plane * k.nplanes;
         k.nslots = (k.kh - 1) * k.dh + 1;
+        {   /* tiles of whole pixel blocks whose expanded rows fit in ~32 KB of L1 */
+            const size_t per_col = (size_t)k.nslots * k.nplanes * k.sw * k.vf * sizeof(float);
+            const int unit = MAX_EXPAND_VECTORS * 16 / k.vf;  /* a multiple of every build's block */
+            int tile = (int)((32 << 10) / (per_col ? per_col : 1)) / unit * unit;
+            k.tile = tile < unit ? unit : tile;
+        }
+        for (int l = 0; l < 16; l++) {
+            const int keep = (16 / k.vf) * k.nmaps;
+            k.cidx[l] = l < keep ? (l / k.nmaps) * k.vf + l % k.nmaps : 0;
+        }
         for (int j = 0; j < k.kw && j < 64; j++)
             k.joff[j] = (j * k.dw) % k.sw * k.ncol * k.vf + (j * k.dw) / k.sw * k.vf;
         k.ring = (float *)malloc(sizeof(float) * k.rowsize * (size_t)k.nslots);
