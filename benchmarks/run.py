@@ -569,8 +569,16 @@ table's "path" column says which ran (`path/backend`):
   The cost model picks it only where it saves at least 15 ms a call, so a one-off command,
   which also pays cv2's 21 ms import, loses at most a few ms. Where it is picked it is
   several times faster than any numpy formulation (see the "convcli (numpy only)" rows, the
-  same engine with OpenCV switched off). Every path is tested to give the same numbers
-  (`tests/test_engine_paths.py`).
+  same engine with OpenCV and the compiled core switched off). Every path is tested to give
+  the same numbers (`tests/test_engine_paths.py`, `tests/test_ccore.py`).
+- **ccore** backend (the compiled core, `convcli/engine/_ccore.c`, built by `pip install`):
+  direct convolution without im2col. Per output row, register blocks of pixels × maps
+  (16-lane vectors: one pixel × 16 maps for many maps; 16/L pixels × L maps for few maps
+  and depthwise layers, from input rows expanded once into an L1-sized ring), bias and
+  activation fused, valid pooling with stride = size folded row by row so the un-pooled
+  map never reaches memory; borders through the padded image's index maps. Built for
+  AVX-512, AVX2+FMA and the baseline in one binary, chosen at import; the GIL is released
+  and the engine's threads take whole bands (a band's bits do not depend on the bands).
 
 ## Workloads
 

@@ -163,6 +163,18 @@ def test_ccore_matches_float64_reference(ccore_always, case):
     np.testing.assert_allclose(result.output, ref, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(ref).max()))
 
 
+@built
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=layers())
+def test_ccore_fallback_kernels_match_float64_reference(ccore_always, monkeypatch, case):
+    # With no room for expanded rows, few-map layers take the broadcast kernel and depthwise
+    # layers the gather kernel (large images pick them this way).
+    monkeypatch.setattr(ccore, "RING_MAX_BYTES", 0)
+    result, ref = run_case(case)
+    assert result.backend == "ccore"
+    np.testing.assert_allclose(result.output, ref, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(ref).max()))
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=layers())
 def test_without_the_extension_the_numpy_paths_match_the_reference(monkeypatch, case):
@@ -180,6 +192,8 @@ BAND_LAYERS = [  # (input, weights, depthwise, stride, dilation, pads, border, p
     ((37, 45, 3), (3, 3, 1, 1), True, (1, 1), (1, 1), (1, 1, 1, 1), "replicate", None),  # Sobel-like
     ((37, 45, 5), (3, 2, 5, 4), True, (1, 3), (2, 1), (2, 0, 1, 1), "circular", ("avg", 2)),  # 20 maps
     ((37, 45, 1), (7, 7, 1, 1), False, (1, 1), (1, 1), (3, 3, 3, 3), "zeros", None),  # gray, 1 map
+    ((9, 700, 3), (3, 3, 3, 3), False, (1, 1), (1, 1), (1, 1, 1, 1), "reflect", None),  # several column tiles
+    ((9, 700, 3), (3, 3, 1, 1), True, (1, 2), (1, 1), (1, 1, 2, 2), "zeros", None),
 ]
 
 
@@ -385,3 +399,21 @@ def test_a_failed_compile_leaves_a_working_install(monkeypatch, capsys):
     monkeypatch.setenv("CONVCLI_REQUIRE_CCORE", "1")
     with pytest.raises(RuntimeError, match="gcc: not found"):
         optional.build_extension(object.__new__(optional), None)
+
+
+def _layer(hwc, w_shape, out_hw=None, stride=(1, 1), depthwise=False, rank=3, finish=0):
+    return choose.Layer(hwc, w_shape, out_hw or hwc[:2], stride, (1, 1), depthwise, rank, finish)
+
+
+@pytest.mark.parametrize("case,opencv_ok,expected", [
+    (_layer((1080, 1920, 3), (3, 3, 3, 4), finish=2), True, "ccore"),  # W1: few maps, bias, ReLU
+    (_layer((1080, 1920, 3), (3, 3, 3, 64)), True, "ccore"),  # W2: many maps
+    (_layer((2160, 3840, 3), (5, 5, 3, 16), out_hw=(1080, 1920), stride=(2, 2)), True, "ccore"),  # W4
+    (_layer((1080, 1920, 3), (3, 3, 1, 1), depthwise=True, rank=1), False, "ccore"),  # W5 without OpenCV
+    (_layer((1080, 1920, 3), (31, 31, 1, 1), depthwise=True, rank=1), True, "opencv"),  # W3: a big blur
+    (_layer((1080, 1920, 3), (31, 31, 1, 1), depthwise=True, rank=1), False, "separable"),
+    (_layer((1080, 1920, 1), (21, 21, 1, 1)), True, "fft"),  # L21: the C loop measured 95 ms, FFT 73
+])
+def test_chooser_takes_the_core_where_it_measured_faster(case, opencv_ok, expected):
+    assert choose.choose(case, opencv_ok=opencv_ok, ccore_ok=True) == expected
+    assert "ccore" not in choose.estimates(case, opencv_ok=opencv_ok)  # only when it is there

@@ -336,6 +336,16 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
     if (k->tags[slot] == pr) return e;
     k->tags[slot] = pr;
     const float *xr = k->x + (size_t)r * k->W * k->C;
+    if (r + 1 < k->H) {
+        /* The next input row's part under this tile: a tile's rows are short runs that the
+           hardware prefetchers do not follow across rows. */
+        int c0 = k->bc0 * k->sw - k->left, c1 = k->bc1 * k->sw - k->left;
+        c0 = c0 < 0 ? 0 : c0 > k->W ? k->W : c0;
+        c1 = c1 < 0 ? 0 : c1 > k->W ? k->W : c1;
+        const char *a = (const char *)(xr + (size_t)k->W * k->C + (size_t)c0 * k->C);
+        const char *b = (const char *)(xr + (size_t)k->W * k->C + (size_t)c1 * k->C);
+        for (; a < b; a += 64) __builtin_prefetch(a, 0, 3);
+    }
     const int vf = k->vf, sw = k->sw, C = k->C, ncol = k->ncol;
     (void)ncol;
     const size_t plane = k->plane;

@@ -49,8 +49,13 @@ CV_STRIDED_WRITE_NS = 1.5  # writing a map into every F-th place of a row (numpy
 CV_MAX_BANDED_MAPS = 4  # beyond this many maps a band's planes spill L2 (8 maps: 36 ms vs direct 26)
 MAX_RANK = 2  # separable path: at most this many rank-1 terms per 2-D kernel
 # The compiled core, both cores (x86-64-v4 build):
-CC_VECTOR_FMAS_PER_S = 6e9  # 16-lane multiply-adds a second from cache
-CC_SPLIT_LOAD_FACTOR = 2.0  # 1 or 2 maps: most of the expand kernel's loads cross a cache line
+# 16-lane multiply-adds a second, both cores: one pixel × 16 maps (broadcast kernel; W4 45 ms
+# on one core) and 16/L pixels × L maps (expand kernel, a vector load each; W3's 31×31 depthwise
+# 250 ms on one core, so the separable paths keep large separable kernels)
+CC_VECTOR_FMAS_PER_S = {0: 6.5e9, 1: 4e9, 2: 6.5e9}
+# 1 or 2 maps: most of the expand kernel's loads cross a cache line (1080p gray 21×21: the C
+# loop 95 ms, the FFT path 73 ms, in the same loaded run)
+CC_SPLIT_LOAD_FACTOR = {1: 4.0, 2: 2.0}
 CC_EXPAND_NS = 0.25  # expanding one input value into a ring row (per value and map lane block)
 CC_GATHER_FACTOR = 6.0  # depthwise gather kernel: building each vector lane by lane
 CC_WRITE_BYTES_PER_S = 12e9  # storing the output (besides its first touch)
@@ -168,8 +173,7 @@ def cost_ccore(layer: Layer) -> float:
     planes = 1 if layer.depthwise else c
     if mode == 1:  # expand: a vector is 16 / vf pixels
         fmas = oh * -(-ow * vf // 16) * kh * kw * planes * blocks
-        if vf < 4:
-            fmas *= CC_SPLIT_LOAD_FACTOR
+        fmas *= CC_SPLIT_LOAD_FACTOR.get(vf, 1.0)
         in_rows = min(h, oh * layer.stride[0] + kh * layer.dilation[0])
         extra = in_rows * (ow * layer.stride[1] + kw * layer.dilation[1]) * (c if not layer.depthwise else blocks)
         extra *= CC_EXPAND_NS * 1e-9
@@ -177,7 +181,7 @@ def cost_ccore(layer: Layer) -> float:
         fmas = oh * ow * kh * kw * planes * blocks * (CC_GATHER_FACTOR if mode == 2 else 1)
         extra = 0.0
     write = 4 * oh * ow * layer.n_maps / CC_WRITE_BYTES_PER_S
-    return fmas / CC_VECTOR_FMAS_PER_S + extra + write + _output_seconds(layer, finish=0)
+    return fmas / CC_VECTOR_FMAS_PER_S[mode] + extra + write + _output_seconds(layer, finish=0)
 
 
 COSTS = {"direct": cost_direct, "separable": cost_separable, "fft": cost_fft, "opencv": cost_opencv, "ccore": cost_ccore}
