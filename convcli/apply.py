@@ -743,8 +743,11 @@ def folder_problem(folder: Path | str) -> str | None:
     """
     folder = Path(folder)
     for path in (folder, *folder.parents):
-        if path.is_dir():
-            return None
+        try:
+            if path.is_dir():
+                return None
+        except OSError as err:  # a name too long for the file system, a loop of links…
+            return f"{err.strerror or err}" if path == folder else f"{path}: {err.strerror or err}"
         if os.path.lexists(path):
             what = "a broken symbolic link" if path.is_symlink() else "a file"
             return f"not a directory (it is {what})" if path == folder else f"{path} is {what}, not a directory"
