@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import ConvcliError, OptionError, OutputError
+from ._text import shorten
+from .errors import ConvcliError, InputError, OptionError, OutputError
 from .stack import Stack
 
 FORMATS = ("png", "png16", "tiff", "npy")
@@ -532,7 +533,10 @@ def _write_maps(output, names: list[str], *, job: Job, stem: str, directory: Pat
     paths = [path for path, _ in files]
     groups = [group for _, group in files]
     if len(set(paths)) != len(paths):
-        raise OptionError(f"--name: {out.name!r} gives the same file name to several maps; add {{filter}} or {{index}}")
+        # plan_batch finds every collision of an input of up to 4 channels before any work; a
+        # depthwise layer writes one map per channel beyond that: this input's failure.
+        raise InputError(f"--name {shorten(out.name)} gives the same file name to several of the"
+                         f" {len(paths)} maps of this {in_channels}-channel input; add {{filter}} or {{index}}")
     for path in paths:
         _refuse_overwrite(path, job, inputs)
     _encode_and_write(paths, output, groups, fmt=out.format, normalize=out.normalize,
@@ -593,9 +597,10 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
         groups = map_groups(names, depthwise=conv.spec.depthwise, in_channels=in_depth)
         count = 1 if out.format == "npy" else len(groups)
         if count != 1:
-            # Only a depthwise layer on more than 4 channels gets here; check_job
-            # refuses every other case before any work.
-            raise OptionError(_stdout_count_message(count, [g.name for g in groups]))
+            # Only a depthwise layer on more than 4 channels gets here (check_job refuses every
+            # other case before any work): this input's failure, not a usage error.
+            raise InputError(f"{source}: " + _stdout_count_message(count, [g.name for g in groups],
+                                                                   channels=in_depth))
         result.stdout_bytes = (encode_npy(output) if out.format == "npy" else
                                encode_group(_group_arrays(output, groups)[0], fmt=out.format,
                                             normalize=out.normalize, compress_level=out.compress_level,
@@ -728,9 +733,11 @@ def _write_montage(output, names: list[str], job: Job, stem: str, depthwise: boo
     return str(path)
 
 
-def _stdout_count_message(count: int, names: list[str]) -> str:
+def _stdout_count_message(count: int, names: list[str], *, channels: int | None = None) -> str:
     shown = ", ".join(names[:4]) + (", …" if len(names) > 4 else "")
-    return (f"-o -: standard output takes a single output, but this layer gives {count} outputs ({shown});"
+    what = "this layer gives" if channels is None else \
+        f"a depthwise layer on this {channels}-channel input gives one map per channel and filter:"
+    return (f"-o -: standard output takes a single output, but {what} {count} outputs ({shown});"
             " use -o DIR, or --format npy for one array")
 
 

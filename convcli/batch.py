@@ -446,10 +446,12 @@ def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quie
             reporter.skip(index, outputs)
         try:
             for outcome in stream:
-                reporter.finish(outcome)
                 if outcome.usage_error:
+                    # The same for every input: said once, as the command's usage error
+                    # (exit 2), not also as this input's failure.
                     usage = outcome
                     break
+                reporter.finish(outcome)
         except BaseException:
             stream.close()  # stops the workers now, before the sweep
             _sweep_temporaries(plan)
@@ -457,11 +459,17 @@ def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quie
         finally:
             stream.close()
     if usage is not None:
-        raise OptionError(usage.result.error or "usage error")
+        raise OptionError(_without_input(usage.result.error or "usage error", items[usage.index].source))
     summary = BatchSummary(reporter.done, reporter.failed, reporter.skipped, time.perf_counter() - started)
     if not quiet and many:
         print(summary.line(), file=err, flush=True)
     return summary
+
+
+def _without_input(message: str, source: str) -> str:
+    """A usage error's message without the ``INPUT: `` a per-input report would start with."""
+    prefix = f"{source}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
 
 
 # --- the worker pool ---------------------------------------------------------------------------

@@ -259,6 +259,7 @@ def apply(inputs, **params):
     if params["save_all"] and not params["pipeline"]:
         raise OptionError("--save-all: needs --pipeline FILE (a single layer has only one set of maps)")
     stack.check_runnable()
+    stack.check_algorithm(params["algorithm"])
     out_dir = params["output_dir"]
     if out_dir is None:
         out_dir = None if params["print_maps"] else Path(".")
