@@ -569,6 +569,7 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
 
     started = time.perf_counter()
     result = InputResult(input=source)
+    _check_memory_from_header(job, source)
     max_pixels = job.read.max_pixels if job.read.max_pixels is not None else DEFAULT_MAX_PIXELS
     # uint8/uint16 pixels stay integers when the first layer sums the channels: the engine
     # does so exactly, as integers, before its one float32 conversion.
@@ -576,6 +577,7 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
                         keep_integers=job.stack.sums_channels_first)
     if loaded.kind == "signal":  # Keras Conv1D meaning; a one-row image stays 2-D
         job = replace(job, stack=job.stack.for_signal())
+    _check_memory(job, source, tuple(loaded.array.shape))  # standard input and tables: known only now
     stem = input_stem(source)  # the stem the batch planned with
     x = loaded.array
     result.input_shape = list(x.shape)
@@ -627,6 +629,43 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
 #: time, so only one group's maps are in memory: 16 maps of a 1080p image are 133 MB, where a
 #: 64-filter bank's whole output would be 531 MB (2.1 GB for 4K).
 FILTER_GROUP = 16
+
+
+_MODE_CHANNELS = {"gray": 1, "rgb": 3, "rgba": 4}
+
+
+def _check_memory(job: Job, name: str, shape: tuple[int, int, int]) -> None:
+    """Refuse an input whose working set (:mod:`convcli._budget`) exceeds the memory limit, before any work."""
+    from ._budget import check_fits, memory_limit
+
+    out = job.output
+    grouped = _writes_by_filter_group(job)
+    check_fits(name, job.stack, shape, limit=memory_limit(job), grouped=grouped, keep_all=out.save_all,
+               encodes_whole=out.format in ("npy", "tiff") and not grouped, group=FILTER_GROUP)
+
+
+def _check_memory_from_header(job: Job, source: str) -> None:
+    """:func:`_check_memory` from the file's header, before its pixels are decoded.
+
+    Images and ``.npy`` only (tables are small and read whole to know their shape;
+    standard input is checked once read). A header that cannot be read is left to
+    :func:`~convcli.io.read_input`, which says what is wrong with the file.
+    """
+    if source == STDOUT or Path(source).suffix.lower() in (".csv", ".txt"):
+        return
+    from .io import read_header
+
+    try:
+        (h, w, c), kind = read_header(source)
+    except ConvcliError:
+        return
+    from .io import DEFAULT_MAX_PIXELS
+
+    max_pixels = job.read.max_pixels if job.read.max_pixels is not None else DEFAULT_MAX_PIXELS
+    if kind == "image" and h * w > max_pixels:
+        return  # the decompression-bomb guard says it first, with its own remedy (--max-pixels)
+    c = _MODE_CHANNELS.get(job.read.mode, c)
+    _check_memory(replace(job, stack=job.stack.for_signal()) if kind == "signal" else job, source, (h, w, c))
 
 
 def _writes_by_filter_group(job: Job) -> bool:
