@@ -61,7 +61,7 @@ def check_regular_file(path: str | os.PathLike, error: type[Exception], *, what:
     if problem is None:
         return
     if problem.startswith("is a directory"):
-        problem = f"is a directory, not a {what}"
+        problem = f"is a directory, not {'an' if what[:1] in 'aeiou' else 'a'} {what}"
     raise error(f"{path_text(path)}: {problem}")
 
 
@@ -70,7 +70,7 @@ def path_text(path: str | os.PathLike) -> str:
     name = os.fspath(path)
     if isinstance(name, bytes):
         name = os.fsdecode(name)
-    return name if len(name) <= 255 else shorten(name, 60)
+    return name if len(name) <= 4096 else shorten(name, 60)  # PATH_MAX: a real path is shown whole
 
 
 __all__ = ["regular_file_problem", "check_regular_file", "path_text"]

@@ -173,6 +173,7 @@ class InputResult:
     algorithm: list[str] = field(default_factory=list)
     skipped: bool = False
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # library warnings that matter (convcli._noise)
     printed: str = ""  # --print text, written to stdout by the caller in input order
     stdout_bytes: bytes = b""  # the single output for `-o -`
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from ._text import shorten_quoted
 from .errors import ConvcliError, ExitStatus, OptionError
 from .layer import ConvSpec, Padding, PoolSpec, parse_pair, parse_slope
 
@@ -64,6 +65,9 @@ class ConvcliGroup(click.Group):
             raise _Interrupted() from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from ._noise import silence_libraries
+
+        silence_libraries()  # standard error carries convcli's own lines only
         try:
             status = super().main(args=args, prog_name=prog_name or "convcli", complete_var=complete_var,
                                   standalone_mode=False, **extra)
@@ -75,10 +79,10 @@ class ConvcliGroup(click.Group):
             status = ExitStatus.USAGE
         except click.UsageError as err:
             hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
-            click.echo(f"convcli: error: {err.format_message()}{hint}", err=True)
+            click.echo(f"convcli: error: {shorten_quoted(err.format_message())}{hint}", err=True)
             status = ExitStatus.USAGE
         except click.ClickException as err:
-            click.echo(f"convcli: error: {err.format_message()}", err=True)
+            click.echo(f"convcli: error: {shorten_quoted(err.format_message())}", err=True)
             status = err.exit_code
         except ConvcliError as err:
             click.echo(f"convcli: error: {err}", err=True)

@@ -1264,7 +1264,8 @@ def _build(
                     f"{source}: '{prefix}normalize' on kernel {kernel_name!r}: its weights sum to 0, cannot divide by the sum"
                 )
             array = array / total
-        array = array * scale
+        with np.errstate(over="ignore", invalid="ignore"):  # refused just below, in one line
+            array = array * scale
         if np.abs(array).max() > _F32_MAX:
             raise KernelError(f"{source}: kernel {kernel_name!r}: weights times scale {shorten(scale)} overflow float32")
         kernels.append(Kernel(kernel_name, array, float(kernel_bias), description, source))
