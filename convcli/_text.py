@@ -50,12 +50,17 @@ def _int_digits(value: int) -> int:
 _QUOTED = re.compile(r"'([^'\n]{%d,})'" % (ECHO_CHARS + 1))
 
 
+_LONG_WORD = re.compile(r"(?<!\S)[^\s']{%d,}" % (2 * ECHO_CHARS + 1))
+
+
 def shorten_quoted(message: str, limit: int = ECHO_CHARS) -> str:
-    """Every ``'…'``-quoted part of ``message`` longer than ``limit`` characters, shortened.
+    """``message`` with every ``'…'``-quoted part longer than ``limit`` characters, and every
+    unquoted word longer than twice that, shortened.
 
     For messages written by others (Click's ``Invalid value for '--filters': '1000…'``).
     """
-    return _QUOTED.sub(lambda m: shorten(m.group(1), limit), message)
+    message = _QUOTED.sub(lambda m: shorten(m.group(1), limit), message)
+    return _LONG_WORD.sub(lambda m: shorten(m.group(0), limit), message)
 
 
 __all__ = ["ECHO_CHARS", "shorten", "shorten_quoted"]

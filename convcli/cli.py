@@ -14,7 +14,7 @@ import click
 from . import __version__
 from ._text import shorten_quoted
 from .errors import ConvcliError, ExitStatus, OptionError
-from .layer import ConvSpec, Padding, PoolSpec, parse_pair, parse_slope
+from .layer import MAX_INTEGER, ConvSpec, Padding, PoolSpec, parse_pair, parse_slope
 
 ALGORITHMS = ("auto", "direct", "separable", "fft")
 
@@ -291,7 +291,7 @@ def apply(inputs, **params):
 @click.argument("image", required=False, type=click.Path(dir_okay=False))
 @click.option("--input", "input_shape", metavar="HxWxC",
               help="Input shape HxWxC (also H,W,C; HxW = one channel; L = a 1-D signal of length L).")
-@click.option("--filters", type=click.IntRange(min=1), default=None, help="Number of filters F.")
+@click.option("--filters", type=click.IntRange(min=1, max=MAX_INTEGER), default=None, help="Number of filters F.")
 @click.option("--kernel-size", type=PAIR, default=None, metavar="K|KH,KW",
               help="Kernel size K or KH,KW (default 3; K on a 1-D signal means 1×K, as Keras Conv1D).")
 @layer_options
