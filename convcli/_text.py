@@ -47,7 +47,7 @@ def _int_digits(value: int) -> int:
     return estimate if magnitude >= 10 ** (estimate - 1) else estimate - 1
 
 
-_QUOTED = re.compile(r"'([^'\n]{%d,})'" % (ECHO_CHARS + 1))
+_QUOTED = re.compile(r"'([^'\n]{%d,}(?<!…))'" % (ECHO_CHARS + 1))  # not one shortened already
 
 
 _LONG_WORD = re.compile(r"(?<!\S)[^\s']{%d,}" % (2 * ECHO_CHARS + 1))

@@ -272,7 +272,7 @@ DEFECT_CASES: list[Case] = [
     Case("huge-int-shape-input", ("shape", "--input", f"1x{HUGE}", "--filters", "1"), 2, errors.OptionError,
          r"--input: the size '9999999999999999999999999999999999999999…' \(5000 characters\) is more than"),
     Case("huge-int-option", ("shape", "--input", "8x8", "--filters", "1", "--stride", "1" + "0" * 4000), 2,
-         errors.OptionError, r"--stride: '1000000000000000000000000000000000000000…' \(4001 characters\) is more"),
+         errors.OptionError, r"'--stride': '10+…' \(4001 characters\) is more than 2147483647"),
     # 3. non-regular files
     Case("fifo-kernel", _apply(OK, "-k", "{d}/fifo.yaml", "-o", "{out}"), 2, errors.KernelError,
          r"fifo.yaml: is a FIFO \(named pipe\), not a regular file \(only '-' reads standard input\)"),
