@@ -129,8 +129,9 @@ MAX_YAML_BYTES = 1 << 20
 #: Most filters one layer may have (a bank's filters are counted before they are built;
 #: the widest layers of VGG and ResNet have 512–2048).
 MAX_FILTERS = 4096
-#: Most weights one source may hold (a 3×3×512×512 bank has 2.4 M).
-MAX_WEIGHTS = 50_000_000
+#: Most weights one source may hold (a 3×3×512×512 bank has 2.4 M, all of VGG16's conv layers
+#: 14.7 M): 64 MiB as float32. Loading one costs about four times its float32 size at peak.
+MAX_WEIGHTS = 1 << 24
 #: Most nodes YAML aliases may add on expansion; legitimate kernel files need few or none.
 MAX_ALIAS_NODES = 1_000_000
 #: Deepest YAML/JSON nesting accepted (a bank with 4-D weights needs 6 levels).
@@ -198,7 +199,8 @@ class Kernel:
         if not isinstance(self.name, str):
             raise KernelError(f"{self.source or 'kernel'}: kernel name must be a string, got {shorten(self.name)}")
         try:
-            weights = np.array(self.weights, dtype=np.float64)
+            # asarray: no copy of float64 weights (the float32 copy below is the kernel's own).
+            weights = np.asarray(self.weights, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise KernelError(f"{where}: weights are not a numeric array ({exc})") from None
         if weights.ndim == 1:
@@ -1264,8 +1266,9 @@ def _build(
                     f"{source}: '{prefix}normalize' on kernel {kernel_name!r}: its weights sum to 0, cannot divide by the sum"
                 )
             array = array / total
-        with np.errstate(over="ignore", invalid="ignore"):  # refused just below, in one line
-            array = array * scale
+        if scale != 1.0:
+            with np.errstate(over="ignore", invalid="ignore"):  # refused just below, in one line
+                array = array * scale
         if np.abs(array).max() > _F32_MAX:
             raise KernelError(f"{source}: kernel {kernel_name!r}: weights times scale {shorten(scale)} overflow float32")
         kernels.append(Kernel(kernel_name, array, float(kernel_bias), description, source))

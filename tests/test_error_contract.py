@@ -291,7 +291,7 @@ DEFECT_CASES: list[Case] = [
     Case("limit-yaml-kernel-file", _apply(OK, "-k", "{d}/k-big.yaml", "-o", "{out}"), 2, errors.KernelError,
          r"k-big.yaml: 1.1 MiB, larger than the 1 MiB allowed for a YAML kernel file"),
     Case("limit-npy-kernel-weights", _apply(OK, "-k", "{d}/k-huge.npy", "-o", "{out}"), 2, errors.KernelError,
-         r"k-huge.npy: shape 8000x8000x1x1 holds 64000000 weights, more than the 50000000 allowed"),
+         r"k-huge.npy: shape 8000x8000x1x1 holds 64000000 weights, more than the 16777216 allowed"),
     Case("limit-bank-10000-filters", _apply("{d}/uhd.png", "-k", "{d}/k-bank.npy", "-o", "{out}"), 2,
          errors.KernelError, r"k-bank.npy: shape 3x3x3x10000 holds 10000 filters, more than the 4096 allowed"),
     # 5. malformed .npy headers
