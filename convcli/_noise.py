@@ -20,7 +20,6 @@ it does not change the pixels convcli uses.
 from __future__ import annotations
 
 import contextlib
-import logging
 import warnings
 from typing import Iterator
 
@@ -32,9 +31,22 @@ LIBRARY_LOGGERS = ("tifffile", "PIL")
 _OVERFLOW = ("overflow encountered", "invalid value encountered")
 
 
-def silence_libraries() -> None:
-    """Drop every Python warning and library log record in this process (the CLI's default)."""
+def silence_libraries(*, loggers: bool = True) -> None:
+    """Drop every Python warning and (with ``loggers``) library log record in this process.
+
+    The CLI calls it with ``loggers=False`` at start-up, so ``convcli --help`` does not
+    import :mod:`logging`; the loggers are quieted where images are read
+    (:func:`translated`, ``shape IMAGE``).
+    """
     warnings.simplefilter("ignore")
+    if loggers:
+        quiet_library_loggers()
+
+
+def quiet_library_loggers() -> None:
+    """No record of :data:`LIBRARY_LOGGERS` reaches logging's last-resort handler (standard error)."""
+    import logging
+
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         logger.propagate = False  # nothing reaches logging's last-resort handler (standard error)
@@ -49,6 +61,7 @@ def translated() -> Iterator[list[str]]:
     The list is filled when the block ends; the same line is kept once.
     """
     notes: list[str] = []
+    quiet_library_loggers()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

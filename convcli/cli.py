@@ -67,7 +67,7 @@ class ConvcliGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         from ._noise import silence_libraries
 
-        silence_libraries()  # standard error carries convcli's own lines only
+        silence_libraries(loggers=False)  # standard error carries convcli's own lines only
         try:
             status = super().main(args=args, prog_name=prog_name or "convcli", complete_var=complete_var,
                                   standalone_mode=False, **extra)
@@ -327,8 +327,10 @@ def shape(image, input_shape, **params):
     if input_shape is not None:
         shape3, signal = parse_input(input_shape)
     else:
+        from ._noise import quiet_library_loggers
         from .io import read_header
 
+        quiet_library_loggers()  # tifffile logs odd tags through logging
         (h, w, c), kind = read_header(image)
         mode = params["mode"]
         shape3, signal = (h, w, {"gray": 1, "rgb": 3, "rgba": 4}.get(mode, c)), kind == "signal"
