@@ -188,6 +188,7 @@ class InputResult:
             "algorithm": self.algorithm,
             "skipped": self.skipped,
             "error": self.error,
+            "warnings": self.warnings,
         }
 
 
@@ -300,32 +301,32 @@ def check_template(template: str, option: str = "--name", fields: tuple[str, ...
                           + ("{stem}_{filter}.{ext}" if option == "--name" else "{stem}_montage.png"))
     last = re.split("|".join(re.escape(sep) for sep in _SEPARATORS), template)[-1]
     if last in ("", "."):
-        raise OptionError(f"{option}: {template!r} ends with {template[len(template) - len(last) - 1:]!r}, so it"
+        raise OptionError(f"{option}: {shorten(template)} ends with {template[len(template) - len(last) - 1:]!r}, so it"
                           " names a folder, not a file; end it with a file name"
                           + (" such as {filter}.{ext}" if option == "--name" else ""))
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as err:
-        raise OptionError(f"{option}: {template!r} is not a valid template ({err}); {hint}") from None
+        raise OptionError(f"{option}: {shorten(template)} is not a valid template ({err}); {hint}") from None
     for _, name, spec, conversion in parsed:
         if name is None:
             continue
         part = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
         if name == "" or name.isdigit():
-            raise OptionError(f"{option}: {part!r}: positional fields are not allowed; {hint}")
+            raise OptionError(f"{option}: {shorten(part)}: positional fields are not allowed; {hint}")
         base = re.split(r"[.\[]", name, maxsplit=1)[0]
         if name != base and base in fields:
-            raise OptionError(f"{option}: {part!r}: attribute or index access is not allowed; {hint}")
+            raise OptionError(f"{option}: {shorten(part)}: attribute or index access is not allowed; {hint}")
         if name not in fields:
-            raise OptionError(f"{option}: {part!r}: unknown field {name!r}; {hint}")
+            raise OptionError(f"{option}: {shorten(part)}: unknown field {shorten(name)}; {hint}")
         if conversion is not None:
-            raise OptionError(f"{option}: {part!r}: conversions (!r, !s, !a) are not allowed; {hint}")
+            raise OptionError(f"{option}: {shorten(part)}: conversions (!r, !s, !a) are not allowed; {hint}")
         if "{" in spec or "}" in spec:
-            raise OptionError(f"{option}: {part!r}: nested fields in a format spec are not allowed; {hint}")
+            raise OptionError(f"{option}: {shorten(part)}: nested fields in a format spec are not allowed; {hint}")
         try:
             format(_SAMPLE[name], spec)
         except ValueError as err:
-            raise OptionError(f"{option}: {part!r}: {err}; {hint}") from None
+            raise OptionError(f"{option}: {shorten(part)}: {err}; {hint}") from None
 
 
 def output_path(directory: Path, template: str, *, stem: str, filter: str, index: int, ext: str) -> Path:
@@ -339,7 +340,7 @@ def output_path(directory: Path, template: str, *, stem: str, filter: str, index
     name = template.format(stem=_field(stem), filter=_field(filter), index=index, ext=ext)
     relative = Path(name)
     if relative.is_absolute() or ".." in relative.parts or name.strip() == "":
-        raise OptionError(f"--name: {template!r} gives {name!r}, which is outside the output folder")
+        raise OptionError(f"--name: {shorten(template)} gives {shorten(name)}, which is outside the output folder")
     return Path(directory) / relative
 
 
