@@ -835,7 +835,7 @@ def check_job(job: Job, input_count: int, *, json_lines: bool = False) -> None:
         other = "the image of -o -" if out.to_stdout else "the --print rows"
         raise OptionError(f"--json: standard output already carries {other}; drop one of them")
     if out.montage and input_count > 1 and "{stem}" not in out.montage:
-        raise OptionError(f"--montage: {out.montage!r} must contain {{stem}} when there are {input_count} inputs")
+        raise OptionError(f"--montage: {shorten(out.montage)} must contain {{stem}} when there are {input_count} inputs")
     if out.save_all and out.to_stdout:
         raise OptionError("--save-all: cannot write every layer to standard output; use -o DIR")
 

@@ -868,7 +868,7 @@ def _parse_json(text: str, source: str) -> Any:
         mapping = {}
         for key, value in items:
             if key in mapping:
-                raise KernelError(f"{source}: duplicate key {key!r}")
+                raise KernelError(f"{source}: duplicate key {shorten(key)}")
             mapping[key] = value
         return mapping
 
@@ -1022,7 +1022,7 @@ def _compose(loader, source: str, yaml) -> Any:
             if isinstance(value, (list, dict)):
                 raise KernelError(f"{source}: line {line_of(event)}: a mapping key must be a plain value")
             if value in frame.container and value is not _MERGE:
-                raise KernelError(f"{source}: line {line_of(event)}: duplicate key {value!r}")
+                raise KernelError(f"{source}: line {line_of(event)}: duplicate key {shorten(value)}")
             frame.key = value
         else:
             if frame.key is _MERGE:
@@ -1045,7 +1045,7 @@ def _compose(loader, source: str, yaml) -> Any:
             if tag == _MERGE_TAG:
                 value = _MERGE
             elif constructor is None or tag is None:
-                raise KernelError(f"{source}: line {line_of(event)}: unsupported YAML tag {event.tag!r}")
+                raise KernelError(f"{source}: line {line_of(event)}: unsupported YAML tag {shorten(event.tag, 80)}")
             else:
                 try:
                     value = constructor(loader, scalar_node(tag, event.value, style=event.style))
@@ -1064,7 +1064,7 @@ def _compose(loader, source: str, yaml) -> Any:
         elif kind is yaml.SequenceStartEvent or kind is yaml.MappingStartEvent:
             is_map = kind is yaml.MappingStartEvent
             if event.tag not in (_MAP_TAGS if is_map else _SEQ_TAGS):
-                raise KernelError(f"{source}: line {line_of(event)}: unsupported YAML tag {event.tag!r}")
+                raise KernelError(f"{source}: line {line_of(event)}: unsupported YAML tag {shorten(event.tag, 80)}")
             if len(stack) >= MAX_NESTING:
                 raise KernelError(f"{source}: line {line_of(event)}: nested deeper than {MAX_NESTING} levels")
             unique += 1
@@ -1129,7 +1129,7 @@ def _kernels_from_document(document: Any, source: str, default_name: str) -> lis
         return _kernels_from_entry(document, source, "", name, description)
     clash = sorted(set(document) & {"weights", "bias", "scale", "normalize", "layout"})
     if clash:
-        raise KernelError(f"{source}: key {clash[0]!r} cannot be used together with 'filters' (put it in each filter)")
+        raise KernelError(f"{source}: key {shorten(clash[0])} cannot be used together with 'filters' (put it in each filter)")
     filters = document["filters"]
     if not isinstance(filters, list) or not filters:
         raise KernelError(f"{source}: 'filters' must be a non-empty list of filters, got {_type_name(filters)}")
@@ -1154,7 +1154,7 @@ def _check_keys(mapping: dict, allowed: frozenset, source: str, where: str) -> N
     for key in mapping:
         if key not in allowed:
             raise KernelError(
-                f"{source}: {where}unknown key {key!r} (allowed: {', '.join(sorted(allowed))})"
+                f"{source}: {where}unknown key {shorten(key)} (allowed: {', '.join(sorted(allowed))})"
             )
 
 

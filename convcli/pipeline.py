@@ -166,7 +166,7 @@ def parse_pipeline(data: Any, *, base_dir: Path | str = ".", source: str = "pipe
         raise OptionError(f"{where}expected a mapping with a 'layers' list at the top, got {_kind(data)}")
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
-        raise OptionError(f"{where}unknown key {unknown[0]!r} (known: {', '.join(TOP_KEYS)})")
+        raise OptionError(f"{where}unknown key {shorten(unknown[0])} (known: {', '.join(TOP_KEYS)})")
     if "layers" not in data:
         raise OptionError(f"{where}no 'layers' list; give a list of conv and pool layers")
     layers = data["layers"]
