@@ -544,3 +544,113 @@ def test_library_warnings_silenced_and_the_ones_that_matter_are_one_line(runs):
     assert runs["silent-tiff-tags"].stderr == ""
     assert runs["warning-truncated-jpeg"].stderr.startswith("convcli: ")
     assert "cut.jpg: warning: truncated JPEG data" in runs["warning-truncated-jpeg"].stderr
+
+
+# --- the new checks, in-process, each with its message ----------------------------------------------
+
+def _kernel_file(tmp_path: Path, name: str, text: str) -> str:
+    (tmp_path / name).write_text(text)
+    return str(tmp_path / name)
+
+
+def _npy_file(tmp_path: Path, name: str, content: bytes) -> str:
+    (tmp_path / name).write_bytes(content)
+    return str(tmp_path / name)
+
+
+RAISES = [
+    ("bank-list-too-long", lambda t: _kernel_file(t, "b.json", json.dumps({"filters": [{"weights": [1]}] * 4097})),
+     errors.KernelError, r"'filters' holds 4097 filters, more than the 4096 allowed in one layer"),
+    ("4d-weights-too-many-filters",
+     lambda t: _kernel_file(t, "w.json", json.dumps({"weights": [[[[0.5] * 4097]]]})),
+     errors.KernelError, r"'weights' of shape 1x1x1x4097 hold 4097 filters, more than the 4096 allowed"),
+    ("npy-empty", lambda t: _npy_file(t, "e.npy", _npy_header((0, 3))), errors.KernelError,
+     r"e.npy: the array is empty \(shape 0x3\)"),
+    ("npy-complex", lambda t: _npy_file(t, "c.npy", _npy_header((1,), "<c8", data=b"\0" * 8)), errors.KernelError,
+     r"c.npy: expected a numeric array, got dtype complex64"),
+    ("npy-truncated", lambda t: _npy_file(t, "t.npy", _npy_header((3, 3), data=b"\0" * 8)), errors.KernelError,
+     r"t.npy: not a valid .npy file: truncated: the header declares 3x3 float32 \(36 bytes of data\), the file"
+     r" holds 8"),
+    ("npy-version", lambda t: _npy_file(t, "v.npy", b"\x93NUMPY\x09\x00" + b"\0" * 20), errors.KernelError,
+     r"v.npy: not a valid .npy file: its header cannot be read"),
+]
+
+
+@pytest.mark.parametrize("case", RAISES, ids=[case[0] for case in RAISES])
+def test_kernel_limits_and_headers_have_their_messages(case, tmp_path):
+    from convcli.kernels import load_kernels
+
+    _, make, error, match = case
+    with pytest.raises(error, match=match):
+        load_kernels(make(tmp_path))
+
+
+def test_too_many_filters_over_several_sources():
+    from convcli.kernels import MAX_FILTERS, load_kernels
+
+    bank = np.zeros((1, 1, 1, MAX_FILTERS), np.float32)
+    with pytest.raises(errors.KernelError, match=r"^4097 filters in one layer, more than the 4096 allowed$"):
+        load_kernels(bank, np.zeros((1, 1), np.float32))
+
+
+def test_sizes_and_counts_above_2_31_are_refused():
+    from convcli.geometry import parse_input
+    from convcli.layer import parse_pair
+    from convcli.pipeline import parse_pipeline
+
+    with pytest.raises(errors.OptionError, match=r"^--input: the size 3000000000 is more than 2147483647$"):
+        parse_input("3000000000x8")
+    with pytest.raises(errors.OptionError, match=r"^--input: expected HxWxC, H,W,C, HxW or L, got '1x2x3x4'$"):
+        parse_input("1x2x3x4")
+    with pytest.raises(errors.OptionError, match=r"^--stride: expected whole numbers, got \[1, 2.5\]$"):
+        parse_pair([1, 2.5], "--stride")
+    with pytest.raises(errors.OptionError, match=r"layers\[0\].filters: a 4001-digit number is more than 2147483647"):
+        parse_pipeline({"layers": [{"conv": {"filters": 10**4000, "kernel_size": 3}}]})
+    with pytest.raises(errors.OptionError, match=r"layers\[0\].negative_slope: expected a number, got a 4001-digit"):
+        parse_pipeline({"layers": [{"conv": {"kernels": ["edge"], "negative_slope": 10**4000}}]})
+
+
+def test_paths_that_are_not_regular_files_have_their_messages(tmp_path):
+    from convcli._paths import check_regular_file, regular_file_problem
+
+    assert regular_file_problem(tmp_path / "missing") is None  # left to open(), which says why
+    with pytest.raises(errors.InputError, match=r"not a valid path \(it holds a NUL byte\)"):
+        check_regular_file("a\0b.png", errors.InputError)
+    with pytest.raises(errors.KernelError, match=r"is a directory, not an image or array file"):
+        check_regular_file(tmp_path, errors.KernelError, what="image or array file")
+    with pytest.raises(errors.InputError, match=r"^'xxxx.*' \(5000 characters\): the name is too long"):
+        check_regular_file("x" * 5000, errors.InputError)
+
+
+def test_shorten_says_how_long_a_value_was():
+    from convcli._text import shorten, shorten_quoted
+
+    assert shorten("1x" + "9" * 5001, limit=6) == "'1x9999…' (5003 characters)"
+    assert shorten("short") == "'short'"
+    assert shorten(10**5000) == "a 5001-digit number" and shorten(-(10**30), 40) == repr(-(10**30))
+    assert shorten([1] * 100, 10) == "[1, 1, 1, … (300 characters)"
+    message = "Invalid value for '--x': '" + "7" * 300 + "' and " + "8" * 200 + " end"
+    assert shorten_quoted(message) == ("Invalid value for '--x': '" + "7" * 40 + "…' (300 characters) and '"
+                                       + "8" * 40 + "…' (200 characters) end")
+    assert shorten_quoted(f"keep {shorten('9' * 99)}") == f"keep {shorten('9' * 99)}"  # not shortened twice
+
+
+def test_memory_estimate_counts_what_process_holds():
+    from convcli._budget import check_fits, format_bytes, working_set
+    from convcli.kernels import load_kernels
+    from convcli.stack import Stack
+    from convcli.layer import ConvSpec, PoolSpec
+
+    bank = load_kernels(np.zeros((3, 3, 3, 64), np.float32))
+    stack = Stack.single(bank, ConvSpec())
+    whole = working_set(stack, (2160, 3840, 3))
+    maps = 2158 * 3838 * 64 * 4
+    assert whole.total == 2160 * 3840 * 3 * 4 + maps and whole.largest == maps
+    assert working_set(stack, (2160, 3840, 3), grouped=True).total == 2160 * 3840 * 3 * 4 + maps // 4
+    assert working_set(stack, (2160, 3840, 3), encodes_whole=True).total == 2160 * 3840 * 3 * 4 + 2 * maps
+    pooled = Stack.single(bank, ConvSpec(), PoolSpec.from_options(mode="max", size=2, stride=None, padding="valid"))
+    assert working_set(pooled, (2160, 3840, 3)).largest == 1079 * 1919 * 64 * 4
+    assert format_bytes(3 << 30) == "3 GiB" and format_bytes(1536) == "1.5 KiB" and format_bytes(10) == "10 bytes"
+    with pytest.raises(errors.InputError, match=r"^x.png: needs about 2.1 GiB of memory \(64 2158×3838 float32 maps"
+                                                 r" of conv2d: 2.0 GiB\), more than the 1 GiB memory limit"):
+        check_fits("x.png", stack, (2160, 3840, 3), limit=1 << 30)
