@@ -11,6 +11,7 @@ import os
 import runpy
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -322,7 +323,7 @@ def test_the_loop_checks_its_arguments():
     out = np.empty((2, 2, 1), np.float32)
     maps = np.arange(4, dtype=np.int32)
     geom = (4, 4, 1, 3, 3, 1, 1, 1, 1, 2, 1, 16, 0, 1, 0, 0)
-    _ccore.rows(x, w, bias, out, maps, maps, geom, 0, 0.0, 0, 2, (0, 1, 1))  # a valid call
+    assert _ccore.rows(x, w, bias, out, maps, maps, geom, 0, 0.0, 0, 2, (0, 1, 1)) is False  # finite maps
     np.testing.assert_array_equal(out, 9)
     with pytest.raises(ValueError, match="bad geometry"):
         _ccore.rows(x, w, bias, out, maps, maps, geom[:3] + (0,) + geom[4:], 0, 0.0, 0, 2, (0, 1, 1))
@@ -335,6 +336,19 @@ def test_the_loop_checks_its_arguments():
         _ccore.rows(x, w, bias, out, maps + 1, maps, geom, 0, 0.0, 0, 2, (0, 1, 1))
     with pytest.raises(ValueError, match=r"out: expected at least 4 4-byte items"):
         _ccore.rows(x, w, bias, out[:1], maps, maps, geom, 0, 0.0, 0, 2, (0, 1, 1))
+
+
+@built
+def test_overflow_is_reported_as_numpy_reports_it(ccore_always):
+    # convcli._noise turns numpy's overflow warning into one line; the C loop warns alike.
+    x = np.full((8, 9, 1), 1e38, np.float32)
+    bank = engine.WeightsBank(np.ones((3, 3), np.float32))
+    with pytest.warns(RuntimeWarning, match="^overflow encountered"):
+        result = engine.run_layer(x, bank, ConvSpec())
+    assert result.backend == "ccore" and np.isinf(result.output).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # finite maps: no warning
+        engine.run_layer(x / 1e30, bank, ConvSpec())
 
 
 def test_switches_turn_the_core_off(monkeypatch):

@@ -77,6 +77,7 @@ typedef struct {
     int nslots;
     int joff[64];          /* MODE_EXPAND: offset of tap column j in an expanded row (kw <= 64) */
     int cidx[16];          /* MODE_EXPAND, one block of fewer maps than lanes: lanes to keep, in order */
+    int nonfinite;         /* set when a finished value is Inf or NaN (numpy's overflow warning) */
 } Conv;
 
 /* ------------------------------------------------------------------ register blocks */
@@ -272,6 +273,17 @@ DENSE_EDGE(v16, 16)
 EXPAND_BLOCK(8)
 EXPAND_BLOCK(4)
 EXPAND_BLOCK(2)
+
+/* Whether any of n values is Inf or NaN (all exponent bits set). */
+INLINE int any_nonfinite(const float *restrict d, size_t n) {
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, d + i, sizeof u);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return bad != 0;
+}
 
 INLINE void activate_row(const Conv *k, float *restrict d, size_t n) {
     switch (k->act) {
@@ -480,10 +492,12 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
             for (int b = 0; b < k->nb; b++)                                                        \
                 for (int ox = 0; ox < k->ow; ox++) gather_px(k, rr, ox, b, dst);                   \
         }                                                                                          \
-        if (k->mode == MODE_EXPAND)                                                                \
-            activate_row(k, dst + (size_t)k->ox0 * k->nmaps, (size_t)(k->ox1 - k->ox0) * k->nmaps);   \
-        else                                                                                       \
-            activate_row(k, dst, (size_t)k->ow * k->nmaps);                                        \
+        {                                                                                          \
+            float *d0 = k->mode == MODE_EXPAND ? dst + (size_t)k->ox0 * k->nmaps : dst;             \
+            const size_t n = (size_t)(k->mode == MODE_EXPAND ? k->ox1 - k->ox0 : k->ow) * k->nmaps;  \
+            activate_row(k, d0, n);                                                                \
+            if (!k->nonfinite) k->nonfinite = any_nonfinite(d0, n);                                \
+        }                                                                                          \
         free(heap);                                                                                \
     }
 
@@ -598,7 +612,8 @@ static const char rows_doc[] =
     "Output rows [r0, r1) of one layer into out (C-contiguous float32). geom is the int tuple\n"
     "(H, W, C, kh, kw, sh, sw, dh, dw, ow, nmaps, vf, depthwise, mult, left, mode); pool is\n"
     "(mode, ph, pw) with mode 0 none, 1 max, 2 avg (valid, stride = size; r0, r1 are then\n"
-    "pooled rows). Arguments are checked by convcli.engine.ccore; the GIL is released.";
+    "pooled rows). Arguments are checked by convcli.engine.ccore; the GIL is released.\n"
+    "Returns whether a finished value is Inf or NaN (float32 overflow).";
 
 static PyObject *py_rows(PyObject *self, PyObject *args) {
     (void)self;
@@ -714,7 +729,7 @@ static PyObject *py_rows(PyObject *self, PyObject *args) {
         return NULL;
     }
     if (nomem) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return PyBool_FromLong(k.nonfinite);
 fail_rm:
     PyBuffer_Release(&brm);
 fail_o:

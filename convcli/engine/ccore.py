@@ -19,6 +19,7 @@ engine's threads take do not change any bit. The GIL is released during the loop
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -156,11 +157,18 @@ class _Layer:
         ranges = _threads.split_rows(n, max(1, MIN_MACS_PER_THREAD // max(1, per_row)),
                                      parts=min(parts, _threads.get_threads()))
 
+        overflow = []
+
         def work(r0: int, r1: int) -> None:
-            _ccore.rows(self.x, self.w, self.bias, out[r0:r1], self.rowmap, self.colmap, self.geom,
-                        self.act, self.slope, a + r0, a + r1, (mode, ph, pw))
+            if _ccore.rows(self.x, self.w, self.bias, out[r0:r1], self.rowmap, self.colmap, self.geom,
+                           self.act, self.slope, a + r0, a + r1, (mode, ph, pw)):
+                overflow.append((r0, r1))
 
         _threads.run_ranges(work, ranges)
+        if overflow:
+            # numpy's own words, as its paths warn (convcli._noise turns them into one line).
+            warnings.warn("overflow encountered in the compiled convolution: the maps hold Inf or NaN",
+                          RuntimeWarning, stacklevel=3)
 
 
 def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, out_hw,
