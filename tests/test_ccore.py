@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from convcli import engine
 from convcli.cli import cli
-from convcli.engine import _threads, ccore, choose
+from convcli.engine import _threads, ccore, choose, direct
 from convcli.errors import GeometryError
 from convcli.layer import Border, ConvSpec, PoolSpec
 
@@ -92,7 +92,15 @@ def layers(draw):
                 pool=pool, shared=shared, seed=draw(st.integers(0, 2**32 - 1)))
 
 
-def run_case(case):
+def _kernels(rng, shape, rank1):
+    """Random kernels of ``shape`` (kh, kw, ...); with ``rank1`` each 2-D slice is an outer product."""
+    if not rank1:
+        return rng.standard_normal(shape).astype(np.float32)
+    rest = tuple(shape[2:])
+    return (rng.standard_normal((shape[0], 1) + rest) * rng.standard_normal((1, shape[1]) + rest)).astype(np.float32)
+
+
+def run_case(case, rank1=False):
     """(engine result, float64 reference) of one drawn layer; skips layers the geometry refuses."""
     rng = np.random.default_rng(case["seed"])
     h, w, c = case["hwc"]
@@ -100,16 +108,16 @@ def run_case(case):
     x = rng.standard_normal((h, w, c)).astype(np.float32)
     kind, f = case["kind"], case["f"]
     if kind == "2d":  # F 2-D kernels: a bank whose weights_hwio repeats each kernel over the channels
-        weights = rng.standard_normal((kh, kw, f)).astype(np.float32)
+        weights = _kernels(rng, (kh, kw, f), rank1)
         bank = _Bank2D(weights, rng.standard_normal(f).astype(np.float32))
         ref_w, bias = weights, bank.biases()
     elif kind == "depthwise":
         cw = 1 if case["shared"] else c
-        ref_w = rng.standard_normal((kh, kw, cw, f)).astype(np.float32)
+        ref_w = _kernels(rng, (kh, kw, cw, f), rank1)
         bias = rng.standard_normal(f).astype(np.float32)
         bank = engine.WeightsBank(ref_w, bias)
     else:
-        ref_w = rng.standard_normal((kh, kw, c, f)).astype(np.float32)
+        ref_w = _kernels(rng, (kh, kw, c, f), rank1)
         bias = rng.standard_normal(f).astype(np.float32)
         bank = engine.WeightsBank(ref_w, bias)
     spec = ConvSpec.from_options(stride=case["stride"], dilation=case["dilation"], padding=case["padding"],
@@ -185,6 +193,37 @@ def test_without_the_extension_the_numpy_paths_match_the_reference(monkeypatch, 
     np.testing.assert_allclose(result.output, ref, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(ref).max()))
 
 
+@pytest.fixture
+def ccore_separable_always(monkeypatch):
+    """Auto mode takes the compiled separable loop for every rank-1 layer it can serve."""
+    original = choose.choose
+
+    def forced(layer, *, opencv_ok, ccore_ok=False):
+        if ccore_ok and layer.rank <= 1 and ccore.separable_ok(layer.in_hwc, layer.w_shape, layer.depthwise):
+            return "ccore-separable"
+        return original(layer, opencv_ok=opencv_ok, ccore_ok=ccore_ok)
+
+    monkeypatch.setattr(choose, "choose", forced)
+
+
+@built
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=layers().filter(lambda c: c["kind"] != "dense" or c["hwc"][2] == 1))
+def test_ccore_separable_matches_float64_reference(ccore_separable_always, case):
+    # Rank-1 kernels (depthwise, or 2-D kernels summed over the channels): the two 1-D passes.
+    result, ref = run_case(case, rank1=True)
+    assert (result.backend, result.algorithm) == ("ccore", "separable")
+    assert result.output.shape == ref.shape and result.output.dtype == np.float32
+    np.testing.assert_allclose(result.output, ref, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(ref).max()))
+
+
+def test_the_chooser_never_sends_other_layers_to_the_separable_loop():
+    assert choose.cost_ccore_separable(_layer((50, 60, 3), (3, 3, 3, 4), rank=1)) == float("inf")  # 3 channels summed
+    assert choose.cost_ccore_separable(_layer((50, 60, 3), (3, 3, 1, 1), depthwise=True, rank=2)) == float("inf")
+    assert choose.cost_ccore_separable(_layer((50, 60, 1), (65, 3, 1, 1), rank=1)) == float("inf")  # > 64 rows
+    assert choose.cost_ccore_separable(_layer((50, 60, 1), (5, 3, 1, 2), rank=1)) < float("inf")
+
+
 # ----------------------------------------------------------------------------- bands and threads
 BAND_LAYERS = [  # (input, weights, depthwise, stride, dilation, pads, border, pool)
     ((37, 45, 3), (3, 3, 3, 4), False, (1, 1), (1, 1), (1, 1, 1, 1), "zeros", None),  # expand, 4 maps
@@ -222,6 +261,79 @@ def test_a_bands_bits_do_not_depend_on_the_bands(layer):
         bounds = [0, *[c for c in cuts if c < oh], oh]
         parts = [ccore.correlate(x, w, rows=(a, b), **kwargs) for a, b in zip(bounds, bounds[1:])]
         np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+SEP_LAYERS = [  # (input, weights, depthwise, stride, dilation, pads, border)
+    ((37, 45, 3), (3, 3, 1, 1), True, (1, 1), (1, 1), (1, 1, 1, 1), "zeros"),  # W5's kind
+    ((37, 45, 3), (7, 5, 3, 2), True, (2, 1), (1, 2), (3, 2, 4, 1), "reflect"),  # 6 maps, a slice each
+    ((37, 45, 1), (5, 5, 1, 4), False, (1, 3), (2, 1), (0, 4, 2, 2), "circular"),  # gray, 4 maps, strided
+    ((9, 700, 3), (3, 9, 1, 1), True, (1, 1), (1, 1), (1, 1, 4, 4), "replicate"),  # several column tiles
+]
+
+
+def _sep_args(layer, seed):
+    rng = np.random.default_rng(seed)
+    x, w, kwargs = _band_args(*layer, rng)
+    w = _kernels(rng, w.shape, True)
+    n_maps = w.shape[3] * (x.shape[2] if kwargs["depthwise"] else 1)
+    epilogue = engine._common.Epilogue(rng.standard_normal(n_maps).astype(np.float32), "leaky-relu", 0.1)
+    return x, w, dict(kwargs, epilogue=epilogue)
+
+
+@built
+@pytest.mark.parametrize("layer", SEP_LAYERS)
+def test_the_separable_loops_bits_do_not_depend_on_bands_tiles_or_threads(monkeypatch, layer):
+    x, w, kwargs = _sep_args(layer, 13)
+    whole = ccore.correlate_separable(x, w, **kwargs)
+    ref = direct.correlate(x, w, **{k: v for k, v in kwargs.items() if k != "epilogue"})
+    kwargs["epilogue"](ref)
+    np.testing.assert_allclose(whole, ref, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(ref).max()))
+    oh = kwargs["out_hw"][0]
+    for cuts in ([1], [5, 6, 20], list(range(1, oh))):
+        bounds = [0, *[c for c in cuts if c < oh], oh]
+        parts = [ccore.correlate_separable(x, w, rows=(a, b), **kwargs) for a, b in zip(bounds, bounds[1:])]
+        np.testing.assert_array_equal(np.concatenate(parts), whole)
+    # One 16-pixel group per column tile, and non-temporal stores: the same bits.
+    monkeypatch.setenv("CONVCLI_SEP_TILE", "1")
+    monkeypatch.setenv("CONVCLI_SEP_STREAM", "1")
+    np.testing.assert_array_equal(ccore.correlate_separable(x, w, **kwargs), whole)
+    monkeypatch.delenv("CONVCLI_SEP_TILE")
+    monkeypatch.delenv("CONVCLI_SEP_STREAM")
+    monkeypatch.setattr(ccore, "MIN_MACS_PER_THREAD", 1)
+    monkeypatch.setattr(_threads, "CPUS", 3)
+    before = engine.get_threads()
+    try:
+        for n in (2, 3):
+            engine.set_threads(n)
+            np.testing.assert_array_equal(ccore.correlate_separable(x, w, **kwargs), whole, err_msg=f"{n} threads")
+    finally:
+        engine.set_threads(before)
+
+
+@built
+def test_the_separable_loop_refuses_what_it_cannot_compute():
+    x = np.ones((6, 7, 3), np.float32)
+    kwargs = dict(pads=(1, 1, 1, 1), stride=(1, 1), dilation=(1, 1), border=Border.ZEROS, out_hw=(6, 7))
+    with pytest.raises(ValueError, match="one channel per map"):
+        ccore.correlate_separable(x, np.ones((3, 3, 3, 2), np.float32), **kwargs)
+    with pytest.raises(ValueError, match="rank above 1"):
+        ccore.correlate_separable(x, np.eye(3, dtype=np.float32)[:, :, None, None], depthwise=True, **kwargs)
+    from convcli.engine import _ccore
+
+    u = np.ones((3, 48), np.float32)
+    out = np.empty((6, 7, 3), np.float32)
+    rows = np.array([-1, 0, 1, 2, 3, 4, 5, -1], np.int32)  # zero padding of 1
+    cols = np.array([-1, 0, 1, 2, 3, 4, 5, 6, -1], np.int32)
+    geom = (6, 7, 3, 3, 3, 1, 1, 1, 1, 7, 3, 1, 1)
+    with pytest.raises(ValueError, match="bad geometry"):
+        _ccore.sep_rows(x, u, u, u[0], out, rows, cols, geom[:10] + (4,) + geom[11:], 0, 0.0, 0, 6)
+    with pytest.raises(ValueError, match="rowmap/colmap index outside the input"):
+        _ccore.sep_rows(x, u, u, u[0], out, rows, cols + 1, geom, 0, 0.0, 0, 6)
+    with pytest.raises(ValueError, match="u: expected at least 144 4-byte items"):
+        _ccore.sep_rows(x, u[:2], u, u[0], out, rows, cols, geom, 0, 0.0, 0, 6)
+    assert _ccore.sep_rows(x, u, u, u[0] / 2, out, rows, cols, geom, 0, 0.0, 0, 6) is False
+    np.testing.assert_array_equal(out[1:-1, 1:-1], 9.5)  # all-ones 3x3 inside the image, bias 0.5
+    np.testing.assert_array_equal(out[0, 1:-1], 6.5)  # the zero row above
 
 
 @built
@@ -293,6 +405,11 @@ def test_every_instruction_set_build_agrees(isa):
         "              depthwise=dw)\n"
         "    a, b = ccore.correlate(x, w, **kw), direct.correlate(x, w, **kw)\n"
         "    worst = max(worst, float(np.abs(a - b).max()))\n"
+        "    if dw and wshape[2] == 1:\n"
+        "        w = (rng.standard_normal(wshape[:1] + (1,) + wshape[2:]) * rng.standard_normal((1,) + wshape[1:]))\n"
+        "        w = w.astype(np.float32)\n"
+        "        a, b = ccore.correlate_separable(x, w, **kw), direct.correlate(x, w, **kw)\n"
+        "        worst = max(worst, float(np.abs(a - b).max()))\n"
         "print(_ccore.ISA, worst)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "CONVCLI_CCORE_ISA": isa})
@@ -423,11 +540,14 @@ def _layer(hwc, w_shape, out_hw=None, stride=(1, 1), depthwise=False, rank=3, fi
     (_layer((1080, 1920, 3), (3, 3, 3, 4), finish=2), True, "ccore"),  # W1: few maps, bias, ReLU
     (_layer((1080, 1920, 3), (3, 3, 3, 64)), True, "ccore"),  # W2: many maps
     (_layer((2160, 3840, 3), (5, 5, 3, 16), out_hw=(1080, 1920), stride=(2, 2)), True, "ccore"),  # W4
-    (_layer((1080, 1920, 3), (3, 3, 1, 1), depthwise=True, rank=1), False, "ccore"),  # W5 without OpenCV
-    (_layer((1080, 1920, 3), (31, 31, 1, 1), depthwise=True, rank=1), True, "opencv"),  # W3: a big blur
-    (_layer((1080, 1920, 3), (31, 31, 1, 1), depthwise=True, rank=1), False, "separable"),
+    # W5 (Sobel) and W3 (31×31 Gaussian): the separable loop measured 0.8× OpenCV (one core, same run)
+    (_layer((1080, 1920, 3), (3, 3, 1, 1), depthwise=True, rank=1), True, "ccore-separable"),
+    (_layer((1080, 1920, 3), (3, 3, 1, 1), depthwise=True, rank=1), False, "ccore-separable"),
+    (_layer((1080, 1920, 3), (31, 31, 1, 1), depthwise=True, rank=1), True, "ccore-separable"),
+    (_layer((1080, 1920, 3), (3, 3, 1, 1), depthwise=True, rank=2), True, "ccore"),  # not separable: direct
     (_layer((1080, 1920, 1), (21, 21, 1, 1)), True, "fft"),  # L21: the C loop measured 95 ms, FFT 73
 ])
 def test_chooser_takes_the_core_where_it_measured_faster(case, opencv_ok, expected):
     assert choose.choose(case, opencv_ok=opencv_ok, ccore_ok=True) == expected
-    assert "ccore" not in choose.estimates(case, opencv_ok=opencv_ok)  # only when it is there
+    estimates = choose.estimates(case, opencv_ok=opencv_ok)
+    assert "ccore" not in estimates and "ccore-separable" not in estimates  # only when it is there

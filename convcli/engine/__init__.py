@@ -178,6 +178,11 @@ def _select(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm: s
                                                depthwise=depthwise, rank1=rank() == 1) is None
         layer = choose.Layer(x.shape, w.shape, tuple(out_hw), spec.stride, spec.dilation, depthwise, rank(), finish)
         algorithm = choose.choose(layer, opencv_ok=cv_ok, ccore_ok=ccore.active())
+        if algorithm == "ccore-separable":
+            factors = ccore.separable_factors(w, depthwise, x.shape[2])
+            if factors is not None:  # (None: the SVD's rank 1 is not rank 1 to float32 precision)
+                return bind(ccore.correlate_separable, factors=factors), "separable", "ccore"
+            algorithm = "ccore"
         if algorithm == "ccore":
             return bind(ccore.correlate), "direct", "ccore"
         if algorithm == "opencv":
@@ -311,7 +316,7 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
     try:
         if pool is None:
             out = run(epilogue=epilogue, out=target)
-        elif backend == "ccore" and ccore.can_pool(pool, geom.output_shape[:2]):
+        elif backend == "ccore" and used == "direct" and ccore.can_pool(pool, geom.output_shape[:2]):
             # Convolution, bias, activation and pooling in one pass: no un-pooled rows in memory.
             out = ccore.correlate_pooled(x, weights, pool, pads=geom.pads, stride=conv.stride,
                                          dilation=conv.dilation, border=conv.border,

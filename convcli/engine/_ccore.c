@@ -26,6 +26,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 typedef float v1 __attribute__((vector_size(4), aligned(4)));
 typedef float v2 __attribute__((vector_size(8), aligned(4)));
@@ -574,8 +577,271 @@ POOL_FOLD(avx512, TARGET("arch=x86-64-v4"))
 BANDS(avx512, TARGET("arch=x86-64-v4"))
 #endif
 
+/* ------------------------------------------------------------------ separable (rank-1) path
+ *
+ * Map m (of nmaps) reads channel m / mult (depthwise: mult = filters per channel; a 2-D
+ * kernel on one channel: mult = nmaps) through the kernel u_m v_mᵀ. Each padded input row
+ * the band needs is expanded to nmaps lanes per column (border columns through the column
+ * map), then its horizontal pass h[ox, m] = sum_j v_m[j] e[ox·sw + j·dw, m] goes into a ring
+ * of per-thread rows tagged by padded row; an output row is sum_i u_m[i] h[oy·sh + i·dh, m],
+ * then the bias and activation. Each output value is formed in one fixed order from rows
+ * that depend only on the input, so a band's bits do not depend on the band cut. Weights
+ * and bias come as lane patterns of P = 16·nmaps floats (lane t holds map t mod nmaps), so
+ * the flattened row (pixel, map) runs in plain 16-lane vectors. */
+#define SEP_TILE_BYTES (1 << 20)
+/* Outputs from this size on (bytes per call) are written with non-temporal stores. */
+#define SEP_STREAM_BYTES (4 << 20)
+#if defined(__x86_64__) || defined(__i386__)
+#define STORE_FENCE() __builtin_ia32_sfence()
+#else
+#define STORE_FENCE() __sync_synchronize()
+#endif
+#define SEP_MIN_TILE 1
+
+typedef struct {
+    const float *x;
+    int H, W, C;
+    const float *u, *v;    /* kh x P, kw x P lane patterns */
+    const float *bias;     /* P */
+    const int32_t *rowmap, *colmap;
+    Py_ssize_t ncolmap;
+    int kh, kw, sh, sw, dh, dw, ow, nmaps, mult, left, act;
+    float slope;
+    int pw;                /* padded columns the output reads */
+    size_t P, hlen, elen;  /* floats of a pattern, a horizontal row (whole patterns), an expanded row */
+    float *e, *ring;
+    int *tags;
+    int nslots;
+    int t0, t1, tile;      /* groups (of P floats) of the column tile now; groups per tile */
+    float *orow;           /* a finished output row (64-byte aligned), before its copy out */
+    int stream;            /* copy rows out with non-temporal stores (large outputs) */
+    int nonfinite;
+} Sep;
+
+/* Padded columns [c0, c1) of padded row pr (input row r) expanded into k->e:
+ * e[pc·nmaps + m] = x[r, colmap[pc], m / mult] (0 where the map says -1). */
+INLINE void sep_expand(Sep *k, int r, int c0, int c1) {
+    const int nm = k->nmaps, C = k->C;
+    const float *xr = k->x + (size_t)r * k->W * C;
+    float *e = k->e;
+    if (c1 > k->pw) c1 = k->pw;
+    int lo = k->left > c0 ? k->left : c0, hi = k->left + k->W < c1 ? k->left + k->W : c1;
+    if (hi < lo) hi = lo;
+    if (k->mult == 1 && hi > lo) /* the inside: the input row itself */
+        memcpy(e + (size_t)lo * nm, xr + (size_t)(lo - k->left) * C, sizeof(float) * (size_t)(hi - lo) * C);
+    for (int pc = c0; pc < c1; pc++) {
+        if (k->mult == 1 && pc == lo && hi > lo) pc = hi;
+        if (pc >= c1) break;
+        const int src = pc < k->ncolmap ? k->colmap[pc] : -1;
+        float *o = e + (size_t)pc * nm;
+        if (src < 0) {
+            memset(o, 0, sizeof(float) * (size_t)nm);
+            continue;
+        }
+        const float *px = xr + (size_t)src * C;
+        if (k->mult == 1) memcpy(o, px, sizeof(float) * (size_t)nm);
+        else
+            for (int m = 0; m < nm; m++) o[m] = px[m / k->mult];
+    }
+}
+
+/* A 1-D pass over len floats (whole groups of P = 16·nm): dst[o] = sum_t src[t][o] · pat[t][o mod P]
+ * (+ bias[o mod P]), stored below valid only; the tap count NT fixed at compile time (0: the
+ * run-time count nt), so short kernels unroll. The taps are added in order t = 0, 1, ... */
+#define SEP_PASS(NT)                                                                               \
+    INLINE void sep_pass_##NT(const float *const *src, const float *const *pat, int nt, int nm,    \
+                              size_t len, const float *bias, float *dst, size_t valid,             \
+                              const float *pf) {                                                   \
+        const int n = NT ? NT : nt;                                                                \
+        const size_t P = (size_t)16 * nm;                                                          \
+        size_t g = 0;                                                                              \
+        /* four groups at once where they are all stored whole: each pattern vector loaded once */ \
+        for (; g + 4 * P <= len && g + 4 * P <= valid; g += 4 * P)                                 \
+            for (int q = 0; q < nm; q++) {                                                         \
+                const size_t o = g + 16 * (size_t)q;                                               \
+                v16 acc[4] = {{0}, {0}, {0}, {0}};                                                 \
+                if (pf)                                                                            \
+                    for (int u = 0; u < 4; u++) __builtin_prefetch(pf + o + u * P, 0, 3);          \
+                for (int t = 0; t < n; t++) {                                                      \
+                    v16 b;                                                                         \
+                    memcpy(&b, pat[t] + 16 * (size_t)q, sizeof b);                                 \
+                    for (int u = 0; u < 4; u++) {                                                  \
+                        v16 a;                                                                     \
+                        memcpy(&a, src[t] + o + u * P, sizeof a);                                  \
+                        acc[u] += a * b;                                                           \
+                    }                                                                              \
+                }                                                                                  \
+                if (bias) {                                                                        \
+                    v16 bv;                                                                        \
+                    memcpy(&bv, bias + 16 * (size_t)q, sizeof bv);                                 \
+                    for (int u = 0; u < 4; u++) acc[u] += bv;                                      \
+                }                                                                                  \
+                for (int u = 0; u < 4; u++) memcpy(dst + o + u * P, &acc[u], sizeof(v16));         \
+            }                                                                                      \
+        for (; g < len; g += P)                                                                    \
+            for (int q = 0; q < nm; q++) {                                                         \
+                const size_t o = g + 16 * (size_t)q;                                               \
+                if (o >= valid) return;                                                            \
+                v16 acc = {0};                                                                     \
+                if (pf) __builtin_prefetch(pf + o, 0, 3);                                          \
+                for (int t = 0; t < n; t++) {                                                      \
+                    v16 a, b;                                                                      \
+                    memcpy(&a, src[t] + o, sizeof a);                                              \
+                    memcpy(&b, pat[t] + 16 * (size_t)q, sizeof b);                                 \
+                    acc += a * b;                                                                  \
+                }                                                                                  \
+                if (bias) {                                                                        \
+                    v16 bv;                                                                        \
+                    memcpy(&bv, bias + 16 * (size_t)q, sizeof bv);                                 \
+                    acc += bv;                                                                     \
+                }                                                                                  \
+                if (o + 16 <= valid) memcpy(dst + o, &acc, sizeof acc);                            \
+                else memcpy(dst + o, &acc, sizeof(float) * (valid - o));                           \
+            }                                                                                      \
+    }
+SEP_PASS(0)
+SEP_PASS(1)
+SEP_PASS(2)
+SEP_PASS(3)
+SEP_PASS(4)
+SEP_PASS(5)
+SEP_PASS(6)
+SEP_PASS(7)
+
+INLINE void sep_pass(const float *const *src, const float *const *pat, int nt, int nm, size_t len,
+                     const float *bias, float *dst, size_t valid, const float *pf) {
+    switch (nt) {
+    case 1: sep_pass_1(src, pat, nt, nm, len, bias, dst, valid, pf); break;
+    case 2: sep_pass_2(src, pat, nt, nm, len, bias, dst, valid, pf); break;
+    case 3: sep_pass_3(src, pat, nt, nm, len, bias, dst, valid, pf); break;
+    case 4: sep_pass_4(src, pat, nt, nm, len, bias, dst, valid, pf); break;
+    case 5: sep_pass_5(src, pat, nt, nm, len, bias, dst, valid, pf); break;
+    case 6: sep_pass_6(src, pat, nt, nm, len, bias, dst, valid, pf); break;
+    case 7: sep_pass_7(src, pat, nt, nm, len, bias, dst, valid, pf); break;
+    default: sep_pass_0(src, pat, nt, nm, len, bias, dst, valid, pf);
+    }
+}
+
+/* dst[0, n) = src[0, n), the 64-byte lines inside with non-temporal stores (no read of the
+ * destination's lines, no eviction of the cache's working set); an sfence must follow. */
+INLINE void stream_copy(float *restrict dst, const float *restrict src, size_t n) {
+#if defined(__x86_64__) || defined(__i386__)
+    size_t i = 0;
+    for (; i < n && ((uintptr_t)(dst + i) & 63); i++) dst[i] = src[i];
+    for (; i + 16 <= n; i += 16) /* SSE stores: in every build; 4 fill a line's write buffer */
+        for (int j = 0; j < 16; j += 4) _mm_stream_ps(dst + i + j, _mm_loadu_ps(src + i + j));
+    for (; i < n; i++) dst[i] = src[i];
+#else
+    memcpy(dst, src, sizeof(float) * n);
+#endif
+}
+
+#define SEP_ROWS(SUFFIX, ATTR)                                                                     \
+    /* The horizontal pass of padded row pr (its input row r), from the ring or computed now. */   \
+    ATTR static const float *sep_hrow_##SUFFIX(Sep *k, int pr, int r) {                            \
+        const int slot = pr % k->nslots;                                                           \
+        float *h = k->ring + (size_t)slot * k->hlen;                                               \
+        if (k->tags[slot] == pr) return h;                                                         \
+        k->tags[slot] = pr;                                                                        \
+        const size_t P = k->P;                                                                     \
+        const int nm = k->nmaps, kw = k->kw;                                                       \
+        if (k->sw == 1) {                                                                          \
+            const size_t jstep = (size_t)k->dw * nm, halo = (size_t)(kw - 1) * jstep;              \
+            /* Groups [g0, g1) of this tile; those whose reads all lie inside the image read the \
+               input row itself (one channel per map), the others an expanded copy. */          \
+            const size_t g0 = (size_t)k->t0 * P, g1 = (size_t)k->t1 * P;                           \
+            size_t in0 = g1, in1 = g1;                                                             \
+            if (k->mult == 1) {                                                                    \
+                const size_t lo = (size_t)k->left * nm, hi = (size_t)(k->left + k->W) * nm;        \
+                size_t a = lo > g0 ? (lo - g0 + P - 1) / P * P + g0 : g0;                          \
+                size_t b = a;                                                                      \
+                while (b < g1 && b + P + halo <= hi) b += P;                                       \
+                if (b > a) in0 = a, in1 = b;                                                       \
+            }                                                                                      \
+            /* the expanded copy where needed: columns read by [g0, in0) and [in1, g1) */         \
+            if (in0 > g0) sep_expand(k, r, (int)(g0 / nm), (int)((in0 + halo + nm - 1) / nm));   \
+            if (g1 > in1) sep_expand(k, r, (int)(in1 / nm), (int)((g1 + halo + nm - 1) / nm));   \
+            const float *xr = k->x + (size_t)r * k->W * k->C;                                      \
+            const float *src[64], *pat[64];                                                        \
+            for (int j = 0; j < kw; j++) pat[j] = k->v + (size_t)j * P;                            \
+            /* [g0, in0) and [in1, g1) from the expanded copy, [in0, in1) from the input row */   \
+            if (in0 > g0) {                                                                        \
+                for (int j = 0; j < kw; j++) src[j] = k->e + g0 + j * jstep;                       \
+                sep_pass((const float *const *)src, (const float *const *)pat, kw, nm, in0 - g0, NULL, h + g0, in0 - g0, NULL);                      \
+            }                                                                                      \
+            if (in1 > in0) {                                                                       \
+                for (int j = 0; j < kw; j++) src[j] = xr + (in0 - (size_t)k->left * nm) + j * jstep; \
+                sep_pass((const float *const *)src, (const float *const *)pat, kw, nm, in1 - in0, NULL, h + in0, in1 - in0,                \
+                         r + 1 < k->H ? src[0] + (size_t)k->W * k->C : NULL);                   \
+            }                                                                                      \
+            if (g1 > in1) {                                                                        \
+                for (int j = 0; j < kw; j++) src[j] = k->e + in1 + j * jstep;                      \
+                sep_pass((const float *const *)src, (const float *const *)pat, kw, nm, g1 - in1, NULL, h + in1, g1 - in1, NULL);                     \
+            }                                                                                      \
+        } else {                                                                                   \
+            /* output columns [16·t0, 16·t1) read padded columns from 16·t0·sw on */               \
+            sep_expand(k, r, 16 * k->t0 * k->sw, 16 * k->t1 * k->sw + (kw - 1) * k->dw + 1);       \
+            const float *restrict e = k->e;                                                        \
+            const size_t t1 = (size_t)k->t1 * P < (size_t)k->ow * nm ? (size_t)k->t1 * P : (size_t)k->ow * nm; \
+            for (size_t t = (size_t)k->t0 * P; t < t1; t++) {                                      \
+                const size_t ox = t / nm, m = t % nm, l = t % P;                                   \
+                float acc = 0.0f;                                                                  \
+                for (int j = 0; j < kw; j++)                                                       \
+                    acc += e[(ox * k->sw + (size_t)j * k->dw) * nm + m] * k->v[j * P + l];         \
+                h[t] = acc;                                                                        \
+            }                                                                                      \
+        }                                                                                          \
+        return h;                                                                                  \
+    }                                                                                              \
+                                                                                                   \
+    ATTR static int sep_bands_##SUFFIX(Sep *k, float *out, int r0, int r1) {                       \
+        const float *rows[64];                                                                     \
+        const float *uu[64];                                                                       \
+        const size_t P = k->P, n = (size_t)k->ow * k->nmaps;                                       \
+        const int nm = k->nmaps, ngroups = (int)(k->hlen / P);                                     \
+        /* Column tiles (whole groups) whose ring rows stay in L1 while the band passes. */        \
+        for (int t0 = 0; t0 < ngroups; t0 += k->tile) {                                            \
+            k->t0 = t0;                                                                            \
+            k->t1 = t0 + k->tile < ngroups ? t0 + k->tile : ngroups;                               \
+            for (int i = 0; i < k->nslots; i++) k->tags[i] = -1;                                   \
+            const size_t e0 = (size_t)k->t0 * P, e1 = (size_t)k->t1 * P < n ? (size_t)k->t1 * P : n; \
+            for (int oy = r0; oy < r1; oy++) {                                                     \
+                int nr = 0;                                                                        \
+                for (int i = 0; i < k->kh; i++) {                                                  \
+                    const int pr = oy * k->sh + i * k->dh;                                         \
+                    const int r = k->rowmap[pr];                                                   \
+                    if (r < 0) continue;                                                           \
+                    rows[nr] = sep_hrow_##SUFFIX(k, pr, r);                                        \
+                    uu[nr++] = k->u + (size_t)i * P;                                               \
+                }                                                                                  \
+                float *dst = out + (size_t)(oy - r0) * n;                                          \
+                float *fin = k->stream ? k->orow : dst;                                            \
+                for (int i = 0; i < nr; i++) rows[i] += e0;                                        \
+                sep_pass((const float *const *)rows, (const float *const *)uu, nr, nm, (size_t)(k->t1 - k->t0) * P, k->bias, fin + e0, e1 - e0, NULL); \
+                if (k->act) {                                                                      \
+                    Conv c;                                                                        \
+                    c.act = k->act;                                                                \
+                    c.slope = k->slope;                                                            \
+                    activate_row(&c, fin + e0, e1 - e0);                                           \
+                }                                                                                  \
+                if (!k->nonfinite) k->nonfinite = any_nonfinite(fin + e0, e1 - e0);                \
+                if (k->stream) stream_copy(dst + e0, fin + e0, e1 - e0);                           \
+            }                                                                                      \
+        }                                                                                          \
+        STORE_FENCE();                                                                             \
+        return 0;                                                                                  \
+    }
+
+SEP_ROWS(base, )
+#if MULTI_ISA
+SEP_ROWS(avx2, TARGET("arch=x86-64-v3"))
+SEP_ROWS(avx512, TARGET("arch=x86-64-v4"))
+#endif
+
 typedef int (*bands_fn)(Conv *, float *, int, int, int, int, int);
 static bands_fn bands = bands_base;
+typedef int (*sep_fn)(Sep *, float *, int, int);
+static sep_fn sep_bands = sep_bands_base;
 static const char *isa_name = "baseline";
 
 static void pick_isa(void) {
@@ -585,9 +851,11 @@ static void pick_isa(void) {
     int want = force && !strcmp(force, "baseline") ? 0 : force && !strcmp(force, "avx2") ? 1 : 2;
     if (want >= 2 && __builtin_cpu_supports("x86-64-v4")) {
         bands = bands_avx512;
+        sep_bands = sep_bands_avx512;
         isa_name = "avx512";
     } else if (want >= 1 && __builtin_cpu_supports("x86-64-v3")) {
         bands = bands_avx2;
+        sep_bands = sep_bands_avx2;
         isa_name = "avx2";
     }
 #endif
@@ -743,8 +1011,125 @@ fail_x:
     return NULL;
 }
 
+static const char sep_doc[] =
+    "sep_rows(x, u, v, bias, out, rowmap, colmap, geom, act, slope, r0, r1)\n\n"
+    "Output rows [r0, r1) of a layer whose every map m has the rank-1 kernel u_m v_mT and reads\n"
+    "channel m // mult, into out (C-contiguous float32, (r1 - r0) x ow x nmaps). u (kh x P),\n"
+    "v (kw x P) and bias (P) are lane patterns, P = 16 * nmaps: entry t holds map t % nmaps.\n"
+    "geom is (H, W, C, kh, kw, sh, sw, dh, dw, ow, nmaps, mult, left). The GIL is released.\n"
+    "Returns whether a finished value is Inf or NaN.";
+
+static PyObject *py_sep_rows(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *ox, *ou, *ov, *ob, *oo, *orm, *ocm;
+    Sep k;
+    int r0, r1;
+    memset(&k, 0, sizeof k);
+    if (!PyArg_ParseTuple(args, "OOOOOOO(iiiiiiiiiiiii)ifii", &ox, &ou, &ov, &ob, &oo, &orm, &ocm, &k.H, &k.W,
+                          &k.C, &k.kh, &k.kw, &k.sh, &k.sw, &k.dh, &k.dw, &k.ow, &k.nmaps, &k.mult, &k.left,
+                          &k.act, &k.slope, &r0, &r1))
+        return NULL;
+    if (k.H < 1 || k.W < 1 || k.C < 1 || k.kh < 1 || k.kw < 1 || k.kh > 64 || k.kw > 64 || k.sh < 1 || k.sw < 1 ||
+        k.dh < 1 || k.dw < 1 || k.ow < 1 || k.nmaps < 1 || k.mult < 1 || k.nmaps != k.C * k.mult ||
+        k.nmaps > 4096 || k.left < 0 || r0 < 0 || r1 < r0 || k.act < 0 || k.act > 5) {
+        PyErr_SetString(PyExc_ValueError, "_ccore.sep_rows: bad geometry");
+        return NULL;
+    }
+    k.P = (size_t)16 * k.nmaps;
+    const size_t n = (size_t)k.ow * k.nmaps;
+    k.hlen = (n + k.P - 1) / k.P * k.P;
+    k.pw = (k.ow - 1) * k.sw + (k.kw - 1) * k.dw + 1;
+    k.elen = (size_t)k.pw * k.nmaps;
+    if (k.sw == 1 && k.elen < k.hlen + (size_t)(k.kw - 1) * k.dw * k.nmaps)
+        k.elen = k.hlen + (size_t)(k.kw - 1) * k.dw * k.nmaps;
+    k.nslots = (k.kh - 1) * k.dh + 1;
+    {   /* column tiles: the ring's rows (and the expanded row) in about SEP_TILE_BYTES of L2 (measured:
+           W3's 31 rows run faster in whole rows from L2 than in L1-sized tiles) */
+        const char *env = getenv("CONVCLI_SEP_TILE");
+        const long budget = env ? atol(env) : SEP_TILE_BYTES;
+        long t = budget / (long)(sizeof(float) * k.P * (size_t)(k.nslots + 1));
+        k.tile = t < SEP_MIN_TILE ? SEP_MIN_TILE : t > (1 << 20) ? (1 << 20) : (int)t;
+    }
+    const Py_ssize_t padded_h = r1 > 0 ? (Py_ssize_t)(r1 - 1) * k.sh + (Py_ssize_t)(k.kh - 1) * k.dh + 1 : 0;
+    Py_buffer bx, bu, bv, bb, bo, brm, bcm;
+    if (get_buf(ox, &bx, 0, (Py_ssize_t)k.H * k.W * k.C, "x") < 0) return NULL;
+    if (get_buf(ou, &bu, 0, (Py_ssize_t)(k.kh * k.P), "u") < 0) goto fail_x;
+    if (get_buf(ov, &bv, 0, (Py_ssize_t)(k.kw * k.P), "v") < 0) goto fail_u;
+    if (get_buf(ob, &bb, 0, (Py_ssize_t)k.P, "bias") < 0) goto fail_v;
+    if (get_buf(oo, &bo, 1, (Py_ssize_t)(r1 - r0) * (Py_ssize_t)n, "out") < 0) goto fail_b;
+    if (get_buf(orm, &brm, 0, padded_h, "rowmap") < 0) goto fail_o;
+    if (get_buf(ocm, &bcm, 0, k.pw, "colmap") < 0) goto fail_rm;
+    k.x = (const float *)bx.buf;
+    k.u = (const float *)bu.buf;
+    k.v = (const float *)bv.buf;
+    k.bias = (const float *)bb.buf;
+    k.rowmap = (const int32_t *)brm.buf;
+    k.colmap = (const int32_t *)bcm.buf;
+    k.ncolmap = bcm.len / 4;
+    int bad = 0, nomem = 0;
+    for (Py_ssize_t i = 0; i < padded_h; i++) bad |= k.rowmap[i] >= k.H || k.rowmap[i] < -1;
+    for (Py_ssize_t i = 0; i < k.ncolmap; i++) bad |= k.colmap[i] >= k.W || k.colmap[i] < -1;
+    /* Inside columns must map to themselves (the expansion copies them as one run). */
+    for (int pc = k.left; pc < k.left + k.W && pc < k.ncolmap; pc++) bad |= k.colmap[pc] != pc - k.left;
+    if (!bad) {
+        /* 64-byte aligned (whole groups of rows are whole lines: the vertical pass's loads
+           do not cross lines), zeroed (the expanded row's columns past the image stay 0) */
+        const size_t ebytes = (sizeof(float) * (k.elen + 16) + 63) / 64 * 64;
+        const size_t rbytes = (sizeof(float) * (k.hlen * (size_t)k.nslots + 16) + 63) / 64 * 64;
+        k.e = (float *)aligned_alloc(64, ebytes);
+        k.ring = (float *)aligned_alloc(64, rbytes);
+        if (k.e) memset(k.e, 0, ebytes);
+        if (k.ring) memset(k.ring, 0, rbytes);
+        k.tags = (int *)malloc(sizeof(int) * (size_t)k.nslots);
+        {
+            const char *env = getenv("CONVCLI_SEP_STREAM");
+            const double bytes = 4.0 * (double)(r1 - r0) * (double)n;
+            k.stream = env ? atoi(env) : bytes >= SEP_STREAM_BYTES;
+        }
+        if (k.stream) k.orow = (float *)aligned_alloc(64, (sizeof(float) * k.hlen + 63) / 64 * 64);
+        if (!k.e || !k.ring || !k.tags || (k.stream && !k.orow)) nomem = 1;
+        else {
+            for (int i = 0; i < k.nslots; i++) k.tags[i] = -1;
+            Py_BEGIN_ALLOW_THREADS
+            sep_bands(&k, (float *)bo.buf, r0, r1);
+            Py_END_ALLOW_THREADS
+        }
+    }
+    free(k.e);
+    free(k.ring);
+    free(k.tags);
+    free(k.orow);
+    PyBuffer_Release(&bcm);
+    PyBuffer_Release(&brm);
+    PyBuffer_Release(&bo);
+    PyBuffer_Release(&bb);
+    PyBuffer_Release(&bv);
+    PyBuffer_Release(&bu);
+    PyBuffer_Release(&bx);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "_ccore.sep_rows: rowmap/colmap index outside the input");
+        return NULL;
+    }
+    if (nomem) return PyErr_NoMemory();
+    return PyBool_FromLong(k.nonfinite);
+fail_rm:
+    PyBuffer_Release(&brm);
+fail_o:
+    PyBuffer_Release(&bo);
+fail_b:
+    PyBuffer_Release(&bb);
+fail_v:
+    PyBuffer_Release(&bv);
+fail_u:
+    PyBuffer_Release(&bu);
+fail_x:
+    PyBuffer_Release(&bx);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"rows", py_rows, METH_VARARGS, rows_doc},
+    {"sep_rows", py_sep_rows, METH_VARARGS, sep_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -12,6 +12,14 @@ un-pooled map is never stored. Borders go through the padded image's row and col
 maps (:func:`convcli.engine._common.source_index`), so every padding and border mode is
 served without a padded copy; stride, dilation and depthwise layers are loop parameters.
 
+Rank-1 kernels whose every map reads one channel (depthwise layers, 2-D kernels on the
+channel sum) have a second loop, :func:`correlate_separable`: per thread, a ring of input
+rows filtered horizontally (``kw`` taps, the factors :mod:`convcli.engine.separable` finds),
+then the vertical pass (``kh`` taps), bias and activation per output row, in column tiles
+whose ring stays in L2; large outputs are written with non-temporal stores. Two environment
+variables tune it for measurements (neither changes a bit): ``CONVCLI_SEP_TILE`` (bytes of
+ring per column tile) and ``CONVCLI_SEP_STREAM`` (1/0: non-temporal stores on/off).
+
 A pixel's sum is formed in one fixed order whatever rows a call computes, so the bands the
 engine's threads take do not change any bit. The GIL is released during the loop.
 """
@@ -194,6 +202,106 @@ def correlate_pooled(x: np.ndarray, w: np.ndarray, pool, *, pads, stride, dilati
     poh, pow_ = out_hw[0] // pool.size[0], out_hw[1] // pool.size[1]
     out = _common.result_array((poh, pow_, layer.n_maps), out)
     layer.run(out, (0, poh), pool)
+    return out
+
+
+def separable_ok(in_hwc, w_shape, depthwise: bool) -> bool:
+    """Whether :func:`correlate_separable` can take the layer's shapes: every map reads one
+    channel (depthwise, or a 2-D kernel on one channel) through at most 64 kernel rows and columns."""
+    return (depthwise or in_hwc[2] == 1) and max(w_shape[0], w_shape[1]) <= 64
+
+
+def separable_factors(w: np.ndarray, depthwise: bool, channels: int):
+    """(u, v) of shapes (kh, maps), (kw, maps): map m's kernel is outer(u[:, m], v[:, m]) to
+    float32 precision (the factors :func:`convcli.engine.separable.terms_of` finds), or None
+    when a kernel's rank is above 1. An all-zero kernel gives zero factors."""
+    from . import separable
+
+    kh, kw, _, f = w.shape
+    terms = separable.terms_of(w, depthwise, channels, 1)
+    if terms is None:
+        return None
+    n_maps = channels * f if depthwise else f
+    u = np.zeros((kh, n_maps), np.float32)
+    v = np.zeros((kw, n_maps), np.float32)
+    for _, m, a, b in terms:
+        u[:, m], v[:, m] = a, b
+    return u, v
+
+
+class _SepLayer:
+    """The lane patterns and index maps of a rank-1 layer for ``_ccore.sep_rows``."""
+
+    def __init__(self, x, factors, *, pads, stride, dilation, border, out_hw, depthwise, epilogue):
+        h, wid, c = x.shape
+        u, v = factors
+        self.n_maps = n = u.shape[1]
+        lanes = 16 * n  # a pattern: 16 repeats of the maps, a whole number of vectors
+        self.u = np.ascontiguousarray(np.tile(u, (1, 16)))
+        self.v = np.ascontiguousarray(np.tile(v, (1, 16)))
+        bias = np.zeros(n, np.float32)
+        act, slope = 0, 0.0
+        if epilogue is not None:
+            if epilogue.bias is not None:
+                bias[:] = epilogue.bias
+            act = _ACTS[getattr(epilogue.activation, "value", str(epilogue.activation))]
+            slope = float(epilogue.negative_slope)
+        self.bias = np.tile(bias, 16)
+        assert self.bias.size == lanes
+        self.act, self.slope = act, slope
+        top, bottom, left, right = pads
+        self.rowmap = _common.source_index(h, top, bottom, border).astype(np.int32)
+        self.colmap = _common.source_index(wid, left, right, border).astype(np.int32)
+        (sh, sw), (dh, dw) = stride, dilation
+        kh, kw = u.shape[0], v.shape[0]
+        self.geom = (h, wid, c, kh, kw, sh, sw, dh, dw, out_hw[1], n, n // c, left)
+        # 16-lane multiply-adds of one output row (both passes), for the thread split.
+        self.macs_per_row = -(-out_hw[1] * n // 16) * (kh + kw * sh)
+        self.x = x
+
+    def run(self, out, rows) -> None:
+        a, b = rows
+        n = b - a
+        parts = _threads.CPUS if n * self.macs_per_row >= 2 * MIN_MACS_PER_THREAD // 16 else 1
+        ranges = _threads.split_rows(n, max(1, MIN_MACS_PER_THREAD // 16 // max(1, self.macs_per_row)),
+                                     parts=min(parts, _threads.get_threads()))
+        overflow = []
+
+        def work(r0: int, r1: int) -> None:
+            if _ccore.sep_rows(self.x, self.u, self.v, self.bias, out[r0:r1], self.rowmap, self.colmap,
+                               self.geom, self.act, self.slope, a + r0, a + r1):
+                overflow.append((r0, r1))
+
+        _threads.run_ranges(work, ranges)
+        if overflow:
+            warnings.warn("overflow encountered in the compiled convolution: the maps hold Inf or NaN",
+                          RuntimeWarning, stacklevel=3)
+
+
+def correlate_separable(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, out_hw,
+                        depthwise: bool = False, factors=None, rows=None, epilogue=None, scratch=None,
+                        out=None) -> np.ndarray:
+    """The contract of :func:`convcli.engine.direct.correlate` for rank-1 kernels, by the C
+    loop's two 1-D passes (``kh + kw`` multiply-adds per value instead of ``kh·kw``).
+
+    Every map must read one channel (:func:`separable_ok`). ``factors`` (from
+    :func:`separable_factors`) may be passed when already computed; raises ValueError when
+    a kernel's rank is above 1. The bias and activation of ``epilogue`` are fused.
+    ``scratch`` is unused (a thread needs a few rows of the image's width).
+    """
+    x = _checked(x)
+    w = np.asarray(w, np.float32)
+    if not separable_ok(x.shape, w.shape, depthwise):
+        raise ValueError("the compiled separable loop needs one channel per map and at most 64 kernel rows")
+    if factors is None:
+        factors = separable_factors(w, depthwise, x.shape[2])
+    if factors is None:
+        raise ValueError("a kernel has rank above 1")
+    layer = _SepLayer(x, factors, pads=pads, stride=stride, dilation=dilation, border=border, out_hw=out_hw,
+                      depthwise=depthwise, epilogue=epilogue)
+    row_a, row_b = rows if rows is not None else (0, out_hw[0])
+    out = _common.result_array((row_b - row_a, out_hw[1], layer.n_maps), out)
+    layer.run(out, (row_a, row_b))
     return out
 
 

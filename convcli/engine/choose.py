@@ -14,6 +14,9 @@ rates measured on a 2-core x86 machine (``benchmarks/run.py`` prints the real ti
 * ccore: the compiled direct loop (:mod:`convcli.engine.ccore`), when it is built: its
   vector multiply-adds (16 lanes each; lanes a layer's maps leave empty cost the same), the
   expansion of each input row for few-map layers, and the output's first touch;
+* ccore-separable: the compiled core's two 1-D passes for rank-1 kernels where every map
+  reads one channel (depthwise, or a 2-D kernel on one channel): ``kh + kw`` vector
+  multiply-adds per 16 output values, a read of the input and a write of the output;
 * opencv: per-channel filter2D/sepFilter2D calls, when cv2 is importable and can serve it:
   one call on the whole image when it gives the output (one map per channel), otherwise
   a call per (channel, filter) on bands of rows, plus the copies that split and merge planes.
@@ -34,7 +37,8 @@ GEMM_MACS_PER_S = 25e9  # skinny sgemm on tiles, both cores
 COPY_FLOATS_PER_S = 3e9  # the strided copy into the patch matrix
 OUTPUT_BYTES_PER_S = 4e9  # first touch of a fresh output array (page faults), every path
 FINISH_NS_PER_VALUE = 0.25  # one bias or activation pass over an output tile in cache, both cores (W1: 4 ms)
-FIXED_SECONDS = {"direct": 2e-5, "separable": 3e-4, "fft": 5e-4, "opencv": 1e-4, "ccore": 2e-5}  # set-up per layer
+FIXED_SECONDS = {"direct": 2e-5, "separable": 3e-4, "fft": 5e-4, "opencv": 1e-4, "ccore": 2e-5,
+                 "ccore-separable": 3e-5}  # set-up per layer
 CALL_SECONDS = 1.2e-6  # one numpy call on a small block (the interpreter's share)
 TERM_SECONDS_PER_PIXEL = 3e-9  # separable: the passes' copies and sums, per term and output pixel (W3: 50 ms measured)
 TILE_CHANNEL_SECONDS = 1.5e-4  # separable: fixed work per (tile, channel)
@@ -59,6 +63,12 @@ CC_SPLIT_LOAD_FACTOR = {1: 4.0, 2: 2.0}
 CC_EXPAND_NS = 0.25  # expanding one input value into a ring row (per value and map lane block)
 CC_GATHER_FACTOR = 6.0  # depthwise gather kernel: building each vector lane by lane
 CC_WRITE_BYTES_PER_S = 12e9  # storing the output (besides its first touch)
+# The separable loop, both cores: 16-lane multiply-adds a second of its two passes (W3's
+# 31 + 31 taps: 14 ms on one core, 24 M of them; W5's Sobel 2 ms against the direct loop's
+# 5 ms in the same run), and the scalar horizontal pass a stride above 1 takes (per value
+# and tap). Like cost_ccore, the input's read is in these rates.
+CC_SEP_FMAS_PER_S = 3.5e9
+CC_SEP_STRIDED_NS = 0.5
 
 
 @dataclass(frozen=True)
@@ -184,7 +194,27 @@ def cost_ccore(layer: Layer) -> float:
     return fmas / CC_VECTOR_FMAS_PER_S[mode] + extra + write + _output_seconds(layer, finish=0)
 
 
-COSTS = {"direct": cost_direct, "separable": cost_separable, "fft": cost_fft, "opencv": cost_opencv, "ccore": cost_ccore}
+def cost_ccore_separable(layer: Layer) -> float:
+    from . import ccore
+
+    kh, kw, _, f = layer.w_shape
+    h, w, c = layer.in_hwc
+    oh, ow = layer.out_hw
+    if layer.rank > 1 or not ccore.separable_ok(layer.in_hwc, layer.w_shape, layer.depthwise):
+        return math.inf
+    vectors = -(-ow * layer.n_maps // 16)  # of an output row
+    in_rows = min(h + kh * layer.dilation[0], oh * layer.stride[0] + kh * layer.dilation[0])
+    seconds = oh * vectors * kh / CC_SEP_FMAS_PER_S  # vertical
+    if layer.stride[1] == 1:
+        seconds += in_rows * vectors * kw / CC_SEP_FMAS_PER_S
+    else:
+        seconds += in_rows * ow * layer.n_maps * kw * CC_SEP_STRIDED_NS * 1e-9
+    seconds += 4 * oh * ow * layer.n_maps / CC_WRITE_BYTES_PER_S
+    return seconds + _output_seconds(layer, finish=0)
+
+
+COSTS = {"direct": cost_direct, "separable": cost_separable, "fft": cost_fft, "opencv": cost_opencv, "ccore": cost_ccore,
+         "ccore-separable": cost_ccore_separable}
 
 
 def rank_of(w: np.ndarray) -> int:
@@ -215,5 +245,5 @@ def choose(layer: Layer, *, opencv_ok: bool, ccore_ok: bool = False) -> str:
 
 def estimates(layer: Layer, *, opencv_ok: bool = False, ccore_ok: bool = False) -> dict[str, float]:
     """Estimated seconds of every path (for ``--explain``-style reports and tests)."""
-    allowed = {"opencv": opencv_ok, "ccore": ccore_ok}
+    allowed = {"opencv": opencv_ok, "ccore": ccore_ok, "ccore-separable": ccore_ok}
     return {name: fn(layer) + FIXED_SECONDS[name] for name, fn in COSTS.items() if allowed.get(name, True)}
