@@ -958,6 +958,9 @@ static PyObject *py_rows(PyObject *self, PyObject *args) {
     if (!bad && k.mode == MODE_EXPAND) {
         k.nplanes = k.depthwise ? k.nb : k.C;
         k.ncol = k.ow + MAX_EXPAND_PIXELS + (k.kw - 1) * k.dw / k.sw + 1;
+        /* whole 64-byte lines per phase and plane: with a 64-byte aligned ring, tap column 0's
+           vector loads do not cross lines */
+        k.ncol = (k.ncol * k.vf + 15) / 16 * 16 / k.vf;
         k.plane = (size_t)k.sw * k.ncol * k.vf;
         k.rowsize = k.plane * k.nplanes;
         k.nslots = (k.kh - 1) * k.dh + 1;
@@ -973,7 +976,7 @@ static PyObject *py_rows(PyObject *self, PyObject *args) {
         }
         for (int j = 0; j < k.kw && j < 64; j++)
             k.joff[j] = (j * k.dw) % k.sw * k.ncol * k.vf + (j * k.dw) / k.sw * k.vf;
-        k.ring = (float *)malloc(sizeof(float) * k.rowsize * (size_t)k.nslots);
+        k.ring = (float *)aligned_alloc(64, (sizeof(float) * k.rowsize * (size_t)k.nslots + 63) / 64 * 64);
         k.tags = (int *)malloc(sizeof(int) * (size_t)k.nslots);
         if (!k.ring || !k.tags) nomem = 1;
         else
