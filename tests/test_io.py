@@ -468,15 +468,32 @@ def test_seed_inputs_in_sample_images():
     np.testing.assert_array_equal(bump.array.ravel(), [0, 0, 0, 1, 1, 0, 0, 0])
 
 
+PHOTOGRAPHS = ("astronaut.png", "coffee.png", "chelsea.png")
+
+
 def test_sample_images_are_small_and_read():
     pngs = sorted(SAMPLES.glob("*.png"))
-    assert len(pngs) >= 3
+    assert len(pngs) >= 3 + len(PHOTOGRAPHS)
+    total_pixels = 0
     for path in pngs:
-        assert path.stat().st_size < 150_000
+        photo = path.name in PHOTOGRAPHS
+        assert path.stat().st_size < (450_000 if photo else 150_000)
         h, w, _c = cio.read_shape(path)
-        assert h <= 240 and w <= 320
+        assert (h <= 600 and w <= 600) if photo else (h <= 240 and w <= 320)
         assert cio.read_input(path).shape == cio.read_shape(path)
+        total_pixels += h * w
+    # The README's main job reads every PNG here: it must stay a matter of seconds.
+    assert total_pixels < 1_000_000
     assert cio.read_input(SAMPLES / "gradient-16bit.png").bit_depth == 16
+
+
+def test_every_sample_file_has_its_licence():
+    licences = (SAMPLES / "LICENSES.md").read_text(encoding="utf-8")
+    for path in SAMPLES.iterdir():
+        if path.suffix in (".png", ".csv"):
+            assert f"`{path.name}`" in licences, path.name
+    for photo in PHOTOGRAPHS:
+        assert photo in licences and cio.read_shape(SAMPLES / photo)[2] == 3
 
 
 def test_stdin(monkeypatch):
