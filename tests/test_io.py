@@ -863,6 +863,7 @@ def test_montage_layout_and_tiles():
     maps[1][2, 3] = 255
     blob = cio.montage(maps, ["vertical-line", "edge", "sobel-x"])
     with Image.open(io.BytesIO(blob)) as im:
+        assert im.mode == "L"  # gray maps make a gray montage (a third of the bytes)
         canvas = np.asarray(im.convert("RGB")).astype(int)
     # 6×6 tiles enlarged 16× to 96×96; ceil(sqrt(3)) = 2 columns, 2 rows; 8-pixel gaps.
     assert canvas.shape[1] == 2 * 96 + 3 * 8
@@ -877,6 +878,13 @@ def test_montage_layout_and_tiles():
     cell_h = (canvas.shape[0] - 3 * 8) // 2
     third = canvas[8 + cell_h + 8:8 + cell_h + 8 + 96, 8:104]
     assert (third == 200).all()
+
+
+def test_montage_of_colour_maps_stays_colour():
+    maps = [np.zeros((6, 6), np.uint8), np.full((6, 6, 3), (250, 10, 20), np.uint8)]
+    with Image.open(io.BytesIO(cio.montage(maps, ["gray", "red"]))) as im:
+        assert im.mode == "RGB"
+        assert np.asarray(im)[8 + 40, 112 + 40].tolist() == [250, 10, 20]
 
 
 def test_montage_errors():
