@@ -820,7 +820,8 @@ def _shipped_kernel_names() -> list[str]:
     With an editable install (or a wheel on sys.path) the package data imports. With a
     regular install run from the checkout, the checkout's convcli/ (first on sys.path)
     shadows the installed package and has no kernels_data: the installed distribution's
-    file list says what shipped, and each listed file must be on disk.
+    file list (its RECORD) says what shipped, and each listed file must be on disk. The
+    build leaves a convcli.egg-info in the checkout too, listing the sources: skipped.
     """
     from importlib import metadata
     from importlib.resources import files
@@ -828,10 +829,13 @@ def _shipped_kernel_names() -> list[str]:
     try:
         root = files("convcli.kernels_data")
     except ModuleNotFoundError:
-        dist = metadata.distribution("convcli")
-        entries = [f for f in dist.files or () if f.parts[:2] == ("convcli", "kernels_data") and f.suffix == ".yaml"]
-        assert all(Path(dist.locate_file(f)).is_file() for f in entries)
-        return sorted(Path(f.name).stem for f in entries)
+        for dist in metadata.distributions(name="convcli"):
+            entries = [f for f in dist.files or () if f.parts[:2] == ("convcli", "kernels_data")
+                       and f.suffix == ".yaml"]
+            if entries:
+                assert all(Path(dist.locate_file(f)).is_file() for f in entries)
+                return sorted(Path(f.name).stem for f in entries)
+        pytest.fail("convcli.kernels_data is neither importable nor in an installed distribution")
     return sorted(entry.name[: -len(".yaml")] for entry in root.iterdir() if entry.name.endswith(".yaml"))
 
 
