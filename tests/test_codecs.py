@@ -242,3 +242,23 @@ def test_png_header_parsing():
     flipped = bytearray(blob[:33])
     flipped[20] ^= 0xFF  # the height, under a CRC that no longer matches
     assert spng.png_header(bytes(flipped)) is None
+
+
+def test_one_kernel_on_an_rgb_png_never_imports_pillow(tmp_path):
+    # Start-up: libspng reads the photo and convcli's encoder writes the map, so the
+    # command pays no Pillow import (PIL.Image + PngImagePlugin: ~20 ms).
+    pytest.importorskip("pyspng")
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(cio.encode_png(pixels_for(3, 8, (31, 40))))
+    code = ("import sys\n"
+            "from convcli.cli import main\n"
+            "try:\n"
+            f"    main(['apply', {str(photo)!r}, '-k', 'edge', '--padding', 'same', '-o', {str(tmp_path / 'out')!r}])\n"
+            "except SystemExit as exit:\n"
+            "    assert not exit.code, exit.code\n"
+            "print(sorted(m for m in sys.modules if m == 'PIL' or m.startswith('PIL.')))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    with Image.open(tmp_path / "out" / "photo_edge.png") as im:
+        assert im.size == (40, 31)
