@@ -73,8 +73,8 @@ def in_process_floor(photo: Path, bank: np.ndarray) -> dict[str, object]:
     def decode():  # convcli's reader: libspng for an RGB PNG
         return read_input(photo, keep_integers=True).array
 
-    x = decode()
-    maps = convcli.conv2d(x.astype(np.float32), bank, padding="same")
+    x = decode().astype(np.float32)
+    maps = convcli.conv2d(x, bank, padding="same")
     gray = [to_display(maps[:, :, f], normalize="minmax", bits=8) for f in range(maps.shape[2])]
 
     def encode(threads: int):
@@ -88,7 +88,7 @@ def in_process_floor(photo: Path, bank: np.ndarray) -> dict[str, object]:
     cores = os.cpu_count() or 1
     return {
         "decode": decode,
-        "convolution": lambda: convcli.conv2d(x.astype(np.float32), bank, padding="same"),
+        "convolution": lambda: convcli.conv2d(x, bank, padding="same"),
         "encode (level 1, 1 thread)": lambda: encode(1),
         f"encode (level 1, {cores} threads)": lambda: encode(cores),
     }

@@ -44,6 +44,18 @@ def libpng_decode(blob: bytes) -> np.ndarray:
     return out if out.ndim == 3 else out[:, :, None]
 
 
+def assert_chunk_crcs(blob: bytes) -> None:
+    """Every chunk's CRC, checked with zlib's own crc32, up to IEND."""
+    pos, kinds = 8, []
+    while pos < len(blob):
+        length, kind = struct.unpack(">I4s", blob[pos:pos + 8])
+        payload = blob[pos + 8:pos + 8 + length]
+        assert zlib.crc32(kind + payload) == struct.unpack(">I", blob[pos + 8 + length:pos + 12 + length])[0], kind
+        kinds.append(kind)
+        pos += 12 + length
+    assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and b"IDAT" in kinds
+
+
 # --------------------------------------------------------------------------- the encoder
 
 
@@ -67,6 +79,19 @@ def test_every_png_we_write_reads_back_in_pillow_and_libpng(channels, bits, leve
     if channels != 2:  # OpenCV turns gray+alpha into BGRA
         np.testing.assert_array_equal(libpng_decode(blob), pixels)
     np.testing.assert_array_equal(cio.read_input(blob, keep_integers=True).array, pixels)
+    assert_chunk_crcs(blob)
+    assert zlib.decompress(b"".join(blob[p + 8:p + 8 + struct.unpack(">I", blob[p:p + 4])[0]]
+                                    for p in _chunk_offsets(blob, b"IDAT")))  # Adler-32 checked by zlib
+
+
+def _chunk_offsets(blob: bytes, wanted: bytes) -> list[int]:
+    pos, found = 8, []
+    while pos < len(blob):
+        length, kind = struct.unpack(">I4s", blob[pos:pos + 8])
+        if kind == wanted:
+            found.append(pos)
+        pos += 12 + length
+    return found
 
 
 @pytest.mark.skipif(shutil.which("pngcheck") is None, reason="pngcheck not installed (apt-get install pngcheck)")
@@ -107,6 +132,7 @@ def test_zlib_fallback_when_isal_cannot_be_imported(monkeypatch):
     for blob in (with_isal, with_zlib):
         with Image.open(io.BytesIO(blob)) as im:
             np.testing.assert_array_equal(np.asarray(im), pixels)
+        assert_chunk_crcs(blob)
     # zlib at level 1 with the RLE strategy, as the fallback promises.
     compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
     rows = pixels.reshape(300, -1)

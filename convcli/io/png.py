@@ -79,8 +79,8 @@ def _png_bytes(pixels: Any, bits: int, level: int, workers: int = 1) -> bytes:
 
     Fast levels (0–2) filter every row with PNG's Sub filter — the recipe of fast PNG
     encoders — and deflate with ISA-L (:mod:`.deflate`; zlib's RLE strategy without it);
-    both release the GIL, so maps encode in parallel threads. Levels 3–9 pick, for each row, the filter (None, Sub, Up, Average or Paeth)
-    that minimises the sum of absolute signed bytes — libpng's heuristic, computed for all
+    both release the GIL, so maps encode in parallel threads. Levels 3–9 pick, for each
+    row, the filter (None, Sub, Up, Average or Paeth) that minimises the sum of absolute signed bytes — libpng's heuristic, computed for all
     rows at once — for smaller files.
     """
     import numpy as np
@@ -113,8 +113,8 @@ _local = threading.local()
 def _scanline_buffer(height: int, width: int) -> Any:
     """This thread's uint8 scratch for filtered scanlines, reused by every map it encodes.
 
-    The deflater copies what it compresses into its own output, so the buffer is free again when
-    :func:`_png_bytes` returns; a fresh one per map costs its page faults every time
+    The deflater copies what it compresses into its own output, so the buffer is free again
+    when :func:`_png_bytes` returns; a fresh one per map costs its page faults every time
     (64 maps of 1080p: 133 MB). Buffers above 16 MB (a 4K colour map) are not kept.
     """
     import numpy as np
@@ -140,8 +140,8 @@ def _deflate(data: memoryview, level: int, workers: int = 1) -> bytes:
     may reach back across the cut, as in one stream) and ends on a byte boundary with a
     sync flush; the last part ends the stream. The parts, between zlib's two-byte header
     and the Adler-32 of all the data, are one valid zlib stream. ISA-L and zlib release
-    the GIL, so the parts of one large map compress on several cores. The cuts depend on the size
-    alone, so the bytes are the same whatever ``workers`` is.
+    the GIL, so the parts of one large map compress on several cores. The cuts depend on
+    the size alone, so the bytes are the same whatever ``workers`` is.
     """
     view = memoryview(data).cast("B")
     size = len(view)
@@ -168,7 +168,7 @@ def _deflate(data: memoryview, level: int, workers: int = 1) -> bytes:
     # zlib header: deflate with a 32 KiB window (0x78), then the level hint and check bits.
     cmf, flg = 0x78, deflate.header_level_hint(level) << 6
     flg += 31 - ((cmf << 8) + flg) % 31
-    return bytes((cmf, flg)) + b"".join(bodies) + struct.pack(">I", zlib.adler32(view))
+    return bytes((cmf, flg)) + b"".join(bodies) + struct.pack(">I", deflate.adler32(view))
 
 
 def _adaptive_scanlines(rows: Any, bpp: int) -> Any:
@@ -203,4 +203,5 @@ def _adaptive_scanlines(rows: Any, bpp: int) -> Any:
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    return (struct.pack(">I", len(payload)) + kind + payload
+            + struct.pack(">I", deflate.crc32(payload, deflate.crc32(kind))))

@@ -8,7 +8,8 @@
 
 The format is found from the content (magic numbers), then the suffix; each format is read
 by its own module: :mod:`.npy`, :mod:`.text`, :mod:`.tiff`, :mod:`.spng` (the PNG kinds
-libspng decodes faster), :mod:`.pillow` (other PNGs, JPEG and the other Pillow formats). ``--mode`` and ``--scale`` are applied by :mod:`.modes`.
+libspng decodes faster), :mod:`.pillow` (other PNGs, JPEG and the other Pillow formats).
+``--mode`` and ``--scale`` are applied by :mod:`.modes`.
 """
 
 from __future__ import annotations

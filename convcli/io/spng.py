@@ -25,6 +25,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from . import deflate
 from ._common import _PNG_MAGIC, _check_pixels, _Raw, _read_bytes
 
 _UNSET = object()
@@ -101,7 +102,6 @@ def read_png(name: str, path: Path | None, data: bytes | None, head: bytes, *,
 
 def _chunk_kinds_if_intact(blob: bytes) -> set[bytes] | None:
     """The chunk types of a PNG whose chunks up to IEND all carry the right CRC, else None."""
-    crc32 = _crc32()
     view = memoryview(blob)
     kinds: set[bytes] = set()
     pos = len(_PNG_MAGIC)
@@ -110,7 +110,7 @@ def _chunk_kinds_if_intact(blob: bytes) -> set[bytes] | None:
         end = pos + 8 + length
         if end + 4 > len(blob):
             return None
-        if crc32(view[pos + 4:end]) != struct.unpack_from(">I", blob, end)[0]:
+        if deflate.crc32(view[pos + 4:end]) != struct.unpack_from(">I", blob, end)[0]:
             return None
         kinds.add(kind)
         if kind == b"IEND":
@@ -119,10 +119,3 @@ def _chunk_kinds_if_intact(blob: bytes) -> set[bytes] | None:
     return None
 
 
-def _crc32() -> Any:
-    """ISA-L's CRC-32 (several times zlib's speed) when the isal package is there."""
-    try:
-        from isal.isal_zlib import crc32
-    except ImportError:
-        return zlib.crc32
-    return crc32
