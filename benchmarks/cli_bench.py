@@ -14,7 +14,9 @@ their own resolution (``benchmarks/photos.py``). Cases (issues 4 and 15):
 3. Start-up: ``convcli --help`` and ``convcli shape …`` against
    ``python -c "import click, numpy"``.
 
-Medians of ``--repeat`` runs (commands alternate, so drift hits both sides alike). The
+Medians of ``--repeat`` runs (commands alternate, so drift hits both sides alike), of the
+wall time and of the CPU time (user + system, all threads): on a machine shared with other
+jobs the wall time includes the waits for a core, the CPU time much less. The
 package's bytecode is written first, as an install does (see :func:`compile_package`).
 Run: ``python benchmarks/cli_bench.py`` (writes ``benchmarks/CLI.md``).
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -49,20 +52,34 @@ def convcli_command() -> list[str]:
 
 
 def wall(command: list[str]) -> float:
+    return run_timed(command)[0]
+
+
+def run_timed(command: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system of the process and its children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def medians(commands: dict[str, list[str]], repeat: int) -> dict[str, float]:
-    """Median wall seconds of each command, run in turn (A B A B …) after one warm-up each."""
+def medians(commands: dict[str, list[str]], repeat: int, cpu: dict[str, float] | None = None) -> dict[str, float]:
+    """Median wall seconds of each command, run in turn (A B A B …) after one warm-up each.
+
+    ``cpu``, when given, receives each command's median CPU seconds: on a machine shared
+    with other jobs the wall time includes waiting for a core, the CPU time much less so.
+    """
     for command in commands.values():
         wall(command)
-    times: dict[str, list[float]] = {name: [] for name in commands}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for _ in range(repeat):
         for name, command in commands.items():
-            times[name].append(wall(command))
-    return {name: statistics.median(values) for name, values in times.items()}
+            times[name].append(run_timed(command))
+    if cpu is not None:
+        cpu.update({name: statistics.median(c for _, c in values) for name, values in times.items()})
+    return {name: statistics.median(w for w, _ in values) for name, values in times.items()}
 
 
 def in_process_floor(photo: Path, bank: np.ndarray) -> dict[str, object]:
@@ -94,10 +111,11 @@ def in_process_floor(photo: Path, bank: np.ndarray) -> dict[str, object]:
     }
 
 
-def timed(func) -> float:
-    started = time.perf_counter()
+def timed(func) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads) of one call."""
+    started, cpu = time.perf_counter(), time.process_time()
     func()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def compile_package() -> None:
@@ -175,17 +193,18 @@ def report(repeat: int) -> tuple[str, list[str]]:
             commands["ImageMagick convert -morphology Convolve"] = magick + [
                 str(photo), "-define", "png:compression-level=1", "-morphology", "Convolve", EDGE,
                 str(out / "im.png")]
-        one = medians(commands, repeat)
+        one_cpu: dict[str, float] = {}
+        one = medians(commands, repeat, one_cpu)
         lines += ["## One 3×3 kernel on a 1080p photograph (RGB PNG), PNG out (whole process)", "",
-                  "| command | median s | ratio to vips conv (fastest) | ratio to ImageMagick |",
-                  "|---|---:|---:|---:|"]
+                  "| command | median s | ratio to vips conv (fastest) | ratio to ImageMagick | median CPU s |",
+                  "|---|---:|---:|---:|---:|"]
         reference = one.get("ImageMagick convert -morphology Convolve")
         vips_times = [seconds for name, seconds in one.items() if name.startswith("vips")]
         vips_best = min(vips_times) if vips_times else None
         for name, seconds in one.items():
             to_vips = f"{seconds / vips_best:.2f}×" if vips_best else "—"
             to_magick = f"{seconds / reference:.2f}×" if reference else "—"
-            lines.append(f"| {name} | {seconds:.3f} | {to_vips} | {to_magick} |")
+            lines.append(f"| {name} | {seconds:.3f} | {to_vips} | {to_magick} | {one_cpu[name]:.3f} |")
         gray = one["convcli apply -k edge (gray map)"]
         if vips:
             lines += ["", f"libvips: {subprocess.run([vips, '--version'], capture_output=True, text=True).stdout.strip()}."]
@@ -211,21 +230,25 @@ def report(repeat: int) -> tuple[str, list[str]]:
         wall(command)
         for func in parts.values():
             func()
-        rounds: dict[str, list[float]] = {"convcli": [], **{name: [] for name in parts}}
+        rounds: dict[str, list[tuple[float, float]]] = {"convcli": [], **{name: [] for name in parts}}
         for _ in range(repeat):  # the whole command and the floor's parts alternate
-            rounds["convcli"].append(wall(command))
+            rounds["convcli"].append(run_timed(command))
             for name, func in parts.items():
                 rounds[name].append(timed(func))
-        many = statistics.median(rounds.pop("convcli"))
-        floor = {name: statistics.median(values) for name, values in rounds.items()}
+        whole = rounds.pop("convcli")
+        many, many_cpu = statistics.median(w for w, _ in whole), statistics.median(c for _, c in whole)
+        floor = {name: statistics.median(w for w, _ in values) for name, values in rounds.items()}
+        floor_cpu = {name: statistics.median(c for _, c in values) for name, values in rounds.items()}
         encode_best = min(v for k, v in floor.items() if k.startswith("encode"))
         floor_total = floor["decode"] + floor["convolution"] + encode_best
+        cpu_total = floor_cpu["decode"] + floor_cpu["convolution"] + min(
+            v for k, v in floor_cpu.items() if k.startswith("encode"))
         lines += ["", "## 64 filters 3×3 on the 1080p photograph, 64 PNG maps out", "",
-                  "| part | median s |", "|---|---:|"]
-        lines += [f"| {name} (in process) | {seconds:.3f} |" for name, seconds in floor.items()]
-        lines += [f"| floor = decode + convolution + fastest encode | {floor_total:.3f} |",
-                  f"| `convcli apply` whole process | {many:.3f} |",
-                  f"| ratio convcli / floor | {many / floor_total:.2f}× |"]
+                  "| part | median s | median CPU s |", "|---|---:|---:|"]
+        lines += [f"| {name} (in process) | {seconds:.3f} | {floor_cpu[name]:.3f} |" for name, seconds in floor.items()]
+        lines += [f"| floor = decode + convolution + fastest encode | {floor_total:.3f} | {cpu_total:.3f} |",
+                  f"| `convcli apply` whole process | {many:.3f} | {many_cpu:.3f} |",
+                  f"| ratio convcli / floor | {many / floor_total:.2f}× | {many_cpu / cpu_total:.2f}× |"]
         verdict("64 filters vs floor", many / floor_total, f"convcli {many:.3f} s vs floor {floor_total:.3f} s")
 
         # 3. Start-up.
