@@ -218,6 +218,29 @@ def test_libspng_gives_pillows_pixels_on_every_kind(size):
         assert cio.read_shape(blob) == loaded.shape, label
 
 
+@pytest.mark.parametrize("size", [(7, 10), (8, 9)])
+def test_header_shapes_without_pillow_match_pillows(size, tmp_path):
+    from convcli.io import read as reader
+
+    for label, blob, taken in _kinds(size):
+        path = tmp_path / "x.png"
+        path.write_bytes(blob)
+        with pillow._pillow_open("<bytes>", None, blob) as im:
+            expected = (im.size[1], im.size[0], pillow._pillow_channels(im))
+        for source in (blob, path):
+            shape = spng.header_shape(path if source is path else None, blob if source is blob else None, blob[:33])
+            # The libspng kinds, and palettes with transparency (4 channels from the header).
+            assert shape == (expected if taken or label.startswith("palette") else None), label
+            assert reader.read_header(source) == (expected, "image"), label
+    # A palette's tRNS chunk is found behind large ancillary chunks; a file cut before IDAT is left to Pillow.
+    blob = _palette_png((5, 6), 4, transparency=True)
+    idat = blob.index(b"IDAT") - 4
+    text = b"tEXt" + b"k\0" + bytes(70_000)
+    padded = blob[:33] + struct.pack(">I", len(text) - 4) + text + struct.pack(">I", zlib.crc32(text)) + blob[33:]
+    assert spng.header_shape(None, padded, padded[:33]) == (5, 6, 4)
+    assert spng.header_shape(None, blob[:idat], blob[:33]) is None
+
+
 def test_reader_without_pyspng_uses_pillow(monkeypatch):
     blob = reference_png(pixels_for(3, 16, (9, 11)), bit_depth=16, filters=[4])
     monkeypatch.setattr(spng, "_pyspng", None)

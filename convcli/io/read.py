@@ -39,6 +39,7 @@ from ._common import (
 from .modes import _apply_mode, _check_finite, _mode_name
 from .npy import _npy_header, _read_npy
 from .pillow import _pillow_channels, _pillow_open, _read_image
+from .spng import header_shape as png_header_shape
 from .spng import read_png
 from .text import _read_text
 from .tiff import _read_tiff, _tiff_header_shape
@@ -188,6 +189,10 @@ def read_header(source: Source) -> tuple[tuple[int, int, int], str]:
     if path is None or path.suffix.lower() not in (".csv", ".txt", ".npy"):
         if head.startswith(_TIFF_MAGICS):
             shape = _tiff_header_shape(name, path, data)
+            if shape is not None:
+                return shape, "image"
+        if head.startswith(_PNG_MAGIC):  # the kinds libspng reads: no Pillow import
+            shape = png_header_shape(path, data, _head(name, path, data, 33))
             if shape is not None:
                 return shape, "image"
         with _pillow_open(name, path, data) as im:

@@ -60,6 +60,48 @@ def png_header(head: bytes) -> tuple[int, int, int, int] | None:
     return width, height, depth, colour
 
 
+def header_shape(path: Path | None, data: bytes | None, head: bytes) -> tuple[int, int, int] | None:
+    """(H, W, C) of a PNG :func:`read_png` would decode, from its chunk headers; else None.
+
+    C is what Pillow's route reports too: 3 for RGB and palette images, 4 for RGBA and for
+    a palette with a ``tRNS`` chunk (only the chunk headers before the first IDAT are read).
+    None for the other kinds and for anything unexpected: Pillow's header reader then
+    answers, and words any error.
+    """
+    header = png_header(head)
+    if header is None or (header[3], header[2]) not in _TAKEN:
+        return None
+    width, height, _depth, colour = header
+    if colour != 3:
+        return height, width, 3 if colour == 2 else 4
+    kinds = _chunk_kinds_before_idat(path, data)
+    if kinds is None:
+        return None
+    return height, width, 4 if b"tRNS" in kinds else 3
+
+
+def _chunk_kinds_before_idat(path: Path | None, data: bytes | None) -> set[bytes] | None:
+    """The chunk types up to the first IDAT, reading 8 bytes a chunk; None if it is not reached."""
+    import io
+
+    kinds: set[bytes] = set()
+    try:
+        with (io.BytesIO(data) if data is not None else open(path, "rb")) as stream:  # type: ignore[arg-type]
+            stream.seek(len(_PNG_MAGIC))
+            for _ in range(10_000):  # a PNG with more ancillary chunks than this is left to Pillow
+                top = stream.read(8)
+                if len(top) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", top)
+                if kind == b"IDAT":
+                    return kinds
+                kinds.add(kind)
+                stream.seek(length + 4, io.SEEK_CUR)
+    except OSError:
+        return None
+    return None
+
+
 def read_png(name: str, path: Path | None, data: bytes | None, head: bytes, *,
              max_pixels: int | None) -> _Raw | None:
     """The pixels of a PNG libspng should decode (see the module docstring), or None.
