@@ -239,7 +239,8 @@ def cli():
 @click.option("--normalize", type=_choice("minmax", "clip", "abs", "offset"), default="minmax",
               show_default=True, help="How png/png16 map values to pixels.")
 @click.option("--compress-level", type=click.IntRange(0, 9), default=None,
-              help="PNG zlib level 0-9 (default 1: fast; 3-9 try every PNG filter per row: smaller, 6-15x slower).")
+              help="PNG compression 0-9 on zlib's scale (default 1: fast; 0 stores; 1-5 ISA-L, 6-9 zlib; "
+              "3-9 try every PNG filter per row: smaller, 6-15x slower).")
 @click.option("--print", "print_maps", is_flag=True,
               help="Print each feature map's rows to standard output (files only with -o).")
 @click.option("--json", "json_lines", is_flag=True, help="One JSON object per input on standard output.")
