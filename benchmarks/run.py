@@ -579,6 +579,11 @@ table's "path" column says which ran (`path/backend`):
   map never reaches memory; borders through the padded image's index maps. Built for
   AVX-512, AVX2+FMA and the baseline in one binary, chosen at import; the GIL is released
   and the engine's threads take whole bands (a band's bits do not depend on the bands).
+  Rank-1 kernels where each map reads one channel (depthwise blurs and edge filters, 2-D
+  kernels on the channel sum) take its separable loop (`separable/ccore`): per thread a ring
+  of input rows filtered horizontally, then the vertical pass with bias and activation, the
+  output written with non-temporal stores; `kh + kw` multiply-adds per value instead of
+  `kh·kw`, the same bits whatever the bands, column tiles and threads.
 
 ## Workloads
 
