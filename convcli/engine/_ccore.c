@@ -588,7 +588,12 @@ BANDS(avx512, TARGET("arch=x86-64-v4"))
  * that depend only on the input, so a band's bits do not depend on the band cut. Weights
  * and bias come as lane patterns of P = 16·nmaps floats (lane t holds map t mod nmaps), so
  * the flattened row (pixel, map) runs in plain 16-lane vectors. */
-#define SEP_TILE_BYTES (1 << 20)
+/* Ring bytes per column tile: L1-sized for short kernels (W5's 3x3 Sobel on one core: 3.3 ms
+ * against 3.7 ms in whole rows), whole rows from L2 for tall ones (W3's 31 rows: 14.6 ms
+ * against 23 ms in L1-sized tiles, whose every band restarts 30 rows of horizontal work). */
+#define SEP_TILE_BYTES (24 << 10)
+#define SEP_TALL_ROWS 8
+#define SEP_TALL_TILE_BYTES (1 << 20)
 /* Outputs from this size on (bytes per call) are written with non-temporal stores. */
 #define SEP_STREAM_BYTES (4 << 20)
 #if defined(__x86_64__) || defined(__i386__)
@@ -1015,22 +1020,23 @@ fail_x:
 }
 
 static const char sep_doc[] =
-    "sep_rows(x, u, v, bias, out, rowmap, colmap, geom, act, slope, r0, r1)\n\n"
+    "sep_rows(x, u, v, bias, out, rowmap, colmap, geom, act, slope, r0, r1, stream=-1)\n\n"
     "Output rows [r0, r1) of a layer whose every map m has the rank-1 kernel u_m v_mT and reads\n"
     "channel m // mult, into out (C-contiguous float32, (r1 - r0) x ow x nmaps). u (kh x P),\n"
     "v (kw x P) and bias (P) are lane patterns, P = 16 * nmaps: entry t holds map t % nmaps.\n"
-    "geom is (H, W, C, kh, kw, sh, sw, dh, dw, ow, nmaps, mult, left). The GIL is released.\n"
+    "geom is (H, W, C, kh, kw, sh, sw, dh, dw, ow, nmaps, mult, left). stream: 1/0 write rows\n"
+    "with non-temporal stores or not (-1: when this call's rows are 4 MB or more). The GIL is released.\n"
     "Returns whether a finished value is Inf or NaN.";
 
 static PyObject *py_sep_rows(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *ox, *ou, *ov, *ob, *oo, *orm, *ocm;
     Sep k;
-    int r0, r1;
+    int r0, r1, stream = -1;
     memset(&k, 0, sizeof k);
-    if (!PyArg_ParseTuple(args, "OOOOOOO(iiiiiiiiiiiii)ifii", &ox, &ou, &ov, &ob, &oo, &orm, &ocm, &k.H, &k.W,
+    if (!PyArg_ParseTuple(args, "OOOOOOO(iiiiiiiiiiiii)ifii|i", &ox, &ou, &ov, &ob, &oo, &orm, &ocm, &k.H, &k.W,
                           &k.C, &k.kh, &k.kw, &k.sh, &k.sw, &k.dh, &k.dw, &k.ow, &k.nmaps, &k.mult, &k.left,
-                          &k.act, &k.slope, &r0, &r1))
+                          &k.act, &k.slope, &r0, &r1, &stream))
         return NULL;
     if (k.H < 1 || k.W < 1 || k.C < 1 || k.kh < 1 || k.kw < 1 || k.kh > 64 || k.kw > 64 || k.sh < 1 || k.sw < 1 ||
         k.dh < 1 || k.dw < 1 || k.ow < 1 || k.nmaps < 1 || k.mult < 1 || k.nmaps != k.C * k.mult ||
@@ -1046,10 +1052,9 @@ static PyObject *py_sep_rows(PyObject *self, PyObject *args) {
     if (k.sw == 1 && k.elen < k.hlen + (size_t)(k.kw - 1) * k.dw * k.nmaps)
         k.elen = k.hlen + (size_t)(k.kw - 1) * k.dw * k.nmaps;
     k.nslots = (k.kh - 1) * k.dh + 1;
-    {   /* column tiles: the ring's rows (and the expanded row) in about SEP_TILE_BYTES of L2 (measured:
-           W3's 31 rows run faster in whole rows from L2 than in L1-sized tiles) */
+    {   /* column tiles: the ring's rows (and the expanded row) in about SEP_TILE_BYTES */
         const char *env = getenv("CONVCLI_SEP_TILE");
-        const long budget = env ? atol(env) : SEP_TILE_BYTES;
+        const long budget = env ? atol(env) : k.nslots > SEP_TALL_ROWS ? SEP_TALL_TILE_BYTES : SEP_TILE_BYTES;
         long t = budget / (long)(sizeof(float) * k.P * (size_t)(k.nslots + 1));
         k.tile = t < SEP_MIN_TILE ? SEP_MIN_TILE : t > (1 << 20) ? (1 << 20) : (int)t;
     }
@@ -1087,7 +1092,7 @@ static PyObject *py_sep_rows(PyObject *self, PyObject *args) {
         {
             const char *env = getenv("CONVCLI_SEP_STREAM");
             const double bytes = 4.0 * (double)(r1 - r0) * (double)n;
-            k.stream = env ? atoi(env) : bytes >= SEP_STREAM_BYTES;
+            k.stream = env ? atoi(env) : stream >= 0 ? stream : bytes >= SEP_STREAM_BYTES;
         }
         if (k.stream) k.orow = (float *)aligned_alloc(64, (sizeof(float) * k.hlen + 63) / 64 * 64);
         if (!k.e || !k.ring || !k.tags || (k.stream && !k.orow)) nomem = 1;

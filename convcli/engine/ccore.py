@@ -229,6 +229,12 @@ def separable_factors(w: np.ndarray, depthwise: bool, channels: int):
     return u, v
 
 
+#: Outputs from this size on are written by the separable loop with non-temporal stores.
+STREAM_BYTES = 4 << 20
+#: Row chunks per thread of the separable loop (each recomputes kh - 1 rows of its ring).
+SEP_CHUNKS_PER_THREAD = 4
+
+
 class _SepLayer:
     """The lane patterns and index maps of a rank-1 layer for ``_ccore.sep_rows``."""
 
@@ -263,16 +269,22 @@ class _SepLayer:
         a, b = rows
         n = b - a
         parts = _threads.CPUS if n * self.macs_per_row >= 2 * MIN_MACS_PER_THREAD // 16 else 1
-        ranges = _threads.split_rows(n, max(1, MIN_MACS_PER_THREAD // 16 // max(1, self.macs_per_row)),
-                                     parts=min(parts, _threads.get_threads()))
+        workers = min(parts, _threads.get_threads())
+        min_rows = max(1, MIN_MACS_PER_THREAD // 16 // max(1, self.macs_per_row))
+        # More chunks than threads, taken in turn: a thread that loses its core to another
+        # process for a while does not hold the call up (the bits do not depend on the cut).
+        chunks = iter(_threads.split_rows(n, min_rows, parts=SEP_CHUNKS_PER_THREAD * workers))
+        # Non-temporal stores when the whole output is large (W5: 2 ms of 5), whatever the chunks.
+        stream = int(out.nbytes >= STREAM_BYTES)
         overflow = []
 
-        def work(r0: int, r1: int) -> None:
-            if _ccore.sep_rows(self.x, self.u, self.v, self.bias, out[r0:r1], self.rowmap, self.colmap,
-                               self.geom, self.act, self.slope, a + r0, a + r1):
-                overflow.append((r0, r1))
+        def work(_w0: int, _w1: int) -> None:
+            for r0, r1 in chunks:  # next() on a list iterator is atomic under the GIL
+                if _ccore.sep_rows(self.x, self.u, self.v, self.bias, out[r0:r1], self.rowmap, self.colmap,
+                                   self.geom, self.act, self.slope, a + r0, a + r1, stream):
+                    overflow.append((r0, r1))
 
-        _threads.run_ranges(work, ranges)
+        _threads.run_ranges(work, [(i, i + 1) for i in range(workers)])
         if overflow:
             warnings.warn("overflow encountered in the compiled convolution: the maps hold Inf or NaN",
                           RuntimeWarning, stacklevel=3)
