@@ -78,10 +78,16 @@ class LayerPlan:
     _opencv_whole: bool = field(repr=False, default=False)
 
     @property
-    def receptive_rows(self) -> int:
-        """Input rows one output row reads (through the pool too): the halo of a band."""
-        r0, r1 = self.input_span(0, 1)
-        return r1 - r0
+    def row_step(self) -> int:
+        """Input rows per output row: the conv stride times the pool stride."""
+        return self.conv.stride[0] * (self.pool.strides[0] if self.pool is not None else 1)
+
+    @property
+    def halo_rows(self) -> int:
+        """Input rows a band reads beyond ``row_step`` per output row (its overlap with the next band)."""
+        rows = min(self.unit, self.output_shape[0])
+        p0, p1 = self.input_span(0, rows)
+        return max(0, (p1 - p0) - rows * self.row_step)
 
     def conv_rows(self, r0: int, r1: int) -> tuple[int, int]:
         """The conv rows (before pooling) whole units around output rows [r0, r1) compute."""
