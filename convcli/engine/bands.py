@@ -137,7 +137,12 @@ class LayerPlan:
         top, bottom, left, right = self._pads
         run = _bind(self._path, window, self._weights, pads=(0, 0, left, right), spec=self.conv,
                     depthwise=self.conv.depthwise, out_hw=(cb - ca, self._conv_hw[1]), **self._extra)
-        cv_pool = (opencv.pool_threads(opencv.module(), 1) if self.backend == "opencv"
+        cv2 = opencv.module() if self.backend == "opencv" else None
+        if self._opencv_whole:
+            return self._opencv_call(cv2, window, cb - ca)[r0 - a:r1 - a]
+        # OpenCV's own pool at one thread while the engine's threads run the bands (a
+        # caller streaming many bands sets it once: changing it restarts OpenCV's threads).
+        cv_pool = (opencv.pool_threads(cv2, 1) if cv2 is not None and cv2.getNumThreads() != 1
                    else contextlib.nullcontext())
         with cv_pool:
             if self.pool is None:
@@ -155,6 +160,23 @@ class LayerPlan:
                               pooled_rows=(a, b), conv_row0=ca, pooled_bytes=self._pooled_bytes)
         return out[r0 - a:r1 - a]
 
+    def _opencv_call(self, cv2, window: np.ndarray, rows: int) -> np.ndarray:
+        """A one-call OpenCV layer as run_layer runs it: one filter call over the window, on
+        OpenCV's threads, then the bias and activation; the window's first ``rows`` rows."""
+        left, right = self._pads[2], self._pads[3]
+        job = opencv._Job(cv2, window, self._weights, pads=(0, 0, left, right), border=self.conv.border,
+                          out_w=self._conv_hw[1], depthwise=self.conv.depthwise, terms=self._extra.get("terms") or {})
+        full = np.empty(window.shape[:2] + (self.output_shape[2],), np.float32)
+        from . import get_threads
+
+        threads = get_threads()
+        with (opencv.pool_threads(cv2, threads) if cv2.getNumThreads() != threads else contextlib.nullcontext()):
+            job.whole(full)
+        out = full[:rows]
+        if self._epilogue is not None:
+            self._epilogue(out)
+        return out
+
     def _window(self, read: ReadRows, p0: int, p1: int) -> np.ndarray:
         """Padded input rows [p0, p1), as the path correlates them (float32, channels summed if so)."""
         index = self._rows_map[p0:p1]
@@ -166,6 +188,10 @@ class LayerPlan:
                 raise ValueError(f"read({a}, {b}) gave shape {block.shape}, expected {(b - a, w, c)}")
             pieces[a] = block
         dtype = next(iter(pieces.values())).dtype if pieces else np.float32
+        if not (self._sums and self._keep_integers and dtype in (np.uint8, np.uint16)):
+            # The path correlates float32 values: convert while copying (pixel by pixel, as
+            # run_layer's one conversion), not in a second pass.
+            dtype = np.float32
         window = np.empty((p1 - p0, w, c), dtype=dtype)
         starts = sorted(pieces)
         for position, row in enumerate(index):
