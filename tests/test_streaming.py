@@ -270,11 +270,18 @@ def test_opencv_layers_stream_bit_for_bit(monkeypatch):
     from convcli.engine import choose
 
     monkeypatch.setattr(choose, "choose", lambda layer, opencv_ok: "opencv" if opencv_ok else "direct")
+    from convcli import load_kernels
+
     rng = np.random.default_rng(5)
+    sobel = load_kernels("sobel-x").weights_hwio(1)[:, :, 0, 0]  # symmetric: OpenCV has loops of its own for these
+    blur = load_kernels("gaussian-blur").weights_hwio(1)[:, :, 0, 0]
     for shape, weights, depthwise, border in [((90, 70, 1), rng.standard_normal((3, 3)), False, "replicate"),
                                               ((81, 64, 3), rng.standard_normal((1, 5)), False, "reflect"),
                                               ((77, 50, 3), rng.standard_normal((5, 5)), True, "zeros"),
-                                              ((60, 41, 2), rng.standard_normal((3, 3, 2, 2)), False, "reflect")]:
+                                              ((60, 41, 2), rng.standard_normal((3, 3, 2, 2)), False, "reflect"),
+                                              ((300, 257, 1), sobel, False, "zeros"),
+                                              ((211, 190, 3), blur, True, "reflect"),
+                                              ((150, 149, 3), sobel, False, "replicate")]:
         x = rng.integers(0, 256, shape).astype(np.uint8)
         bank = WeightsBank(np.asarray(weights, np.float32), 0.25)
         spec = ConvSpec.from_options(padding="same", border=border, depthwise=depthwise, activation="relu")

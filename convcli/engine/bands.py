@@ -131,6 +131,8 @@ class LayerPlan:
         from . import _bind, _pooled
 
         a, b = self._units(r0, r1)
+        if self._opencv_whole:
+            return self._opencv_rows(read, a, b)[r0 - a:r1 - a]
         ca, cb = self.conv_rows(r0, r1)
         p0, p1 = self.input_span(r0, r1)
         window = self._window(read, p0, p1)
@@ -138,8 +140,6 @@ class LayerPlan:
         run = _bind(self._path, window, self._weights, pads=(0, 0, left, right), spec=self.conv,
                     depthwise=self.conv.depthwise, out_hw=(cb - ca, self._conv_hw[1]), **self._extra)
         cv2 = opencv.module() if self.backend == "opencv" else None
-        if self._opencv_whole:
-            return self._opencv_call(cv2, window, cb - ca)[r0 - a:r1 - a]
         # OpenCV's own pool at one thread while the engine's threads run the bands (a
         # caller streaming many bands sets it once: changing it restarts OpenCV's threads).
         cv_pool = (opencv.pool_threads(cv2, 1) if cv2 is not None and cv2.getNumThreads() != 1
@@ -160,19 +160,35 @@ class LayerPlan:
                               pooled_rows=(a, b), conv_row0=ca, pooled_bytes=self._pooled_bytes)
         return out[r0 - a:r1 - a]
 
-    def _opencv_call(self, cv2, window: np.ndarray, rows: int) -> np.ndarray:
-        """A one-call OpenCV layer as run_layer runs it: one filter call over the window, on
-        OpenCV's threads, then the bias and activation; the window's first ``rows`` rows."""
-        left, right = self._pads[2], self._pads[3]
-        job = opencv._Job(cv2, window, self._weights, pads=(0, 0, left, right), border=self.conv.border,
+    def _opencv_rows(self, read: ReadRows, a: int, b: int) -> np.ndarray:
+        """Rows [a, b) of a one-call OpenCV layer, computed as run_layer computes them whole.
+
+        One filter call on OpenCV's threads over the input rows with their halo, with the
+        layer's own anchor and border (OpenCV picks its symmetric-kernel loops only for a
+        centred anchor, and they round differently), then the bias and activation. At the
+        image's top and bottom OpenCV makes the border rows itself, as in the whole call;
+        the rows it invents past a band's cut are only read by rows that are cropped.
+        """
+        cv2 = opencv.module()
+        h = self.input_shape[0]
+        top = self._pads[0]
+        kh = self._weights.shape[0]
+        s0, s1 = max(0, a - top), min(h, b - top + kh - 1)
+        if s0 == 0:  # the rows a border at the top reflects must be in the window
+            s1 = min(h, max(s1, kh))
+        if s1 == h:
+            s0 = max(0, min(s0, h - kh))
+        window = as_image(np.asarray(read(s0, s1)), keep_integers=self._keep_integers)
+        from . import _layer_input, get_threads
+
+        window = np.ascontiguousarray(_layer_input(window, self._sums))
+        job = opencv._Job(cv2, window, self._weights, pads=self._pads, border=self.conv.border,
                           out_w=self._conv_hw[1], depthwise=self.conv.depthwise, terms=self._extra.get("terms") or {})
         full = np.empty(window.shape[:2] + (self.output_shape[2],), np.float32)
-        from . import get_threads
-
         threads = get_threads()
         with (opencv.pool_threads(cv2, threads) if cv2.getNumThreads() != threads else contextlib.nullcontext()):
             job.whole(full)
-        out = full[:rows]
+        out = full[a - s0:b - s0]
         if self._epilogue is not None:
             self._epilogue(out)
         return out

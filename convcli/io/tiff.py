@@ -250,20 +250,22 @@ _COMPRESSION_CODES = {"none": 1, "deflate": 8, "zstd": 50000}  # TIFF's Compress
 class TiffSink:
     """How a large TIFF is written: a float32 tiled BigTIFF, band by band.
 
-    Rows are gathered into a row of 256×256 tiles; a writer thread of its own cuts each
-    row of tiles into tiles (compressing them with deflate or zstd if asked), appends them
-    to the file and records their offsets, so computing the next band and writing this one
-    overlap. :meth:`commit` writes the directory (tags, tile offsets and byte counts) at the
-    end, points the header at it and renames the temporary file to ``path``. The tags
-    are those of the whole-image TIFF: one float32 sample per channel (IEEE sample format),
-    RGB photometric for 3 channels, min-is-black otherwise with the others as extra samples.
+    :meth:`write` only files the band away (it keeps a reference: the caller must not
+    change the array afterwards); each time 256 rows are there, a writer thread of its
+    own cuts them into 256×256 tiles, one small reused tile at a time, and appends each
+    to the file (compressed with deflate or zstd if asked) right after cutting it, while
+    it is in the cache — as libvips and libtiff do; writing whole rows of tiles from a
+    large buffer made the kernel's copy into the page cache several times dearer. So
+    computing the next bands and writing these overlap. :meth:`commit` writes the
+    directory (tags, tile offsets and byte counts) at the end, points the header at it
+    and renames the temporary file to ``path``. The tags are those of the whole-image
+    TIFF: one float32 sample per channel (IEEE sample format), RGB photometric for 3
+    channels, min-is-black otherwise with the others as extra samples.
     """
 
     def __init__(self, path: Path, shape: tuple[int, ...], *, compression: str = "none") -> None:
         import queue
         import threading
-
-        import numpy as np
 
         from ..errors import OptionError, OutputError
         from .bands import temporary_path
@@ -279,21 +281,15 @@ class TiffSink:
         self._width = self.shape[1]
         self._across = -(-self._width // TILE)
         self._rows_done = 0
-        # Rows of tiles are gathered straight into tile order (tile, row, column, channel),
-        # so the writer writes them as they are; three buffers go round (filling, queued,
-        # being written), each zeroed once (a fresh one per row of tiles costs page faults).
-        self._free: queue.Queue = queue.Queue()
-        for _ in range(2):
-            self._free.put(np.zeros((self._across, TILE, TILE, self._channels), np.float32))
-        self._buffer = np.zeros((self._across, TILE, TILE, self._channels), np.float32)
-        self._filled = 0
-        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._pieces: list = []  # (rows, W, C) arrays not yet handed to the writer
+        self._held = 0  # rows in them
+        self._queue: queue.Queue = queue.Queue(maxsize=2)  # rows of tiles waiting for the writer
         self._error: BaseException | None = None
         self._offsets: list[int] = []
         self._counts: list[int] = []
         self._temporary: Path | None = temporary_path(self.path)
         try:
-            self._file = open(self._temporary, "r+b")  # noqa: SIM115 - closed by commit/discard
+            self._file = open(self._temporary, "r+b", buffering=0)  # noqa: SIM115 - closed by commit/discard
             self._file.write(b"II" + struct.pack("<HHHQ", 43, 8, 0, 0))  # BigTIFF header; IFD offset set at commit
         except OSError as err:
             self.discard()
@@ -303,25 +299,30 @@ class TiffSink:
         self._thread.start()
 
     def _run(self) -> None:
+        import numpy as np
+
+        tile = np.zeros((TILE, TILE, self._channels), np.float32)
         try:
             while True:
-                tiles = self._queue.get()
-                if tiles is None:
+                pieces = self._queue.get()
+                if pieces is None:
                     return
-                if self._encode is None:
-                    size = tiles[0].nbytes
-                    self._file.write(memoryview(tiles).cast("B"))
-                    self._offsets += [self._end + k * size for k in range(self._across)]
-                    self._counts += [size] * self._across
-                    self._end += size * self._across
-                else:
-                    for tile in tiles:
-                        data = self._encode(tile)
-                        self._file.write(data)
-                        self._offsets.append(self._end)
-                        self._counts.append(len(data))
-                        self._end += len(data)
-                self._free.put(tiles)
+                for tx in range(self._across):
+                    x0 = tx * TILE
+                    x1 = min(self._width, x0 + TILE)
+                    row = 0
+                    for piece in pieces:
+                        tile[row:row + len(piece), :x1 - x0] = piece[:, x0:x1]
+                        row += len(piece)
+                    if row < TILE:
+                        tile[row:] = 0
+                    if x1 - x0 < TILE:
+                        tile[:, x1 - x0:] = 0
+                    data = memoryview(tile).cast("B") if self._encode is None else self._encode(tile)
+                    self._file.write(data)
+                    self._offsets.append(self._end)
+                    self._counts.append(len(data))
+                    self._end += len(data)
         except BaseException as err:  # noqa: BLE001 - reported by write() or commit()
             self._error = err
 
@@ -348,34 +349,16 @@ class TiffSink:
         raise OutputError(f"{self.path}: cannot write the TIFF: {type(err).__name__}: {err}") from None
 
     def write(self, band) -> None:
-        import queue
-
         band = band.reshape(band.shape[0], self._width, self._channels)
-        full, rest = divmod(self._width, TILE)
         taken = 0
         while taken < band.shape[0]:
-            count = min(TILE - self._filled, band.shape[0] - taken)
-            rows = band[taken:taken + count]
-            start, stop = self._filled, self._filled + count
-            if full:
-                self._buffer[:full, start:stop] = rows[:, :full * TILE].reshape(
-                    count, full, TILE, self._channels).transpose(1, 0, 2, 3)
-            if rest:
-                self._buffer[full, start:stop, :rest] = rows[:, full * TILE:]
-            self._filled += count
+            count = min(TILE - self._held, band.shape[0] - taken)
+            self._pieces.append(band[taken:taken + count])
+            self._held += count
             taken += count
-            if self._filled == TILE:
-                self._put(self._buffer)
-                while True:  # the next free buffer, once the writer has written one
-                    if self._error is not None:
-                        self._raise()
-                    try:
-                        self._buffer = self._free.get(timeout=0.2)
-                        break
-                    except queue.Empty:
-                        if not self._thread.is_alive():
-                            self._raise()
-                self._filled = 0
+            if self._held == TILE:
+                self._put(self._pieces)
+                self._pieces, self._held = [], 0
         self._rows_done += band.shape[0]
 
     def commit(self) -> None:
@@ -383,9 +366,9 @@ class TiffSink:
 
         if self._rows_done != self.shape[0]:
             raise ValueError(f"{self.path}: {self._rows_done} rows written of {self.shape[0]}")
-        if self._filled:
-            self._buffer[:, self._filled:] = 0
-            self._put(self._buffer)
+        if self._held:
+            self._put(self._pieces)
+            self._pieces, self._held = [], 0
         self._put(None)
         self._thread.join()
         if self._error is not None:
