@@ -413,3 +413,78 @@ def test_streaming_through_a_real_process(tmp_path):
                               capture_output=True, text=True, cwd=REPO)
         assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "whole" / "in.npy").read_bytes() == (tmp_path / "banded" / "in.npy").read_bytes()
+
+
+def test_errors_of_sources_sinks_and_bands(tmp_path):
+    from convcli.io.bands import put_in_place, temporary_path
+    from convcli.io.npy import NpyRegionReader
+    from convcli.io.png import PngSink
+    from convcli.io.tiff import TiffSink
+    from convcli.errors import OutputError
+
+    nan = tmp_path / "nan.tif"
+    values = np.ones((40, 20), np.float32)
+    values[33, 7] = np.nan
+    tifffile.imwrite(nan, values, tile=(16, 16))
+    with open_source(nan) as source:
+        assert source.read_rows(0, 30).shape == (30, 20, 1)
+        with pytest.raises(InputError, match=r"nan\.tif: non-finite values .* the first at row 33, column 7, channel 0"):
+            source.read_rows(30, 40)
+        with pytest.raises(ValueError, match=r"rows: expected 0 <= start < stop <= 40, got 39, 41"):
+            source.read_rows(39, 41)
+    plan = engine.plan_layer((40, 20, 1), WeightsBank(np.ones((3, 3), np.float32)), ConvSpec.from_options())
+    with pytest.raises(ValueError, match=r"rows: expected 0 <= r0 < r1 <= 38, got \(5, 39\)"):
+        plan.compute(lambda a, b: values[a:b, :, None], (5, 39))
+    with pytest.raises(ValueError, match=r"read\(0, 3\) gave shape \(3, 20\), expected \(3, 20, 1\)"):
+        plan.compute(lambda a, b: values[a:b], (0, 1))
+    np.save(tmp_path / "words.npy", np.array([["a", "b"], ["c", "d"]]))
+    with pytest.raises(InputError, match=r"words\.npy: \.npy of dtype <U1; expected numbers"):
+        NpyRegionReader("words.npy", tmp_path / "words.npy")
+    np.save(tmp_path / "cut.npy", np.ones((50, 40), np.float32))
+    data = (tmp_path / "cut.npy").read_bytes()
+    reader = NpyRegionReader("cut.npy", tmp_path / "cut.npy")
+    (tmp_path / "cut.npy").write_bytes(data[:-100])  # cut short while it is being read
+    with pytest.raises(InputError, match=r"cut\.npy: truncated \.npy \(rows 40–50 are missing\)"):
+        reader.read(40, 50)
+    reader.close()
+    with pytest.raises(InputError, match=r"cut\.npy: cannot read \.npy: mmap length is greater than file size"):
+        NpyRegionReader("cut.npy", tmp_path / "cut.npy")
+    with pytest.raises(OptionError, match=r"--tiff-compression: 'lzw' is not one of none, deflate, zstd"):
+        TiffSink(tmp_path / "x.tiff", (4, 4), compression="lzw")
+    with pytest.raises(OutputError, match=r"cannot write 5 channels as PNG"):
+        PngSink(tmp_path / "x.png", 4, 4, 5)
+    with pytest.raises(OptionError, match=r"--compress-level: expected 0 to 9, got 10"):
+        PngSink(tmp_path / "x.png", 4, 4, 1, compress_level=10)
+    sink = TiffSink(tmp_path / "short.tiff", (10, 4))
+    sink.write(np.zeros((6, 4), np.float32))
+    with pytest.raises(ValueError, match=r"short\.tiff: 6 rows written of 10"):
+        sink.commit()
+    sink.discard()
+    assert list(tmp_path.glob(".short.tiff.*")) == []
+    with pytest.raises(OutputError, match=r"missing/x\.png: cannot write: No such file or directory"):
+        temporary_path(tmp_path / "missing" / "x.png")
+    scratch = temporary_path(tmp_path / "y.png")
+    with pytest.raises(OutputError, match=r"gone/y\.png: cannot write"):
+        put_in_place(scratch, tmp_path / "gone" / "y.png")
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_maps_with_nan_cannot_become_streamed_pngs(tmp_path):
+    from convcli import apply as apply_module
+
+    values = np.ones((60, 30), np.float32) * 1e38
+    np.save(tmp_path / "big.npy", values)  # 1e38 · 9 overflows float32: the maps hold Inf
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(apply_module, "_whole_fits", lambda source, job, needs: False)
+        result = run("apply", tmp_path / "big.npy", "-k", "3x3: 1,1,1 1,1,1 1,1,1", "-o", tmp_path / "o", status=1)
+    assert re.search(r": NaN/Inf values cannot be shown as pixels; use --format tiff or npy", result.stderr)
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+def test_tiff_compression_of_whole_and_streamed_files(tmp_path):
+    source = tiled_tiff(tmp_path / "in.tif", pattern((50, 40, 3)))
+    whole, banded = whole_and_streamed(tmp_path, source, "-k", "edge", "--tiff-compression", "deflate", fmt="tiff")
+    for folder in (whole, banded):
+        with tifffile.TiffFile(folder / "in_edge.tiff") as tif:
+            assert tif.pages[0].compression.name == "ADOBE_DEFLATE"
+    assert np.array_equal(tifffile.imread(whole / "in_edge.tiff"), tifffile.imread(banded / "in_edge.tiff"))
