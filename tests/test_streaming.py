@@ -488,3 +488,44 @@ def test_tiff_compression_of_whole_and_streamed_files(tmp_path):
         with tifffile.TiffFile(folder / "in_edge.tiff") as tif:
             assert tif.pages[0].compression.name == "ADOBE_DEFLATE"
     assert np.array_equal(tifffile.imread(whole / "in_edge.tiff"), tifffile.imread(banded / "in_edge.tiff"))
+
+
+def test_sinks_take_bands_in_any_order(tmp_path):
+    import zarr
+
+    from convcli.io.npy import NpySink, encode_npy
+    from convcli.io.zarr_array import ZarrSink, chunk_rows
+
+    values = np.random.default_rng(3).standard_normal((53, 7, 3)).astype(np.float32)
+    npy = NpySink(tmp_path / "a.npy", values.shape)
+    for start in (40, 0, 20):
+        npy.write_at(start, values[start:start + 20])
+    with pytest.raises(ValueError, match=r"a\.npy: rows 50–70 of shape \(20, 7, 3\) do not fit \(53, 7, 3\)"):
+        npy.write_at(50, values[:20])
+    npy.commit()
+    assert (tmp_path / "a.npy").read_bytes() == encode_npy(values)
+    sink = ZarrSink(tmp_path / "a.zarr", values.shape)
+    step = chunk_rows(values.shape)
+    for start in reversed(range(0, 53, step)):
+        sink.write_at(start, values[start:start + step])
+    with pytest.raises(ValueError, match=r"a\.zarr: rows 50–60 do not fit \(53, 7, 3\)"):
+        sink.write_at(50, values[:10])
+    sink.commit()
+    assert np.array_equal(zarr.open_array(str(tmp_path / "a.zarr"), mode="r")[:], values)
+
+
+def test_workers_share_the_memory_limit(tmp_path, monkeypatch):
+    from convcli import batch
+
+    seen = []
+
+    def outcomes(items, job, plan, reporter, workers, many):
+        seen.append((workers, job.memory_limit))
+        yield from ()
+
+    monkeypatch.setattr(batch, "_outcomes", outcomes)
+    for name in "abc":
+        Image.fromarray(pattern((8, 8))).save(tmp_path / f"{name}.png")
+    run("apply", tmp_path, "-k", "edge", "-o", tmp_path / "o", "-j", "3", "--memory-limit", "600MiB", "-q")
+    run("apply", tmp_path, "-k", "edge", "-o", tmp_path / "o", "-j", "3", "--memory-limit", "100MiB", "-q")
+    assert seen == [(3, 200 << 20), (1, 100 << 20)]  # 96 MiB at least each: -j 3 becomes 1 under 100 MiB

@@ -21,7 +21,10 @@ project's own encoder, row by row; byte for byte the file the whole-image path w
 
 Both are plain objects built from paths and numbers, so they can be opened inside any
 process (a batch worker, a dask task): a task holding ``(input path, rows)`` opens the
-source, reads its rows, and returns or writes its band (see :mod:`convcli.streaming`).
+source, reads its rows, and returns its band (:func:`convcli.streaming.compute_band`).
+:class:`~convcli.io.npy.NpySink` and :class:`~convcli.io.zarr_array.ZarrSink` also take a
+band at any place (``write_at(start, band)``), so bands computed out of order (or, for
+zarr bands on chunk boundaries, in other processes) can be written where they belong.
 """
 
 from __future__ import annotations

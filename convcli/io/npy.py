@@ -152,6 +152,29 @@ class NpySink:
             raise OutputError(f"{self.path}: cannot write: {err.strerror or err}") from None
         self._rows += data.shape[0]
 
+    def write_at(self, start: int, band) -> None:
+        """Rows [start, start + len(band)) in any order (a cluster task's band): a positioned write.
+
+        Each row must be written once, by :meth:`write` or here; :meth:`commit` counts them.
+        """
+        import os
+
+        import numpy as np
+
+        from ..errors import OutputError
+
+        data = np.ascontiguousarray(band, dtype=np.float32)
+        row = 4 * int(np.prod(self.shape[1:]))
+        if not 0 <= start <= self.shape[0] - data.shape[0] or data.nbytes != data.shape[0] * row:
+            raise ValueError(f"{self.path}: rows {start}–{start + data.shape[0]} of shape {data.shape} do not fit "
+                             f"{self.shape}")
+        try:
+            self._file.flush()
+            os.pwrite(self._file.fileno(), memoryview(data).cast("B"), self._offset + start * row)
+        except OSError as err:
+            raise OutputError(f"{self.path}: cannot write: {err.strerror or err}") from None
+        self._rows += data.shape[0]
+
     def commit(self) -> None:
         from ..errors import OutputError
         from .bands import put_in_place

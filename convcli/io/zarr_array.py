@@ -123,6 +123,22 @@ class ZarrSink:
                 self._store(self._filled)
                 self._filled = 0
 
+    def write_at(self, start: int, band) -> None:
+        """Rows [start, start + len(band)) in any order (a cluster task's band), stored at once.
+
+        Bands that start and end on chunk boundaries (:func:`chunk_rows`) never share a
+        chunk, so several processes may write them at the same time; each row must be
+        written once, by :meth:`write` or here.
+        """
+        band = band.reshape((band.shape[0],) + self.shape[1:])
+        if not 0 <= start <= self.shape[0] - band.shape[0]:
+            raise ValueError(f"{self.path}: rows {start}–{start + band.shape[0]} do not fit {self.shape}")
+        try:
+            self._array[start:start + band.shape[0]] = band
+        except Exception as err:  # noqa: BLE001
+            raise OutputError(f"{self.path}: cannot write the zarr array: {err}") from None
+        self._rows += band.shape[0]
+
     def commit(self) -> None:
         from .bands import put_in_place
 
