@@ -691,7 +691,11 @@ def _whole_fits(source: str, job: Job, *, needs: str | None) -> bool:
         (h, w, c), kind = read_header(source)
         stack = job.stack.for_signal() if kind == "signal" else job.stack
         channels = {"gray": 1, "rgb": 3, "rgba": 4}.get(job.read.mode, c)
-        need = whole_image_bytes((h, w, channels), stack, stored_bytes=stored_sample_bytes(source))
+        # A many-filter layer is run and written a group of filters at a time: two groups are held.
+        fraction = (min(1.0, 2 * FILTER_GROUP / stack.steps[0].bank.filters)
+                    if _writes_by_filter_group(job) and kind != "signal" else 1.0)
+        need = whole_image_bytes((h, w, channels), stack, stored_bytes=stored_sample_bytes(source),
+                                 last_fraction=fraction)
     except ConvcliError:
         return True  # the whole-image path reports what is wrong, as it always has
     limit = job.memory_limit or 0

@@ -729,8 +729,14 @@ def _sweep_temporaries(plan: BatchPlan) -> None:
             continue
         for entry in entries:
             if entry.startswith(".") and entry.endswith(".tmp") and entry[1:-4].rpartition(".")[0] in names:
+                path = Path(folder) / entry
                 try:
-                    os.unlink(Path(folder) / entry)
+                    if path.is_dir() and not path.is_symlink():  # a zarr array being written
+                        import shutil
+
+                        shutil.rmtree(path)
+                    else:
+                        os.unlink(path)
                 except OSError:
                     pass
 

@@ -260,19 +260,23 @@ def compute_band(source_path: str, rows: tuple[int, int], stack: "Stack", *, mod
 # --------------------------------------------------------------------------- memory
 
 
-def whole_image_bytes(shape: tuple[int, int, int], stack: "Stack", *, stored_bytes: int = 1) -> int:
+def whole_image_bytes(shape: tuple[int, int, int], stack: "Stack", *, stored_bytes: int = 1,
+                      last_fraction: float = 1.0) -> int:
     """About the memory a whole-image run of ``stack`` on an input of ``shape`` holds at its peak.
 
     The decoded input, its float32 copy, and for the layer that needs most its input and
     output together with the engine's scratch (a quarter of the output) and the encoded
-    maps (a quarter more).
+    maps (a quarter more). ``last_fraction``: the share of the last layer's output held at
+    once (a many-filter layer run a group of filters at a time holds two groups).
     """
     h, w, c = shape
     geometries = stack.geometry(tuple(shape))
     peak = 0
     size = 4 * h * w * c
-    for g in geometries:
+    for index, g in enumerate(geometries):
         out = 4 * g.output_shape[0] * g.output_shape[1] * g.output_shape[2]
+        if index == len(geometries) - 1:
+            out = int(out * last_fraction)
         peak = max(peak, size + out + out // 2)
         size = out
     return h * w * c * stored_bytes + 4 * h * w * c + peak

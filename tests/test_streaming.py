@@ -529,3 +529,24 @@ def test_workers_share_the_memory_limit(tmp_path, monkeypatch):
     run("apply", tmp_path, "-k", "edge", "-o", tmp_path / "o", "-j", "3", "--memory-limit", "600MiB", "-q")
     run("apply", tmp_path, "-k", "edge", "-o", tmp_path / "o", "-j", "3", "--memory-limit", "100MiB", "-q")
     assert seen == [(3, 200 << 20), (1, 100 << 20)]  # 96 MiB at least each: -j 3 becomes 1 under 100 MiB
+
+
+def test_sweep_removes_a_zarr_array_left_half_written(tmp_path):
+    from convcli import batch
+    from convcli.apply import Job, OutputSpec
+    from convcli.batch import InputItem, plan_batch
+    from convcli.kernels import load_kernels
+    from convcli.layer import ConvSpec
+    from convcli.stack import Stack
+
+    Image.fromarray(pattern((8, 8))).save(tmp_path / "x.png")
+    job = Job(stack=Stack.single(load_kernels("edge"), ConvSpec()),
+              output=OutputSpec(directory=tmp_path / "out", format="zarr"))
+    plan = plan_batch([InputItem(str(tmp_path / "x.png"))], job)
+    ours = tmp_path / "out" / ".x.zarr.k2j4_x9q.tmp"
+    (ours / "c").mkdir(parents=True)
+    (ours / "zarr.json").write_text("{}")
+    theirs = tmp_path / "out" / ".y.zarr.abcdefgh.tmp"
+    theirs.mkdir()
+    batch._sweep_temporaries(plan)
+    assert not ours.exists() and theirs.exists()
