@@ -218,7 +218,8 @@ def test_compute_band_gives_any_rows_of_the_whole_output(tmp_path):
 
     net = tmp_path / "net.yaml"
     net.write_text("layers:\n  - conv: {kernels: [sobel-x, edge], stride: 3, padding: same, border: circular}\n"
-                   "  - conv: {kernels: [box-blur], dilation: 2, padding: full}\n")
+                   "  - conv: {kernels: [box-blur], dilation: 2, padding: same, border: circular}\n"
+                   "  - conv: {kernels: [emboss], padding: full, border: reflect}\n")
     source = tiled_tiff(tmp_path / "in.tif", pattern((97, 51, 3)))
     stack = load_pipeline(net)
     run("apply", source, "--pipeline", net, "--format", "npy", "-o", tmp_path / "whole", "-q")

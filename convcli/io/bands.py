@@ -182,11 +182,6 @@ def _check_finite_band(array, name: str, first_row: int) -> None:
                          f"{y + first_row}, column {x}, channel {c}; convcli needs finite numbers")
 
 
-def region_readable(path: str | os.PathLike[str]) -> bool:
-    """Whether :func:`open_source` reads ``path`` region by region (TIFF, ``.npy``, zarr) rather than whole."""
-    return _region_reader(str(path), Path(path), probe=True) is not None
-
-
 def _region_reader(name: str, path: Path, *, probe: bool = False):
     """The format's region reader for ``path``, or None when it must be decoded whole."""
     if path.is_dir():
@@ -417,6 +412,6 @@ class Sinks:
             self.discard()
 
 
-__all__ = ["RegionReader", "Sink", "ArrayReader", "BandSource", "open_source", "region_readable", "Sinks",
+__all__ = ["RegionReader", "Sink", "ArrayReader", "BandSource", "open_source", "Sinks",
            "stored_sample_bytes",
            "format_size", "parse_size", "temporary_path", "put_in_place", "remove_quietly"]
