@@ -53,7 +53,8 @@ def make_tiff(path: Path, height: int, width: int, channels: int, tile: int = 25
         for y0 in range(0, height, tile):
             for x0 in range(0, width, tile):
                 y, x = np.mgrid[y0:y0 + tile, x0:x0 + tile].astype(np.float32)
-                base = 127 + 60 * np.sin(x / 97.0) * np.cos(y / 131.0) + 40 * np.sin(np.hypot(x - width / 2, y - height / 2) / 50)
+                rings = np.sin(np.hypot(x - width / 2, y - height / 2) / 50)
+                base = 127 + 60 * np.sin(x / 97.0) * np.cos(y / 131.0) + 40 * rings
                 noise = np.random.default_rng(y0 * 7919 + x0).integers(-12, 13, (tile, tile))
                 gray = np.clip(base + noise, 0, 255).astype(np.uint8)
                 yield gray if channels == 1 else np.stack([gray, gray[::-1], 255 - gray][:channels], axis=-1)

@@ -589,8 +589,9 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
     if _streams(source, job):
         from .streaming import stream_input
 
-        streamed = stream_input(source, job, directory=Path(job.output.directory) / rel_dir,  # type: ignore[arg-type]
-                                stem=input_stem(source), inputs=inputs, budget=job.memory_limit)  # type: ignore[arg-type]
+        directory = Path(job.output.directory) / rel_dir  # type: ignore[arg-type]
+        streamed = stream_input(source, job, directory=directory, stem=input_stem(source), inputs=inputs,
+                                budget=job.memory_limit)  # type: ignore[arg-type]
         result.input_shape, result.output_shape = streamed.input_shape, streamed.output_shape
         result.algorithm, result.outputs = streamed.algorithm, streamed.outputs
         result.filters = job.stack.output_names()

@@ -206,8 +206,8 @@ def test_a_seam_off_by_one_row_is_caught(tmp_path, monkeypatch):
     whole, banded = whole_and_streamed(tmp_path, source, "-k", "sobel-y", "--padding", "same")
     assert np.array_equal(np.load(whole / "in.npy"), np.load(banded / "in.npy"))
     span = LayerPlan.input_span
-    monkeypatch.setattr(LayerPlan, "input_span", lambda self, r0, r1: tuple(v + (1 if r0 else 0)
-                                                                             for v in span(self, r0, r1)))
+    monkeypatch.setattr(LayerPlan, "input_span",
+                        lambda self, r0, r1: tuple(v + (1 if r0 else 0) for v in span(self, r0, r1)))
     (tmp_path / "again").mkdir()
     whole, shifted = whole_and_streamed(tmp_path / "again", source, "-k", "sobel-y", "--padding", "same")
     assert not np.array_equal(np.load(whole / "in.npy"), np.load(shifted / "in.npy"))
@@ -429,7 +429,8 @@ def test_errors_of_sources_sinks_and_bands(tmp_path):
     tifffile.imwrite(nan, values, tile=(16, 16))
     with open_source(nan) as source:
         assert source.read_rows(0, 30).shape == (30, 20, 1)
-        with pytest.raises(InputError, match=r"nan\.tif: non-finite values .* the first at row 33, column 7, channel 0"):
+        with pytest.raises(InputError, match=r"nan\.tif: non-finite values .* the first at row 33, column 7, "
+                                             r"channel 0"):
             source.read_rows(30, 40)
         with pytest.raises(ValueError, match=r"rows: expected 0 <= start < stop <= 40, got 39, 41"):
             source.read_rows(39, 41)
