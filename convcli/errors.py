@@ -47,3 +47,11 @@ class OutputError(ConvcliError):
     """An output could not be written (it would overwrite an input, disk full…)."""
 
     exit_status = ExitStatus.INPUT_FAILED
+
+
+class InputWarning(UserWarning):
+    """An input was read, but not as it is written (a truncated JPEG the decoder completed…).
+
+    The CLI prints it as one ``convcli: FILE: warning: …`` line; the library issues it with
+    :func:`warnings.warn`.
+    """

@@ -25,7 +25,7 @@ from convcli.cli import cli
 from convcli.engine import WeightsBank, _common, fft
 from convcli.engine.bands import LayerPlan
 from convcli.errors import InputError, OptionError
-from convcli.io.bands import format_size, open_source, parse_size
+from convcli.io.bands import open_source, parse_size
 from convcli.layer import ConvSpec, PoolSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -297,11 +297,11 @@ def test_opencv_layers_stream_bit_for_bit(monkeypatch):
 def test_json_and_outputs_of_a_streamed_input(tmp_path, small_tiles):
     import json
 
-    source = tiled_tiff(tmp_path / "in.tif", pattern((50, 30, 3)))
+    source = tiled_tiff(tmp_path / "in.tif", pattern((100, 60, 3)))
     result = run("apply", source, "-k", "sobel-x", "-k", "edge", "--stride", "2", "--json", "-o", tmp_path / "o",
-                 "--memory-limit", "40KiB")
+                 "--memory-limit", "64KiB")
     line = json.loads(result.stdout)
-    assert line["input_shape"] == [50, 30, 3] and line["output_shape"] == [24, 14, 2]
+    assert line["input_shape"] == [100, 60, 3] and line["output_shape"] == [49, 29, 2]
     assert line["filters"] == ["sobel-x", "edge"] and line["error"] is None
     assert sorted(line["outputs"]) == sorted(str(tmp_path / "o" / f"in_{n}.png") for n in ("sobel-x", "edge"))
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["in_edge.png", "in_sobel-x.png"]
@@ -312,13 +312,13 @@ def test_inputs_that_cannot_fit_are_refused_before_any_work(tmp_path):
     png = tmp_path / "big.png"
     Image.fromarray(pattern((200, 300, 3))).save(png)
     result = run("apply", png, "-k", "edge", "-o", tmp_path / "o", "--memory-limit", "100KiB", status=1)
-    assert "big.png: its 300×200×3 pixels take 176 KiB decoded, more than --memory-limit 100 KiB" in result.stderr
+    assert "big.png: its 300×200×3 pixels take 175.8 KiB decoded, more than the 100 KiB memory limit" in result.stderr
     assert "tiled TIFF" in result.stderr and "raise --memory-limit" in result.stderr
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
     tif = tiled_tiff(tmp_path / "in.tif", pattern((200, 300, 3)))
     result = run("apply", tif, "-k", "edge", "-o", tmp_path / "o", "--memory-limit", "4KiB", status=1)
-    assert re.search(r"in\.tif: one band of \d+ output rows needs about [0-9.]+ KiB, more than the --memory-limit "
-                     r"of 4 KiB; raise --memory-limit", result.stderr)
+    assert re.search(r"in\.tif: one band of \d+ output rows needs about [0-9.]+ KiB, more than the 4 KiB memory "
+                     r"limit; raise --memory-limit", result.stderr)
     result = run("apply", tif, "-k", "edge", "--print", "--memory-limit", "64KiB", status=1)
     assert "in.tif: --print needs the whole image in memory, about" in result.stderr
     assert "raise --memory-limit or drop --print" in result.stderr
@@ -331,7 +331,10 @@ def test_memory_limit_option_values():
         parse_size("12 parsecs")
     with pytest.raises(OptionError, match=r"--memory-limit: '0' must be more than 0 bytes"):
         parse_size("0")
-    assert format_size(512 << 20) == "512 MiB" and format_size(3 << 29) == "1.5 GiB" and format_size(10) == "10 B"
+    with pytest.raises(OptionError, match=r"--memory-limit: '2000000000PiB' is not a size"):
+        parse_size("2000000000PiB")
+    with pytest.raises(OptionError, match=r"--memory-limit: '9{40}…' \(401 characters\) is too large"):
+        parse_size("9" * 400 + "G")
     result = run("apply", "x.png", "-k", "edge", "--memory-limit", "lots", status=2)
     assert "--memory-limit" in result.stderr and "'lots' is not a size" in result.stderr
 

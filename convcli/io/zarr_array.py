@@ -9,6 +9,7 @@ by bands of rows (at most 4096 columns a chunk, all the maps), under a temporary
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ CHUNK_MAX_ROWS = 256
 
 def is_zarr(path: Path) -> bool:
     """Whether ``path`` is a zarr array folder (format 3 ``zarr.json`` or format 2 ``.zarray``)."""
-    return (Path(path) / "zarr.json").is_file() or (Path(path) / ".zarray").is_file()
+    return any(os.path.isfile(os.path.join(path, name)) for name in ("zarr.json", ".zarray"))
 
 
 class ZarrRegionReader:
