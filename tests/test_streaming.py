@@ -555,3 +555,15 @@ def test_sweep_removes_a_zarr_array_left_half_written(tmp_path):
     theirs.mkdir()
     batch._sweep_temporaries(plan)
     assert not ours.exists() and theirs.exists()
+
+
+def test_a_tiff_over_max_pixels_streams_a_png_over_it_is_refused(tmp_path, small_tiles):
+    pixels = pattern((60, 50))
+    source = tiled_tiff(tmp_path / "in.tif", pixels)
+    run("apply", source, "-k", "edge", "--format", "npy", "-o", tmp_path / "w", "-q")
+    run("apply", source, "-k", "edge", "--format", "npy", "-o", tmp_path / "s", "-q", "--max-pixels", "1000")
+    assert small_tiles  # read by region: the memory limit governs it, not the decompression-bomb guard
+    assert (tmp_path / "w" / "in.npy").read_bytes() == (tmp_path / "s" / "in.npy").read_bytes()
+    Image.fromarray(pixels).save(tmp_path / "in.png")
+    result = run("apply", tmp_path / "in.png", "-k", "edge", "-o", tmp_path / "p", "--max-pixels", "1000", status=1)
+    assert "in.png: 50×60 = 3,000 pixels is more than the limit of 1,000" in result.stderr
