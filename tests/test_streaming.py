@@ -567,3 +567,40 @@ def test_a_tiff_over_max_pixels_streams_a_png_over_it_is_refused(tmp_path, small
     Image.fromarray(pixels).save(tmp_path / "in.png")
     result = run("apply", tmp_path / "in.png", "-k", "edge", "-o", tmp_path / "p", "--max-pixels", "1000", status=1)
     assert "in.png: 50×60 = 3,000 pixels is more than the limit of 1,000" in result.stderr
+
+
+def test_the_bar_over_bands_is_a_second_task_of_the_batch_bar():
+    import io
+
+    from convcli.batch import BarProgress
+
+    stream = io.StringIO()
+    with BarProgress(1, stream) as bar:
+        with bar.bands(4, "big.tif") as bands:
+            for _ in range(4):
+                bands.advance()
+            assert len(bar._progress.tasks) == 2 and bar._progress.tasks[1].completed == 4
+        assert len(bar._progress.tasks) == 1  # removed once the input is done
+        bar.advance()
+
+
+def test_zstd_tiff_streams_and_whole_needs_imagecodecs(tmp_path):
+    import importlib.util
+
+    source = tiled_tiff(tmp_path / "in.tif", pattern((40, 30)))
+    whole, banded = tmp_path / "w", tmp_path / "b"
+    from convcli import apply as apply_module
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(apply_module, "_whole_fits", lambda source, job, needs: False)
+        run("apply", source, "-k", "edge", "--format", "tiff", "--tiff-compression", "zstd", "-o", banded, "-q")
+    with open(banded / "in_edge.tiff", "rb") as fh:
+        assert fh.read(4) == b"II+\x00"  # a BigTIFF, written by convcli itself (zstd through numcodecs)
+    if importlib.util.find_spec("imagecodecs") is None:
+        result = run("apply", source, "-k", "edge", "--format", "tiff", "--tiff-compression", "zstd", "-o", whole,
+                     status=2)
+        assert re.search(r"--tiff-compression zstd: not available here .*install imagecodecs or use deflate",
+                         result.stderr)
+    else:  # pragma: no cover - depends on the environment
+        run("apply", source, "-k", "edge", "--format", "tiff", "--tiff-compression", "zstd", "-o", whole, "-q")
+        assert np.array_equal(tifffile.imread(whole / "in_edge.tiff"), tifffile.imread(banded / "in_edge.tiff"))
