@@ -604,3 +604,24 @@ def test_zstd_tiff_streams_and_whole_needs_imagecodecs(tmp_path):
     else:  # pragma: no cover - depends on the environment
         run("apply", source, "-k", "edge", "--format", "tiff", "--tiff-compression", "zstd", "-o", whole, "-q")
         assert np.array_equal(tifffile.imread(whole / "in_edge.tiff"), tifffile.imread(banded / "in_edge.tiff"))
+
+
+def test_ctrl_c_in_a_real_process_leaves_no_file(tmp_path):
+    import signal
+    import time
+
+    source = tiled_tiff(tmp_path / "in.tif", pattern((6000, 3000)), tile=(256, 256))
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "convcli", "apply", str(source), "-k", "gaussian-blur",
+                             "--algorithm", "direct", "--padding", "same", "--format", "tiff", "-o", str(out),
+                             "--memory-limit", "40MiB"], stderr=subprocess.PIPE, cwd=REPO)
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            out.is_dir() and any(p.name.endswith(".tmp") for p in out.iterdir())):
+        time.sleep(0.01)  # until the stream writes its temporary file
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert stderr.decode().strip().splitlines()[-1] == "convcli: interrupted"
+    assert list(out.iterdir()) == []
