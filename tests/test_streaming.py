@@ -270,7 +270,7 @@ def test_opencv_layers_stream_bit_for_bit(monkeypatch):
     pytest.importorskip("cv2")
     from convcli.engine import choose
 
-    monkeypatch.setattr(choose, "choose", lambda layer, opencv_ok: "opencv" if opencv_ok else "direct")
+    monkeypatch.setattr(choose, "choose", lambda layer, opencv_ok, **_: "opencv" if opencv_ok else "direct")
     from convcli import load_kernels
 
     rng = np.random.default_rng(5)
@@ -625,3 +625,29 @@ def test_ctrl_c_in_a_real_process_leaves_no_file(tmp_path):
     assert proc.returncode == 130, stderr
     assert stderr.decode().strip().splitlines()[-1] == "convcli: interrupted"
     assert list(out.iterdir()) == []
+
+
+def test_compiled_core_layers_stream_bit_for_bit():
+    """The compiled core (when built): plain and pooled in one pass (valid, stride = size), as run_layer runs them."""
+    from convcli.engine import ccore
+
+    if not ccore.active():
+        pytest.skip("the compiled core is not built here")
+    rng = np.random.default_rng(8)
+    checked = 0
+    for h, w, c, stride, padding, border, pool_mode in [(97, 61, 3, 1, "same", "reflect", "max"),
+                                                         (80, 45, 1, 2, "valid", "circular", "avg"),
+                                                         (73, 70, 3, 1, "same", "zeros", None)]:
+        x = rng.integers(0, 256, (h, w, c)).astype(np.uint8)
+        bank = WeightsBank(rng.standard_normal((3, 3, c, 8)).astype(np.float32), rng.standard_normal(8))
+        spec = ConvSpec.from_options(stride=stride, padding=padding, border=border, activation="relu")
+        pool = PoolSpec.from_options(mode=pool_mode, size=2) if pool_mode else None
+        expected = engine.run_layer(x, bank, spec, pool, algorithm="auto")
+        plan = engine.plan_layer(x.shape, bank, spec, pool)
+        if plan.backend != "ccore":
+            continue
+        rows = plan.output_shape[0]
+        got = np.concatenate([plan.compute(lambda a, b: x[a:b], (r, min(rows, r + 5))) for r in range(0, rows, 5)])
+        assert np.array_equal(got, expected.output)
+        checked += 1
+    assert checked, "the cost model chose no layer for the compiled core"
