@@ -1,0 +1,424 @@
+"""Many inputs as dask.distributed tasks (``apply --scheduler ADDRESS``).
+
+The batch is planned, checked and reported exactly as :mod:`convcli.batch` does it;
+only where the inputs run changes. Each task is a plain function of paths and typed
+specs — :func:`convcli.batch.run_one` over a few inputs — that reads its inputs and
+writes its outputs itself, through the same atomic writers (temporary file, then
+rename), so the output folder must be on storage every worker shares, under the
+same path. A task re-run after its worker died writes the same bytes again.
+
+dask.distributed owns scheduling, retries and memory: a task whose worker dies
+(killed, out of memory) is given to another worker by the scheduler, up to its
+``distributed.scheduler.allowed-failures`` (3 by default) times, after which that
+input is reported as failed and the batch goes on. Work in flight is bounded
+(:data:`TASKS_PER_THREAD` per worker thread), so a batch of 100,000 inputs never
+holds 100,000 futures.
+
+Nothing here is imported without ``--scheduler``: dask and distributed load only
+inside :func:`connect` and the task loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from .apply import STDOUT, Job, input_stem
+from .errors import OptionError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .batch import BatchPlan, InputItem, Outcome
+
+#: ``--scheduler local``: start a LocalCluster of ``-j`` worker processes for the run.
+LOCAL = "local"
+
+#: Seconds to reach the scheduler (and, for a remote one, to see a worker) by default.
+DEFAULT_TIMEOUT = 10.0
+
+#: Tasks in flight per worker thread: one running, one queued behind it on the worker,
+#: so a worker never waits for the client between two tasks.
+TASKS_PER_THREAD = 2
+
+#: How often the client re-reads the cluster's thread count (workers come and go).
+RESIZE_SECONDS = 2.0
+
+#: The loggers dask and its server stack write to (silenced in this process for the run).
+LOGGERS = ("distributed", "distributed.client", "distributed.scheduler", "distributed.nanny",
+           "distributed.worker", "distributed.core", "distributed.comm", "distributed.deploy", "tornado",
+           "tornado.application", "asyncio", "bokeh")
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Where the tasks run: ``--scheduler`` and ``--scheduler-timeout``.
+
+    ``address`` is ``tcp://host:port`` (any address dask.distributed's ``Client``
+    takes: ``tls://``, ``ucx://``, …) or :data:`LOCAL`; ``timeout`` bounds the
+    connection (exit 2 after it).
+    """
+
+    address: str
+    timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def local(self) -> bool:
+        return self.address == LOCAL
+
+
+# --- connecting --------------------------------------------------------------------------------
+
+class Session:
+    """A client connected to a scheduler with at least one worker of our version.
+
+    :meth:`close` is idempotent: it closes the client and, for ``local``, stops the
+    LocalCluster and its worker processes (waiting for them), then restores the
+    log levels it silenced.
+    """
+
+    def __init__(self, spec: ClusterSpec, client, cluster, quiet: "_QuietDask") -> None:
+        self.spec = spec
+        self.client = client
+        self.cluster = cluster
+        self._quiet = quiet
+        self._closed = False
+
+    def threads(self) -> int:
+        """Worker threads the scheduler knows now (at least 1)."""
+        try:
+            return max(1, sum(self.client.nthreads().values()))
+        except Exception:  # the scheduler is briefly busy: keep the window as it was
+            return 0
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.client is not None:
+                with contextlib.suppress(Exception):
+                    self.client.close(timeout=5)
+            if self.cluster is not None:
+                with contextlib.suppress(Exception):
+                    self.cluster.close(timeout=10)
+        finally:
+            self._quiet.restore()
+
+
+class _QuietDask:
+    """Silences dask's loggers and warnings in this process; :meth:`restore` undoes it.
+
+    convcli's standard error carries convcli's lines only: a worker killed and
+    restarted, a connection retried or a cluster shut down is dask's business.
+    """
+
+    def __init__(self) -> None:
+        self._levels = {name: logging.getLogger(name).level for name in LOGGERS}
+        for name in LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        self._warnings = __import__("warnings").catch_warnings()
+        self._warnings.__enter__()
+        __import__("warnings").simplefilter("ignore")
+
+    def restore(self) -> None:
+        self._warnings.__exit__(None, None, None)
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread while the LocalCluster starts.
+
+    The cluster's event-loop thread is created inside the block and inherits the
+    mask; the worker processes it spawns (and re-spawns after a worker dies)
+    inherit it from that thread. A terminal's Ctrl-C then reaches this process
+    alone, which stops the cluster in order, as the local pool does.
+    """
+    blocked = hasattr(signal, "pthread_sigmask")
+    if blocked:
+        # multiprocessing's resource tracker, started on the first spawn, unblocks SIGINT in the
+        # thread that starts it (CPython's resource_tracker.ensure_running): start it now.
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def connect(spec: ClusterSpec, *, workers: int) -> Session:
+    """Connect to ``spec.address`` (or start a LocalCluster of ``workers`` processes).
+
+    Raises
+    ------
+    OptionError
+        If distributed is not installed; if the scheduler cannot be reached within
+        ``spec.timeout`` seconds, or has no worker after that long; if a worker
+        lacks convcli or runs another version of it. Nothing has been read or
+        written yet.
+    """
+    try:
+        import distributed
+    except ImportError:
+        raise OptionError("--scheduler: needs dask.distributed; install it with pip install 'convcli[cluster]'") \
+            from None
+    quiet = _QuietDask()
+    client = cluster = None
+    try:
+        if spec.local:
+            with _sigint_blocked():
+                cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                   host="127.0.0.1", dashboard_address=None,
+                                                   silence_logs=logging.CRITICAL + 1)
+                client = distributed.Client(cluster, timeout=spec.timeout, set_as_default=False)
+        else:
+            client = _client(distributed, spec)
+            try:
+                client.wait_for_workers(1, timeout=spec.timeout)
+            except (TimeoutError, OSError):
+                raise OptionError(f"--scheduler {spec.address}: the scheduler has no worker after "
+                                  f"{spec.timeout:g} s; start some with: dask worker {spec.address}") from None
+        problem = version_problem(spec.address, _worker_versions(client), local_version())
+        if problem:
+            raise OptionError(problem)
+    except BaseException:
+        Session(spec, client, cluster, quiet).close()
+        raise
+    return Session(spec, client, cluster, quiet)
+
+
+def _client(distributed, spec: ClusterSpec):
+    """A Client of ``spec.address``, or the one-line usage error of why not."""
+    started = time.monotonic()
+    try:
+        return distributed.Client(spec.address, timeout=spec.timeout, set_as_default=False)
+    except (OSError, TimeoutError, ValueError, TypeError) as err:
+        waited = time.monotonic() - started
+        reason = _first_line(err)
+        if waited >= spec.timeout * 0.9:
+            raise OptionError(f"--scheduler {spec.address}: no scheduler answered within {spec.timeout:g} s"
+                              f" (--scheduler-timeout); is 'dask scheduler' running there?") from None
+        raise OptionError(f"--scheduler {spec.address}: cannot connect: {reason}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def local_version() -> str:
+    """This installation's convcli version (as the workers' check reads theirs)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    try:
+        return version("convcli")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return __version__
+
+
+def _worker_versions(client) -> dict[str, object]:
+    """Each worker's installed convcli version, or the exception reading it raised.
+
+    ``importlib.metadata.version`` is sent, not a function of convcli: a worker
+    without convcli could not unpickle one.
+    """
+    from importlib.metadata import version
+
+    return client.run(version, "convcli", on_error="return")
+
+
+def version_problem(address: str, versions: dict[str, object], expected: str) -> str | None:
+    """The line that says which worker lacks convcli or runs another version; None if all agree."""
+    missing = sorted(worker for worker, found in versions.items() if not isinstance(found, str))
+    other = sorted(worker for worker, found in versions.items() if isinstance(found, str) and found != expected)
+    if not missing and not other:
+        return None
+    count = len(missing) + len(other)
+    of = f" ({count} of {len(versions)} workers)" if count > 1 else ""
+    if missing:
+        return (f"--scheduler {address}: worker {missing[0]} has no convcli{of}; install the same version there:"
+                f" pip install 'convcli[cluster]=={expected}'")
+    return (f"--scheduler {address}: worker {other[0]} runs convcli {versions[other[0]]}, this is {expected}{of};"
+            f" install the same version on every worker")
+
+
+# --- paths: absolute for the workers, as given for the reports ---------------------------------
+
+class _Paths:
+    """Relative paths of the command line made absolute, so any worker finds them.
+
+    A worker's current folder is not ours. Inputs, ``-o``, ``--montage`` and the
+    files the job reads are sent as absolute paths (on the shared storage, under
+    the same path everywhere); what comes back — ``--json``'s ``input`` and
+    ``outputs``, error messages — is turned back into the names the user typed,
+    so the reports are those of a local run.
+    """
+
+    def __init__(self, cwd: str) -> None:
+        self.cwd = Path(cwd)
+        self.pairs: dict[str, str] = {}  # absolute form → as given
+
+    def absolute(self, given: str) -> str:
+        if os.path.isabs(given):
+            return given
+        full = str(self.cwd / given)
+        self.pairs[full] = str(Path(given))
+        return full
+
+    def folder(self, given: Path | str) -> Path:
+        if os.path.isabs(given):
+            return Path(given)
+        full = self.cwd / given
+        shown = str(Path(given))
+        self.pairs[str(full) + os.sep] = "" if shown == "." else shown + os.sep
+        self.pairs[str(full)] = shown
+        return full
+
+    def local(self, text: str) -> str:
+        for full in sorted(self.pairs, key=len, reverse=True):
+            if full in text:
+                text = text.replace(full, self.pairs[full])
+        return text
+
+
+def _absolute_job(job: Job, paths: _Paths) -> Job:
+    out = job.output
+    directory = out.directory
+    if directory is not None and directory != STDOUT:
+        directory = paths.folder(directory)
+    montage = out.montage
+    if montage is not None and not os.path.isabs(montage):
+        # Escape braces of the folder's name: the template is formatted with {stem}.
+        cwd = str(paths.cwd).replace("{", "{{").replace("}", "}}")
+        montage = os.path.join(cwd, montage)
+    reads = tuple(replace(read, path=paths.absolute(read.path)) for read in job.reads)
+    return replace(job, output=replace(out, directory=directory, montage=montage), reads=reads)
+
+
+def _montage_pairs(job: Job, items: "list[InputItem]", paths: _Paths) -> None:
+    """Each input's montage file: absolute → as the local run names it."""
+    from .apply import montage_path
+
+    template = job.output.montage
+    if template is None or os.path.isabs(template):
+        return
+    for item in items:
+        stem = input_stem(item.source)
+        local = str(montage_path(template, stem))
+        paths.pairs[str(paths.cwd / local)] = local
+
+
+# --- tasks -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every task of a batch needs, sent to each worker once (as a task's result)."""
+
+    job: Job
+    inputs: frozenset[str]
+    many: bool
+
+
+def _hold(shared: _Shared) -> _Shared:
+    """The task whose result the others depend on: recomputed if the workers holding it die."""
+    return shared
+
+
+def run_inputs(work: "list[tuple[int, InputItem]]", shared: _Shared) -> "list[Outcome]":
+    """The task: :func:`convcli.batch.run_one` on each ``(index, input)``, in order.
+
+    The engine runs one thread per task: a dask worker runs one task per thread it
+    has, and the outputs are the same bits whatever the thread count.
+    """
+    from . import engine
+    from .batch import run_one
+
+    engine.set_threads(1)
+    return [run_one(index, item, shared.job, shared.inputs, shared.many) for index, item in work]
+
+
+def cluster_outcomes(session: Session, indices: list[int], items: "list[InputItem]", job: Job, plan: "BatchPlan",
+                     reporter, many: bool) -> "Iterator[Outcome]":
+    """Run ``indices`` as tasks on ``session``'s cluster; yield each outcome as it finishes.
+
+    At most :data:`TASKS_PER_THREAD` tasks per worker thread are in flight. With
+    ``--print`` (output in input order) an input is only submitted when it is
+    fewer than that many places ahead of the earliest unwritten one. Closing the
+    generator cancels what is still queued.
+    """
+    from distributed import KilledWorker, as_completed
+
+    from .batch import _failed
+
+    client = session.client
+    paths = _Paths(os.getcwd())
+    remote_job = _absolute_job(job, paths)
+    _montage_pairs(job, [items[i] for i in indices], paths)
+    remote_items = {i: replace(items[i], source=paths.absolute(items[i].source)) for i in indices}
+    shared = client.submit(_hold, _Shared(remote_job, plan.inputs, many), pure=False, key=f"convcli-job-{os.getpid()}-{time.time_ns()}")
+    ordered = job.print_maps
+    queue = list(reversed(indices))
+    pending: dict = {}
+    running = as_completed(loop=client.loop)
+    window = TASKS_PER_THREAD * max(1, session.threads())
+    resized = time.monotonic()
+
+    def submit_more() -> None:
+        while queue and len(pending) < window and (
+                not ordered or not pending or queue[-1] < reporter.next_index + window):
+            index = queue.pop()
+            future = client.submit(run_inputs, [(index, remote_items[index])], shared, pure=False,
+                                   key=f"convcli-{index}-{shared.key}")
+            pending[future] = index
+            running.add(future)
+
+    try:
+        submit_more()
+        for future in running:
+            index = pending.pop(future)
+            try:
+                outcomes = future.result()
+            except KilledWorker:
+                outcomes = [_failed(index, items[index], f"{items[index].source}: the workers running it died"
+                                    " (killed, out of memory, or a crash in native code) each time it was tried",
+                                    0.0)]
+            except Exception as err:  # the scheduler went away, a task that would not unpickle…
+                outcomes = [_failed(index, items[index], f"{items[index].source}: on the cluster:"
+                                    f" {type(err).__name__}: {_first_line(err)}", 0.0)]
+            for outcome in outcomes:
+                yield _as_given(outcome, items, paths)
+            if time.monotonic() - resized > RESIZE_SECONDS:
+                window = TASKS_PER_THREAD * (session.threads() or window // TASKS_PER_THREAD)
+                resized = time.monotonic()
+            submit_more()
+    finally:
+        if pending:
+            with contextlib.suppress(Exception):
+                client.cancel(list(pending), force=True)
+        with contextlib.suppress(Exception):
+            client.cancel([shared], force=True)
+
+
+def _as_given(outcome: "Outcome", items: "list[InputItem]", paths: _Paths) -> "Outcome":
+    """The outcome with the input and paths named as on the command line."""
+    result = outcome.result
+    result.input = items[outcome.index].source
+    result.outputs = [paths.local(path) for path in result.outputs]
+    if result.error is not None:
+        result.error = paths.local(result.error)
+    return outcome
+
+
+__all__ = ["LOCAL", "DEFAULT_TIMEOUT", "ClusterSpec", "Session", "connect", "cluster_outcomes", "run_inputs",
+           "version_problem", "local_version"]
