@@ -47,3 +47,9 @@ class OutputError(ConvcliError):
     """An output could not be written (it would overwrite an input, disk full…)."""
 
     exit_status = ExitStatus.INPUT_FAILED
+
+
+class ClusterError(ConvcliError):
+    """The cluster went away in the middle of a batch (``--scheduler``): the rest cannot run."""
+
+    exit_status = ExitStatus.INPUT_FAILED

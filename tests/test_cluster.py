@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,6 +31,10 @@ from convcli.cli import cli
 from convcli.cluster import local_version, version_problem
 
 distributed = pytest.importorskip("distributed", reason="the cluster extra is part of the test extra")
+
+# A scheduler's HTTP server falls back to another port when 8787 is taken (other clusters on
+# the machine), and says so.
+pytestmark = pytest.mark.filterwarnings("ignore:Port 8787 is already in use:UserWarning")
 
 KERNELS = ["-k", "edge", "-k", "sobel-x", "-k", "sobel-y", "-k", "box-blur"]
 LOCALHOST = "127.0.0.1"
@@ -249,6 +254,36 @@ def test_a_malformed_address_is_one_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_scheduler_without_workers_is_a_usage_error(tmp_path):
+    write_images(tmp_path / "in", 1)
+    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp", host=LOCALHOST, dashboard_address=None,
+                                  silence_logs=50) as empty:
+        address = empty.scheduler_address
+        result = run("apply", tmp_path / "in", "-k", "edge", "-o", tmp_path / "out", "--scheduler", address,
+                     "--scheduler-timeout", "0.5", status=2)
+    assert result.stderr == (f"convcli: error: --scheduler {address}: the scheduler has no worker after 0.5 s;"
+                             f" start some with: dask worker {address}\n")
+
+
+def test_without_distributed_the_extra_is_named(tmp_path, monkeypatch):
+    write_images(tmp_path / "in", 1)
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
+    result = run("apply", tmp_path / "in", "-k", "edge", "-o", tmp_path / "out", "--scheduler", "local", status=2)
+    assert result.stderr == ("convcli: error: --scheduler: needs dask.distributed; install it with"
+                             " pip install 'convcli[cluster]'\n")
+
+
+def test_a_local_cluster_that_cannot_start_is_one_line(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Nanny failed to start.\nmore detail")
+
+    write_images(tmp_path / "in", 1)
+    monkeypatch.setattr(distributed, "LocalCluster", refuse)
+    result = run("apply", tmp_path / "in", "-k", "edge", "-o", tmp_path / "out", "--scheduler", "local", status=1)
+    assert result.stderr == "convcli: error: --scheduler local: the LocalCluster did not start: Nanny failed to start.\n"
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--scheduler", "tcp://127.0.0.1:8786", "-j", "2"], "-j: the workers of tcp://127.0.0.1:8786 are set where"),
     (["--scheduler-timeout", "3"], "--scheduler-timeout: only with --scheduler ADDRESS"),
@@ -393,3 +428,28 @@ def test_a_worker_with_another_convcli_is_refused_before_any_work(real_scheduler
         assert not (tmp_path / "out").exists()
     finally:
         _stop([odd])
+
+
+def test_losing_the_scheduler_mid_batch_stops_with_one_line(real_scheduler, tmp_path):
+    """Last in the module: it kills the module's scheduler."""
+    address, procs = real_scheduler
+    write_images(tmp_path / "in", 40, size=(192, 160), seed=300)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "convcli", "apply", tmp_path / "in", *KERNELS, "-o", out,
+                             "--scheduler", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.is_dir() and len([n for n in os.listdir(out) if not n.startswith(".")]) >= 4):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.005)
+        os.killpg(procs[0].pid, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, stderr
+    lines = stderr.decode().splitlines()
+    assert len(lines) == 1 and re.fullmatch(
+        rf"convcli: error: --scheduler {re.escape(address)}: lost the connection to the scheduler; \d+ inputs"
+        r" not done \(run again with --skip-existing to finish\)", lines[0]), lines
