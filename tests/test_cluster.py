@@ -136,26 +136,32 @@ def test_relative_paths_and_montages_are_reported_as_given(cluster, photos, tmp_
                                                 if not k.startswith(("in/", "again/"))}
 
 
+def _executing(dask_worker=None) -> int:
+    """How many tasks a worker is running (sent with client.run)."""
+    return len(dask_worker.state.executing)
+
+
 def test_a_worker_killed_mid_batch_changes_nothing(cluster, tmp_path):
     """SIGKILL one worker while tasks run: its task runs again elsewhere; exit 0, the same bytes."""
     address, client = cluster
     write_images(tmp_path / "in", 40, size=(192, 160), seed=100)
     run("apply", tmp_path / "in", *KERNELS, "-o", tmp_path / "local", "-j", 2)
-    before = client.run(os.getpid)
-    victim = sorted(before.values())[0]
+    pids = client.run(os.getpid)
+    victim = sorted(pids)[0]
     out = tmp_path / "out"
     killed: list[int] = []
 
-    def kill_when_started() -> None:
+    def kill_while_busy() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if out.is_dir() and len([n for n in os.listdir(out) if not n.startswith(".")]) >= 8:
+            if (out.is_dir() and len([n for n in os.listdir(out) if not n.startswith(".")]) >= 8
+                    and client.run(_executing, workers=[victim])[victim]):
                 killed.append(len(os.listdir(out)))
-                os.kill(victim, signal.SIGKILL)
+                os.kill(pids[victim], signal.SIGKILL)
                 return
-            time.sleep(0.002)
+            time.sleep(0.001)
 
-    killer = threading.Thread(target=kill_when_started)
+    killer = threading.Thread(target=kill_while_busy)
     killer.start()
     result = run("apply", tmp_path / "in", *KERNELS, "-o", out, "--scheduler", address)
     killer.join()
@@ -163,7 +169,49 @@ def test_a_worker_killed_mid_batch_changes_nothing(cluster, tmp_path):
     assert files_under(out) == files_under(tmp_path / "local")  # no temporary file left either
     assert result.stderr.startswith("convcli: 40 done, 0 failed")
     client.wait_for_workers(2, timeout=30)  # the nanny restarts it for the next tests
-    assert victim not in client.run(os.getpid).values()
+    assert pids[victim] not in client.run(os.getpid).values()
+
+
+def test_an_input_whose_workers_keep_dying_fails_alone(cluster, tmp_path):
+    """With no retry allowed, the input running on a SIGKILLed worker is reported failed; the rest finish."""
+    address, client = cluster
+    write_images(tmp_path / "in", 30, size=(192, 160), seed=200)
+    out = tmp_path / "out"
+
+    def set_allowed_failures(n, dask_scheduler=None):
+        previous = dask_scheduler.allowed_failures
+        dask_scheduler.allowed_failures = n
+        return previous
+
+    previous = client.run_on_scheduler(set_allowed_failures, 0)
+    pids = client.run(os.getpid)
+    victim = sorted(pids)[0]
+    killed: list[bool] = []
+
+    def kill_while_busy() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if out.is_dir() and len(os.listdir(out)) >= 8 and client.run(_executing, workers=[victim])[victim]:
+                os.kill(pids[victim], signal.SIGKILL)
+                killed.append(True)
+                return
+            time.sleep(0.001)
+
+    killer = threading.Thread(target=kill_while_busy)
+    try:
+        killer.start()
+        result = run("apply", tmp_path / "in", *KERNELS, "-o", out, "--scheduler", address, status=1)
+    finally:
+        killer.join()
+        client.run_on_scheduler(set_allowed_failures, previous)
+        client.wait_for_workers(2, timeout=30)
+    assert killed
+    failed = result.stderr.splitlines()[:-1]
+    assert failed and all(re.fullmatch(
+        rf"convcli: {re.escape(str(tmp_path / 'in'))}/im\d\d\.png: the workers running it died \(killed, out of"
+        r" memory, or a crash in native code\) each time it was tried", line) for line in failed), failed
+    assert f"{30 - len(failed)} done, {len(failed)} failed" in result.stderr.splitlines()[-1]
+    assert not [n for n in os.listdir(out) if n.startswith(".")]  # the killed write's temporary is gone
 
 
 def test_a_corrupt_file_fails_alone(cluster, photos, tmp_path):
