@@ -77,7 +77,7 @@ def in_process_floor(photo: Path, bank: np.ndarray, repeat: int) -> dict[str, fl
     from PIL import Image
 
     import convcli
-    from convcli import imageio
+    from convcli.io import encode_png, to_display
 
     def decode():
         with Image.open(photo) as image:
@@ -85,11 +85,11 @@ def in_process_floor(photo: Path, bank: np.ndarray, repeat: int) -> dict[str, fl
 
     x = decode()
     maps = convcli.conv2d(x, bank, padding="same")
-    gray = [imageio.to_display(maps[:, :, f], normalize="minmax", bits=8) for f in range(maps.shape[2])]
+    gray = [to_display(maps[:, :, f], normalize="minmax", bits=8) for f in range(maps.shape[2])]
 
     def encode(level: int, threads: int):
         def one(image):
-            return imageio.encode_png(image, bits=8, compress_level=level)
+            return encode_png(image, bits=8, compress_level=level)
         if threads == 1:
             return [one(g) for g in gray]
         with ThreadPoolExecutor(threads) as pool:

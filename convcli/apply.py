@@ -132,7 +132,7 @@ def _read_identities(reads: tuple[ReadFile, ...],
 def overwritten_read(path: Path | str, reads: tuple[ReadFile, ...], *, resolved: str | None = None) -> ReadFile | None:
     """The read file that writing ``path`` would replace, or None.
 
-    The rule of :func:`convcli.imageio.same_file` — the same resolved path (symbolic links
+    The rule of :func:`convcli.io.atomic.same_file` — the same resolved path (symbolic links
     followed) or, for an existing ``path``, the same device and inode (hard links) — with
     each read file looked at once. ``resolved``: ``path`` already resolved, if known.
     """
@@ -227,7 +227,7 @@ def channel_labels(names: list[str], *, depthwise: bool, in_channels: int) -> li
 def input_stem(source: str) -> str:
     """The ``{stem}`` of an input's outputs: ``photo`` for ``dir/photo.png``, ``stdin`` for ``-``.
 
-    The same rule as :func:`convcli.imageio.read_input`, so the batch can plan the
+    The same rule as :func:`convcli.io.read.read_input`, so the batch can plan the
     output names (collisions, ``--skip-existing``) before reading anything.
     """
     return "stdin" if source == STDOUT else Path(source).stem
@@ -424,15 +424,15 @@ def montage_path(template: str, stem: str) -> Path:
 
 def encode_group(array, *, fmt: str, normalize: str, compress_level: int | None, workers: int = 1) -> bytes:
     """Encode one output group (H×W or H×W×C float32) in the chosen format (PNG on ``workers`` threads)."""
-    from . import imageio
+    from .io import encode_npy, encode_png, encode_tiff, to_display
 
     if fmt == "npy":
-        return imageio.encode_npy(array)
+        return encode_npy(array)
     if fmt == "tiff":
-        return imageio.encode_tiff(array)
+        return encode_tiff(array)
     bits = 16 if fmt == "png16" else 8
-    return imageio.encode_png(imageio.to_display(array, normalize=normalize, bits=bits), bits=bits,
-                              compress_level=compress_level, workers=workers)
+    return encode_png(to_display(array, normalize=normalize, bits=bits), bits=bits,
+                      compress_level=compress_level, workers=workers)
 
 
 #: Gray maps normalised per block: 16 float32 channels are one 64-byte cache line per pixel.
@@ -446,18 +446,19 @@ def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt:
     numpy, zlib and file writes release the GIL, so the maps of a many-filter layer
     encode on every core the engine may use. Gray maps are strided views of the H×W×F
     output; for PNG they are normalised 16 channels at a time into contiguous planes
-    (:func:`imageio.to_display_planes`), so the output is read once, not once per map.
+    (:func:`convcli.io.display.to_display_planes`), so the output is read once, not once per map.
 
     With a shared ``pool``, the last block's encodes are left running and their futures
     appended to ``pending``: the caller computes the next filters meanwhile and waits later.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from . import engine, imageio
+    from . import engine
+    from .io import channel_extrema, encode_npy, encode_png, to_display_planes, write_atomic
 
     def write(path: Path, blob: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        imageio.write_atomic(path, blob)
+        write_atomic(path, blob)
 
     # Fewer maps than threads: each map's PNG is deflated in parts on the spare threads.
     workers = max(1, engine.get_threads() // max(1, len(groups)))
@@ -471,10 +472,10 @@ def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt:
 
     def one_plane(item) -> None:
         path, plane = item
-        write(path, imageio.encode_png(plane, bits=bits, compress_level=compress_level, workers=workers))
+        write(path, encode_png(plane, bits=bits, compress_level=compress_level, workers=workers))
 
     if fmt == "npy":
-        write(paths[0], imageio.encode_npy(output))
+        write(paths[0], encode_npy(output))
         return
     own_pool = pool is None
     if own_pool:
@@ -482,7 +483,7 @@ def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt:
     try:
         if fmt in ("png", "png16") and all(len(g.channels) == 1 for g in groups):
             # Every channel's min and max in one pass over the contiguous output.
-            low, high = imageio.channel_extrema(output)
+            low, high = channel_extrema(output)
             running: list = []  # the previous block's encodes run while the next block is normalised
             for start in range(0, len(groups), _PLANE_CHUNK):
                 part = groups[start:start + _PLANE_CHUNK]
@@ -490,9 +491,9 @@ def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt:
                 first = channels[0]
                 block = (output[:, :, first:first + len(part)]
                          if channels == list(range(first, first + len(part))) else output[:, :, channels])
-                planes = imageio.to_display_planes(block, normalize=normalize, bits=bits,
-                                                   names=[g.name for g in part], low=low[channels],
-                                                   high=high[channels])
+                planes = to_display_planes(block, normalize=normalize, bits=bits,
+                                           names=[g.name for g in part], low=low[channels],
+                                           high=high[channels])
                 for future in running:
                     future.result()  # re-raises a failed write
                 running = [pool.submit(one_plane, item) for item in zip(paths[start:start + _PLANE_CHUNK], planes)]
@@ -540,13 +541,13 @@ def _write_maps(output, names: list[str], *, job: Job, stem: str, directory: Pat
 
 
 def _print_maps(output, labels: list[str], stem: str, many: bool) -> str:
-    from . import imageio
+    from .io import format_map_rows
 
     buf = io.StringIO()
     for f in range(output.shape[2]):
         if many or output.shape[2] > 1:
             buf.write(f"# {stem} {labels[f]}\n")
-        for line in imageio.format_map_rows(output[:, :, f]):
+        for line in format_map_rows(output[:, :, f]):
             buf.write(line + "\n")
     return buf.getvalue()
 
@@ -559,15 +560,16 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
     line (outputs mirror it under ``-o``); ``inputs`` holds the resolved paths of all
     inputs, which are never overwritten; ``many`` says the batch has several inputs.
     """
-    from . import engine, imageio
+    from . import engine
+    from .io import DEFAULT_MAX_PIXELS, encode_npy, read_input
 
     started = time.perf_counter()
     result = InputResult(input=source)
-    max_pixels = job.read.max_pixels if job.read.max_pixels is not None else imageio.DEFAULT_MAX_PIXELS
+    max_pixels = job.read.max_pixels if job.read.max_pixels is not None else DEFAULT_MAX_PIXELS
     # uint8/uint16 pixels stay integers when the first layer sums the channels: the engine
     # does so exactly, as integers, before its one float32 conversion.
-    loaded = imageio.read_input(source, mode=job.read.mode, scale=job.read.scale, max_pixels=max_pixels,
-                                keep_integers=job.stack.sums_channels_first)
+    loaded = read_input(source, mode=job.read.mode, scale=job.read.scale, max_pixels=max_pixels,
+                        keep_integers=job.stack.sums_channels_first)
     if loaded.kind == "signal":  # Keras Conv1D meaning; a one-row image stays 2-D
         job = replace(job, stack=job.stack.for_signal())
     stem = input_stem(source)  # the stem the batch planned with
@@ -594,7 +596,7 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
             # Only a depthwise layer on more than 4 channels gets here; check_job
             # refuses every other case before any work.
             raise OptionError(_stdout_count_message(count, [g.name for g in groups]))
-        result.stdout_bytes = (imageio.encode_npy(output) if out.format == "npy" else
+        result.stdout_bytes = (encode_npy(output) if out.format == "npy" else
                                encode_group(_group_arrays(output, groups)[0], fmt=out.format,
                                             normalize=out.normalize, compress_level=out.compress_level,
                                             workers=engine.get_threads()))
@@ -714,15 +716,15 @@ def _save_all(intermediates: list, job: Job, *, stem: str, directory: Path, x_sh
 
 def _write_montage(output, names: list[str], job: Job, stem: str, depthwise: bool, in_depth: int,
                    inputs: frozenset[str]) -> str:
-    from . import imageio
+    from .io import montage, to_display, write_atomic
 
     path = montage_path(job.output.montage or "", stem)
     _refuse_overwrite(path, job, inputs, option="--montage")
     groups = map_groups(names, depthwise=depthwise, in_channels=in_depth)
-    tiles = [imageio.to_display(a, normalize=job.output.normalize, bits=8) for a in _group_arrays(output, groups)]
-    blob = imageio.montage(tiles, [g.name for g in groups])
+    tiles = [to_display(a, normalize=job.output.normalize, bits=8) for a in _group_arrays(output, groups)]
+    blob = montage(tiles, [g.name for g in groups])
     path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.write_atomic(path, blob)
+    write_atomic(path, blob)
     return str(path)
 
 

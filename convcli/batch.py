@@ -695,7 +695,7 @@ def _run_alone(index: int, items: list[InputItem], job: Job, plan: BatchPlan, ma
 def _sweep_temporaries(plan: BatchPlan) -> None:
     """Remove temporary files a killed worker may have left next to this batch's outputs.
 
-    A worker killed in the middle of :func:`convcli.imageio.write_atomic` cannot run
+    A worker killed in the middle of :func:`convcli.io.atomic.write_atomic` cannot run
     its clean-up. Its temporary file is ``.NAME.XXXXXXXX.tmp`` for a planned output
     NAME, so only those are removed: other files in the folder are left alone.
     """

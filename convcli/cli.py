@@ -352,7 +352,7 @@ def shape(image, input_shape, **params):
     if input_shape is not None:
         shape3, signal = parse_input(input_shape)
     else:
-        from .imageio import read_header
+        from .io import read_header
 
         (h, w, c), kind = read_header(image)
         mode = params["mode"]

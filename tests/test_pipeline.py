@@ -663,7 +663,7 @@ def test_shape_pipeline_error_exits_2_naming_the_layer(tmp_path):
 
 
 def test_edge_pool_example_on_the_sample_image():
-    from convcli.imageio import read_input
+    from convcli.io import read_input
 
     stack = load_pipeline(EDGE_POOL)
     assert [s.name for s in stack.steps] == ["conv2d", "max_pooling2d"]

@@ -1,0 +1,142 @@
+"""Images Pillow decodes: PNG, JPEG, BMP, WebP, GIF, and TIFFs tifffile leaves to it.
+
+Images are opened lazily (header only) by :func:`_pillow_open`, so sizes are known, and
+the decompression-bomb guard applied, before any pixel is decoded.
+
+16-bit colour PNGs
+    Pillow (up to at least 13) has no 16-bit RGB mode: it decodes 16-bit RGB, RGBA and
+    gray+alpha PNGs to 8 bits by keeping each sample's high byte. Its PNG decoder still
+    inflates and unfilters the full 16-bit rows in C; only the final unpacking drops the
+    low byte. :func:`_png16_colour` therefore decodes such a file twice with two unpackers
+    of the same width — ``RGB;16B`` (high bytes) and ``RGB;16L`` (which, fed big-endian
+    data, picks the low bytes) — and joins them, exactly and at C speed, interlaced files
+    included. Gray+alpha is decoded once as 32-bit ``RGBA``, i.e. the raw four bytes. For
+    writing, :func:`convcli.io.png.encode_png` has a small vectorised PNG encoder for
+    16-bit colour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import struct
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import InputError
+from ._common import _check_pixels, _Raw
+
+# Pillow's rawmodes for 16-bit colour PNGs, and the unpacker that yields the low bytes.
+_PNG16_LOW_RAWMODE = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L", "LA;16B": "RGBA"}
+
+
+@contextlib.contextmanager
+def _pillow_open(name: str, path: Path | None, data: bytes | None) -> Iterator[Any]:
+    """Open lazily (header only); yields None if Pillow does not recognise the format.
+
+    Pillow's own decompression-bomb check is switched off for the open: ours, with the
+    user's ``--max-pixels``, runs right after it on the same header numbers.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        im = Image.open(io.BytesIO(data) if data is not None else path)
+    except UnidentifiedImageError:
+        im = None
+    except Image.DecompressionBombError as err:  # only if another thread re-enabled it
+        raise InputError(f"{name}: refused by Pillow's decompression-bomb check: {err}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as err:
+        raise InputError(f"{name}: corrupt image header: {err}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    try:
+        yield im
+    finally:
+        if im is not None:
+            im.close()
+
+
+def _pillow_channels(im: Any) -> int:
+    """Channels :func:`_pillow_array` gives for this (lazily opened) image under keep."""
+    mode = im.mode
+    if mode in ("P", "PA"):
+        return 4 if mode == "PA" or "transparency" in im.info else 3
+    if mode in ("LA", "La"):
+        return 2
+    if mode in ("RGBA", "RGBa"):
+        return 2 if _png_rawmode(im) == "LA;16B" else 4
+    if mode in ("1", "L", "I", "F") or mode.startswith("I;16"):
+        return 1
+    return 3  # RGB, RGBX, CMYK, YCbCr, LAB, HSV → RGB
+
+
+def _png_rawmode(im: Any) -> str | None:
+    if im.format != "PNG" or len(im.tile) != 1:
+        return None
+    args = im.tile[0][3]
+    rawmode = args[0] if isinstance(args, tuple) else args
+    return rawmode if isinstance(rawmode, str) else None
+
+
+def _read_image(name: str, path: Path | None, data: bytes | None, *, max_pixels: int | None) -> _Raw | None:
+    with _pillow_open(name, path, data) as im:
+        if im is None:
+            return None
+        _check_pixels(name, im.size[0], im.size[1], max_pixels)
+        try:
+            return _pillow_array(im, name, path, data)
+        except InputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a corrupt file can fail anywhere in a decoder
+            raise InputError(f"{name}: cannot decode image ({type(err).__name__}: {err})") from None
+
+
+def _pillow_array(im: Any, name: str, path: Path | None, data: bytes | None) -> _Raw:
+    """Decode every pixel (``load`` forces it, so truncation is caught here)."""
+    import numpy as np
+
+    rawmode = _png_rawmode(im)
+    if rawmode in _PNG16_LOW_RAWMODE:
+        return _Raw(_png16_colour(im, rawmode, path, data), "image", 16)
+    im.load()
+    mode = im.mode
+    if mode.startswith("I;16"):
+        return _Raw(np.asarray(im).astype(np.uint16)[:, :, None], "image", 16)
+    if mode in ("I", "F"):
+        return _Raw(np.asarray(im).astype(np.float64 if mode == "I" else np.float32)[:, :, None],
+                    "image", None)
+    target = {"1": "L", "L": "L", "P": "RGBA" if "transparency" in im.info else "RGB", "PA": "RGBA",
+              "LA": "LA", "La": "LA", "RGB": "RGB", "RGBA": "RGBA", "RGBa": "RGBA"}.get(mode, "RGB")
+    if mode != target:
+        im = im.convert(target)
+    array = np.asarray(im)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return _Raw(array, "image", 8)
+
+
+def _png16_colour(im: Any, rawmode: str, path: Path | None, data: bytes | None) -> Any:
+    """Exact 16-bit samples of an RGB/RGBA/gray+alpha PNG (see the module docstring)."""
+    from PIL import Image
+    import numpy as np
+
+    blob = data if data is not None else path.read_bytes()  # type: ignore[union-attr]
+
+    def decode(unpacker: str) -> Any:
+        with Image.open(io.BytesIO(blob)) as fresh:
+            tile = fresh.tile[0]
+            fresh.tile = [tile._replace(args=unpacker) if hasattr(tile, "_replace")
+                          else (tile[0], tile[1], tile[2], unpacker)]
+            fresh.load()
+            return np.asarray(fresh).astype(np.uint16)
+
+    low_mode = _PNG16_LOW_RAWMODE[rawmode]
+    if rawmode == "LA;16B":
+        # 32-bit RGBA unpacking copies the four bytes L-hi, L-lo, A-hi, A-lo unchanged.
+        quad = decode(low_mode)
+        return (quad[:, :, 0::2] << 8) | quad[:, :, 1::2]
+    im.load()
+    high = np.asarray(im).astype(np.uint16)
+    return (high << 8) | decode(low_mode)
