@@ -19,11 +19,13 @@ from pathlib import Path
 from .errors import ConvcliError, OptionError, OutputError
 from .stack import Stack
 
-FORMATS = ("png", "png16", "tiff", "npy")
+FORMATS = ("png", "png16", "tiff", "npy", "zarr")
 NORMALIZE_MODES = ("minmax", "clip", "abs", "offset")
 DEFAULT_NAME = "{stem}_{filter}.{ext}"
 STDOUT = "-"
-_EXT = {"png": "png", "png16": "png", "tiff": "tiff", "npy": "npy"}
+_EXT = {"png": "png", "png16": "png", "tiff": "tiff", "npy": "npy", "zarr": "zarr"}
+#: Formats written as one H×W×F array per input (``{stem}.{ext}``), not one file per map.
+ARRAY_FORMATS = ("npy", "zarr")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class OutputSpec:
     montage: str | None = None
     save_all: bool = False
     skip_existing: bool = False
+    tiff_compression: str = "none"
 
     @property
     def to_stdout(self) -> bool:
@@ -87,6 +90,9 @@ class Job:
     algorithm: str = "auto"
     print_maps: bool = False
     reads: tuple[ReadFile, ...] = ()
+    #: ``--memory-limit`` in bytes for one process (a batch divides it among its workers);
+    #: None: no limit, every input is run whole.
+    memory_limit: int | None = None
 
 
 def files_read(stack: Stack, kernel_sources=(), pipeline: str | os.PathLike | None = None) -> tuple[ReadFile, ...]:
@@ -391,7 +397,7 @@ def _map_files(job: Job, names: list[str], stem: str, directory: Path, *, depthw
     """Each output file of a layer and the channels it holds (``channels``: the layer's F')."""
     out = job.output
     ext = _EXT[out.format]
-    if out.format == "npy":  # one H×W×F array per input
+    if out.format in ARRAY_FORMATS:  # one H×W×F array per input
         path = output_path(directory, "{stem}.{ext}" if out.name == DEFAULT_NAME else out.name,
                            stem=stem, filter="all", index=0, ext=ext)
         return [(path, MapGroup("all", 0, tuple(range(channels))))]
@@ -422,14 +428,15 @@ def montage_path(template: str, stem: str) -> Path:
     return Path(template.format(stem=_field(stem)))
 
 
-def encode_group(array, *, fmt: str, normalize: str, compress_level: int | None, workers: int = 1) -> bytes:
+def encode_group(array, *, fmt: str, normalize: str, compress_level: int | None, workers: int = 1,
+                 tiff_compression: str = "none") -> bytes:
     """Encode one output group (H×W or H×W×C float32) in the chosen format (PNG on ``workers`` threads)."""
     from .io import encode_npy, encode_png, encode_tiff, to_display
 
     if fmt == "npy":
         return encode_npy(array)
     if fmt == "tiff":
-        return encode_tiff(array)
+        return encode_tiff(array, compression=tiff_compression)
     bits = 16 if fmt == "png16" else 8
     return encode_png(to_display(array, normalize=normalize, bits=bits), bits=bits,
                       compress_level=compress_level, workers=workers)
@@ -440,7 +447,8 @@ _PLANE_CHUNK = 16
 
 
 def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt: str, normalize: str,
-                      compress_level: int | None, pool=None, pending: list | None = None) -> None:
+                      compress_level: int | None, pool=None, pending: list | None = None,
+                      tiff_compression: str = "none") -> None:
     """Encode each group of ``output`` and write it atomically to its path, in threads.
 
     numpy, zlib and file writes release the GIL, so the maps of a many-filter layer
@@ -466,7 +474,7 @@ def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt:
     def one(item) -> None:
         path, array = item
         write(path, encode_group(array, fmt=fmt, normalize=normalize, compress_level=compress_level,
-                                 workers=workers))
+                                 workers=workers, tiff_compression=tiff_compression))
 
     bits = 16 if fmt == "png16" else 8
 
@@ -476,6 +484,18 @@ def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt:
 
     if fmt == "npy":
         write(paths[0], encode_npy(output))
+        return
+    if fmt == "zarr":
+        from .io.zarr_array import ZarrSink
+
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        sink = ZarrSink(paths[0], output.shape)
+        try:
+            sink.write(output)
+            sink.commit()
+        except BaseException:
+            sink.discard()
+            raise
         return
     own_pool = pool is None
     if own_pool:
@@ -536,7 +556,8 @@ def _write_maps(output, names: list[str], *, job: Job, stem: str, directory: Pat
     for path in paths:
         _refuse_overwrite(path, job, inputs)
     _encode_and_write(paths, output, groups, fmt=out.format, normalize=out.normalize,
-                      compress_level=out.compress_level, pool=pool, pending=pending)
+                      compress_level=out.compress_level, pool=pool, pending=pending,
+                      tiff_compression=out.tiff_compression)
     return [str(p) for p in paths]
 
 
@@ -565,6 +586,16 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
 
     started = time.perf_counter()
     result = InputResult(input=source)
+    if _streams(source, job):
+        from .streaming import stream_input
+
+        streamed = stream_input(source, job, directory=Path(job.output.directory) / rel_dir,  # type: ignore[arg-type]
+                                stem=input_stem(source), inputs=inputs, budget=job.memory_limit)  # type: ignore[arg-type]
+        result.input_shape, result.output_shape = streamed.input_shape, streamed.output_shape
+        result.algorithm, result.outputs = streamed.algorithm, streamed.outputs
+        result.filters = job.stack.output_names()
+        result.seconds = time.perf_counter() - started
+        return result
     max_pixels = job.read.max_pixels if job.read.max_pixels is not None else DEFAULT_MAX_PIXELS
     # uint8/uint16 pixels stay integers when the first layer sums the channels: the engine
     # does so exactly, as integers, before its one float32 conversion.
@@ -599,7 +630,7 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
         result.stdout_bytes = (encode_npy(output) if out.format == "npy" else
                                encode_group(_group_arrays(output, groups)[0], fmt=out.format,
                                             normalize=out.normalize, compress_level=out.compress_level,
-                                            workers=engine.get_threads()))
+                                            workers=engine.get_threads(), tiff_compression=out.tiff_compression))
         result.outputs = [STDOUT]
     elif out.directory is not None:
         directory = Path(out.directory) / rel_dir
@@ -616,6 +647,60 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
         result.printed = _print_maps(output, labels, stem, many)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _streams(source: str, job: Job) -> bool:
+    """Whether ``source`` runs band by band (:mod:`convcli.streaming`) rather than whole.
+
+    It does when a whole-image run would hold more than ``--memory-limit``
+    (:func:`~convcli.streaming.whole_image_bytes`), from the file's header alone. An input
+    that needs the whole image for what is asked (``--print``, ``--montage``,
+    ``--save-all``, ``-o -``) is refused then, with the sizes.
+    """
+    if job.memory_limit is None or source == STDOUT:
+        return False
+    return not _whole_fits(source, job, needs=_whole_only_feature(job))
+
+
+def _whole_only_feature(job: Job) -> str | None:
+    out = job.output
+    if out.to_stdout:
+        return "-o -"
+    if job.print_maps:
+        return "--print"
+    if out.montage:
+        return "--montage"
+    if out.save_all:
+        return "--save-all"
+    return None
+
+
+def _whole_fits(source: str, job: Job, *, needs: str | None) -> bool:
+    """True when a whole-image run of ``source`` fits the memory limit (or cannot be judged here).
+
+    Raises InputError when it does not fit and ``needs`` names an option that needs it whole.
+    """
+    from .errors import ConvcliError, InputError
+    from .io.bands import format_size, stored_sample_bytes
+    from .io.read import read_header
+    from .streaming import whole_image_bytes
+
+    if source == STDOUT:
+        return True
+    try:
+        (h, w, c), kind = read_header(source)
+        stack = job.stack.for_signal() if kind == "signal" else job.stack
+        channels = {"gray": 1, "rgb": 3, "rgba": 4}.get(job.read.mode, c)
+        need = whole_image_bytes((h, w, channels), stack, stored_bytes=stored_sample_bytes(source))
+    except ConvcliError:
+        return True  # the whole-image path reports what is wrong, as it always has
+    limit = job.memory_limit or 0
+    if need <= limit:
+        return True
+    if needs is not None:
+        raise InputError(f"{source}: {needs} needs the whole image in memory, about {format_size(need)}, more than "
+                         f"the --memory-limit of {format_size(limit)}; raise --memory-limit or drop {needs}")
+    return False
 
 
 #: A single layer with more filters than this writes its PNG/TIFF maps a group of filters at a
@@ -787,6 +872,9 @@ def check_job(job: Job, input_count: int, *, json_lines: bool = False) -> None:
         raise OptionError(f"--montage: {out.montage!r} must contain {{stem}} when there are {input_count} inputs")
     if out.save_all and out.to_stdout:
         raise OptionError("--save-all: cannot write every layer to standard output; use -o DIR")
+    if out.to_stdout and out.format == "zarr":
+        raise OptionError("--format zarr: a zarr array is a folder and cannot go to standard output; use -o DIR "
+                          "or --format npy")
 
 
 __all__ = ["ReadSpec", "OutputSpec", "Job", "ReadFile", "InputResult", "PlannedFile", "process", "planned_files",

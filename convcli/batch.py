@@ -19,13 +19,14 @@ loads so that N workers use N cores, not N × cores threads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Iterator
 
@@ -60,6 +61,22 @@ TASKS_PER_WORKER = 2
 
 #: Seconds a worker gets to finish its clean-up after SIGTERM before it is killed.
 TERMINATE_GRACE = 2.0
+
+#: Least share of ``--memory-limit`` a worker process gets: -j is lowered to keep it.
+MIN_WORKER_MEMORY = 96 << 20
+
+
+class _restore:
+    """Sets ``obj.name`` back to ``value`` when the block ends."""
+
+    def __init__(self, obj, name: str, value) -> None:
+        self.obj, self.name, self.value = obj, name, value
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        setattr(self.obj, self.name, self.value)
 
 
 @dataclass(frozen=True)
@@ -115,7 +132,7 @@ def expand_inputs(args: list[str], *, recursive: bool = False) -> list[InputItem
         raise OptionError(f"INPUT: '-' (standard input) is given {args.count(STDOUT)} times; it can be read once")
     for arg in args:
         path = Path(arg)
-        if arg != STDOUT and path.is_dir():
+        if arg != STDOUT and path.is_dir() and not _is_zarr(path):
             items.extend(InputItem(str(path / rel), "" if rel.parent == Path(".") else rel.parent.as_posix())
                          for rel in _folder_files(path, recursive=recursive))
         else:
@@ -128,13 +145,23 @@ def _folder_files(folder: Path, *, recursive: bool) -> list[Path]:
     found: list[Path] = []
     # os.walk does not follow symbolic links to folders, so a link loop cannot trap it.
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
         base = Path(root).relative_to(folder)
+        # A zarr array is a folder, but one input.
+        arrays = [d for d in dirs if d.lower().endswith(".zarr") and not d.startswith(".")
+                  and _is_zarr(Path(root) / d)]
+        found.extend(base / d for d in arrays)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in arrays) if recursive else []
         for name in files:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in INPUT_EXTENSIONS:
                 if os.path.isfile(os.path.join(root, name)):
                     found.append(base / name)
     return sorted(found, key=lambda p: p.parts)
+
+
+def _is_zarr(path: Path) -> bool:
+    from .io.zarr_array import is_zarr
+
+    return is_zarr(path)
 
 
 # --- planning ----------------------------------------------------------------------------------
@@ -382,6 +409,20 @@ class BarProgress(NullProgress):
     def advance(self) -> None:
         self._progress.advance(self._task)
 
+    @contextlib.contextmanager
+    def bands(self, total: int, label: str):
+        """A second bar, over the bands of one large input, while it streams."""
+        task = self._progress.add_task("bands", total=total)
+
+        class _Bar:
+            def advance(bar) -> None:
+                self._progress.advance(task)
+
+        try:
+            yield _Bar()
+        finally:
+            self._progress.remove_task(task)
+
     def print(self, message: str) -> None:
         # Through rich's console, so the line appears above the bar instead of tearing it.
         self._console.print(message, markup=False, highlight=False, soft_wrap=True)
@@ -448,15 +489,27 @@ def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quie
     reporter = _Reporter(items, out=out, progress=progress, json_lines=json_lines)
     many = len(items) > 1
     workers = min(jobs or default_jobs(), len(plan.run))
+    if job.memory_limit is not None and workers > 1 and (cluster is None or cluster.local):
+        # The workers of this machine share the limit: fewer of them when each would get too little.
+        # (A remote cluster's workers each have their own memory: the limit is then per task.)
+        workers = max(1, min(workers, job.memory_limit // MIN_WORKER_MEMORY))
+        if workers > 1:
+            job = replace(job, memory_limit=job.memory_limit // workers)
     session = None
     if cluster is not None and any(items[i].source != STDOUT for i in plan.run):
         from .cluster import connect
 
         session = connect(cluster, workers=workers)
     usage: Outcome | None = None
+    from . import streaming
+
+    # One input in this process: a large one draws a bar over its bands.
+    saved_factory = streaming.band_progress
+    if len(plan.run) == 1 and isinstance(progress, BarProgress) and session is None:
+        streaming.band_progress = progress.bands
     try:
         stream = _outcomes(items, job, plan, reporter, workers, many, session)
-        with progress:
+        with progress, _restore(streaming, "band_progress", saved_factory):
             for index, outputs in plan.skipped.items():
                 reporter.skip(index, outputs)
             try:

@@ -44,6 +44,15 @@ PADDING = LibraryType("valid|same|full|causal|P|PH,PW|T,B,L,R", Padding.parse, P
 SLOPE = LibraryType("FLOAT", parse_slope, float)
 
 
+def _parse_size(value, option):
+    from .io.bands import parse_size
+
+    return parse_size(value, option)
+
+
+SIZE = LibraryType("SIZE", _parse_size, int)
+
+
 def _choice(*values: str) -> click.Choice:
     return click.Choice(values, case_sensitive=False)
 
@@ -218,8 +227,11 @@ def cli():
 @click.option("--name", "name_template", default="{stem}_{filter}.{ext}", show_default=True,
               help="Output file name template under -o; fields {stem} {filter} {index} {ext}, each with an "
                    "optional format spec ({index:03d}); may name sub-folders ({stem}/{filter}.{ext}).")
-@click.option("--format", "fmt", type=_choice("png", "png16", "tiff", "npy"), default="png", show_default=True,
-              help="png (8-bit), png16 (16-bit), tiff (float32), npy (one H×W×F float32 array per input).")
+@click.option("--format", "fmt", type=_choice("png", "png16", "tiff", "npy", "zarr"), default="png",
+              show_default=True, help="png (8-bit), png16 (16-bit), tiff (float32), npy or zarr (one H×W×F float32 "
+                                      "array per input).")
+@click.option("--tiff-compression", type=_choice("none", "deflate", "zstd"), default="none", show_default=True,
+              help="Compression of --format tiff files (zstd needs the imagecodecs package).")
 @click.option("--normalize", type=_choice("minmax", "clip", "abs", "offset"), default="minmax",
               show_default=True, help="How png/png16 map values to pixels.")
 @click.option("--compress-level", type=click.IntRange(0, 9), default=None,
@@ -243,6 +255,9 @@ def cli():
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose outputs all exist (resume a batch).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Refuse images with more pixels than this (default: Pillow's 89,478,485).")
+@click.option("--memory-limit", type=SIZE, default="1GiB", show_default=True,
+              help="Memory one run may use (512MiB, 2GiB, bytes); larger images stream through the layers in "
+                   "bands of rows (-j workers share it).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary on standard error.")
 def apply(inputs, **params):
     """Apply a convolution layer (or a --pipeline of layers) to images or arrays.
@@ -277,10 +292,11 @@ def apply(inputs, **params):
         output=OutputSpec(directory=out_dir, name=params["name_template"], format=params["fmt"],
                           normalize=params["normalize"], compress_level=params["compress_level"],
                           montage=params["montage"], save_all=params["save_all"],
-                          skip_existing=params["skip_existing"]),
+                          skip_existing=params["skip_existing"], tiff_compression=params["tiff_compression"]),
         algorithm=params["algorithm"],
         print_maps=params["print_maps"],
         reads=files_read(stack, params["kernels"], params["pipeline"]),
+        memory_limit=params["memory_limit"],
     )
     items = expand_inputs(list(inputs), recursive=params["recursive"])
     if not items:
