@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from concurrent.futures import CancelledError
 import os
 import signal
 import time
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from .apply import STDOUT, Job, input_stem
-from .errors import ClusterError, OptionError
+from .errors import ClusterError, ConvcliError, OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .batch import BatchPlan, InputItem, Outcome
@@ -377,8 +378,6 @@ def cluster_outcomes(session: Session, indices: list[int], items: "list[InputIte
     fewer than that many places ahead of the earliest unwritten one. Closing the
     generator cancels what is still queued.
     """
-    from concurrent.futures import CancelledError
-
     from distributed import KilledWorker, as_completed
 
     from .batch import _failed
@@ -407,9 +406,11 @@ def cluster_outcomes(session: Session, indices: list[int], items: "list[InputIte
             pending[future] = index
             running.add(future)
 
+    large = _large_inputs(indices, items, remote_items, remote_job, plan)
+    queue = [i for i in queue if i not in large]
     try:
         submit_more()
-        for future, result in running:
+        for future, result in running if pending else ():
             index = pending.pop(future)
             if future.status == "finished":
                 outcomes = result
@@ -431,10 +432,68 @@ def cluster_outcomes(session: Session, indices: list[int], items: "list[InputIte
                 window = TASKS_PER_THREAD * (session.threads() or window // TASKS_PER_THREAD)
                 resized = time.monotonic()
             submit_more()
+        for index, band_input in large.items():
+            yield _as_given(_run_large(session, index, items[index], band_input), items, paths)
     finally:
         if client.status == "running":  # else there is no scheduler to tell
             with contextlib.suppress(Exception):
                 client.cancel([*pending, shared], force=True)
+
+
+#: Up to this many inputs, every one is looked at (its header) for the band-task path; in
+#: larger batches only files of at least :data:`LARGE_FILE_BYTES` are, so a batch of 100,000
+#: photos does not read 100,000 headers here before its first task.
+LARGE_CHECK_INPUTS = 256
+LARGE_FILE_BYTES = 16 << 20
+
+
+def _large_inputs(indices: list[int], items: "list[InputItem]", remote_items: dict, job: Job,
+                  plan: "BatchPlan") -> dict:
+    """The inputs that run as band tasks (:mod:`convcli.cluster_bands`), by index."""
+    if job.memory_limit is None:
+        return {}
+    from .cluster_bands import plan_large
+
+    found = {}
+    for index in indices:
+        source = remote_items[index].source
+        if len(indices) > LARGE_CHECK_INPUTS:
+            try:
+                if os.stat(source).st_size < LARGE_FILE_BYTES:
+                    continue
+            except OSError:
+                continue
+        large = plan_large(source, job, rel_dir=items[index].rel_dir, inputs=plan.inputs)
+        if large is not None:
+            found[index] = large
+    return found
+
+
+def _run_large(session: Session, index: int, item: "InputItem", large) -> "Outcome":
+    """One large input's bands as tasks; its outcome (failures as the local batch words them)."""
+    from distributed import KilledWorker
+
+    from .batch import Outcome, _failed
+    from .cluster_bands import run_large
+
+    started = time.perf_counter()
+    try:
+        return Outcome(index, run_large(session.client, large,
+                                        window=TASKS_PER_THREAD * max(1, session.threads())))
+    except KilledWorker:
+        return _failed(index, item, f"{item.source}: the workers running one of its bands died (killed, out of"
+                       " memory, or a crash in native code) each time it was tried", time.perf_counter() - started)
+    except ConvcliError as err:
+        return _failed(index, item, str(err), time.perf_counter() - started)
+    except CancelledError:
+        raise ClusterError(f"--scheduler {session.spec.address}: lost the connection to the scheduler") from None
+    except MemoryError:
+        return _failed(index, item, f"{item.source}: out of memory", time.perf_counter() - started)
+    except OSError as err:
+        return _failed(index, item, f"{item.source}: {err.strerror or err}", time.perf_counter() - started)
+    except Exception as err:  # as batch.run_one words it: one bad input never stops the batch
+        return _failed(index, item, f"{item.source}: internal error: {type(err).__name__}: {err}",
+                       time.perf_counter() - started)
 
 
 def _as_given(outcome: "Outcome", items: "list[InputItem]", paths: _Paths) -> "Outcome":

@@ -214,6 +214,85 @@ def test_an_input_whose_workers_keep_dying_fails_alone(cluster, tmp_path):
     assert not [n for n in os.listdir(out) if n.startswith(".")]  # the killed write's temporary is gone
 
 
+# --- a large input: its bands as tasks ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiled(tmp_path_factory):
+    """Tiled TIFFs of odd sizes: gray 1203×917 (tiles 128) and RGB 401×333 (tiles 64)."""
+    import tifffile
+
+    root = tmp_path_factory.mktemp("tiled")
+    rng = np.random.default_rng(13)
+    tifffile.imwrite(root / "gray.tif", rng.integers(0, 256, (1203, 917), dtype=np.uint8), tile=(128, 128))
+    tifffile.imwrite(root / "rgb.tif", rng.integers(0, 256, (401, 333, 3), dtype=np.uint8), tile=(64, 64))
+    return root
+
+
+def _band_tasks(client, run_it) -> dict[str, int]:
+    """Run ``run_it()``; how many tasks of each band kind the cluster ran meanwhile."""
+    with distributed.get_task_stream(client=client) as stream:
+        run_it()
+    counts: dict[str, int] = {}
+    for task in stream.data:
+        kind = task["key"].split("-")[0] if isinstance(task["key"], str) else ""
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+LARGE_LAYER = ["-k", "sobel-x", "-k", "edge", "--padding", "same", "--stride", "2", "--pool", "max",
+               "--memory-limit", "12MiB"]
+
+
+def test_a_large_tiled_tiff_to_zarr_runs_as_band_tasks_and_equals_the_local_result(cluster, tiled, tmp_path):
+    """Each band task writes its own chunks; the array equals a local run's exactly, metadata included."""
+    import zarr
+
+    address, client = cluster
+    local = run("apply", tiled / "gray.tif", *LARGE_LAYER, "--format", "zarr", "-o", tmp_path / "local", "--json")
+    ours: list = []
+    counts = _band_tasks(client, lambda: ours.append(run(
+        "apply", tiled / "gray.tif", *LARGE_LAYER, "--format", "zarr", "-o", tmp_path / "out", "--json",
+        "--scheduler", address)))
+    assert counts.get("zarr_band_task", 0) >= 2, counts  # the rows were cut into bands, each a task
+    expected, found = zarr.open_array(tmp_path / "local" / "gray.zarr", mode="r"), \
+        zarr.open_array(tmp_path / "out" / "gray.zarr", mode="r")
+    assert found.shape == expected.shape == (301, 229, 2) and found.dtype == np.float32
+    assert np.array_equal(found[:], expected[:])
+    assert (json.loads((tmp_path / "out" / "gray.zarr" / "zarr.json").read_text())
+            == json.loads((tmp_path / "local" / "gray.zarr" / "zarr.json").read_text()))
+    assert sorted(os.listdir(tmp_path / "out")) == ["gray.zarr"]  # no temporary left
+    (record,) = records(ours[0].stdout).values()
+    assert record == {**records(local.stdout)[str(tiled / "gray.tif")],
+                      "outputs": [str(tmp_path / "out" / "gray.zarr")]}
+
+
+def test_a_large_input_whose_band_fails_is_named_once_and_leaves_nothing(cluster, tiled, tmp_path):
+    address, _ = cluster
+    whole = (tiled / "gray.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(whole[: len(whole) * 2 // 3])  # the last tiles are missing
+    args = [tmp_path / "cut.tif", tiled / "gray.tif", *LARGE_LAYER, "--format", "zarr"]
+    local = run("apply", *args, "-o", tmp_path / "local", status=1)
+    ours = run("apply", *args, "-o", tmp_path / "out", "--scheduler", address, status=1)
+    assert ours.stderr.splitlines()[0] == local.stderr.splitlines()[0]
+    assert ours.stderr.count("cut.tif") == 1 and ours.stderr.startswith(f"convcli: {tmp_path / 'cut.tif'}: ")
+    assert "1 done, 1 failed" in ours.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == ["gray.zarr"]  # the failed array's temporary is gone
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff"])
+def test_a_large_input_assembled_in_order_is_the_local_bytes(cluster, tiled, tmp_path, fmt):
+    """PNG (minmax needs a first pass for the ranges) and TIFF: bands come back and are written in order."""
+    address, client = cluster
+    inputs = [tiled / "gray.tif", tiled / "rgb.tif"]
+    run("apply", *inputs, *LARGE_LAYER, "--format", fmt, "-o", tmp_path / "local")
+    counts = _band_tasks(client, lambda: run("apply", *inputs, *LARGE_LAYER, "--format", fmt,
+                                             "-o", tmp_path / "out", "--scheduler", address))
+    assert counts.get("band_task", 0) >= 2, counts
+    assert (counts.get("extrema_task", 0) >= 2) == (fmt == "png"), counts
+    assert files_under(tmp_path / "out") == files_under(tmp_path / "local")
+    assert len(files_under(tmp_path / "out")) == 4
+
+
 def test_a_corrupt_file_fails_alone(cluster, photos, tmp_path):
     address, _ = cluster
     folder = tmp_path / "in"
