@@ -429,9 +429,7 @@ def cluster_outcomes(session: Session, indices: list[int], items: "list[InputIte
             else:  # a failed task comes as (type, exception, traceback), a cancelled one as the exception
                 err = result[1] if isinstance(result, tuple) else result
                 if isinstance(err, CancelledError):  # we cancel nothing: the scheduler is gone
-                    left = len(pending) + len(queue) + len(large) + 1
-                    raise ClusterError(f"--scheduler {session.spec.address}: lost the connection to the scheduler;"
-                                       f" {left} inputs not done (run again with --skip-existing to finish)")
+                    raise _lost(session, len(pending) + len(queue) + len(large) + 1)
                 if isinstance(err, KilledWorker):
                     message = (f"{items[index].source}: the workers running it died (killed, out of memory,"
                                " or a crash in native code) each time it was tried")
@@ -444,8 +442,12 @@ def cluster_outcomes(session: Session, indices: list[int], items: "list[InputIte
                 window = TASKS_PER_THREAD * (session.threads() or window // TASKS_PER_THREAD)
                 resized = time.monotonic()
             submit_more()
-        for index, band_input in large.items():
-            yield _as_given(_run_large(session, index, items[index], band_input), items, paths)
+        for done, (index, band_input) in enumerate(large.items()):
+            try:
+                outcome = _run_large(session, index, items[index], band_input)
+            except CancelledError:
+                raise _lost(session, len(large) - done) from None
+            yield _as_given(outcome, items, paths)
     finally:
         if client.status == "running":  # else there is no scheduler to tell
             with contextlib.suppress(Exception):
@@ -481,6 +483,12 @@ def _large_inputs(indices: list[int], items: "list[InputItem]", remote_items: di
     return found
 
 
+def _lost(session: Session, left: int) -> ClusterError:
+    """The error of a batch whose scheduler went away (its futures came back cancelled)."""
+    return ClusterError(f"--scheduler {session.spec.address}: lost the connection to the scheduler;"
+                        f" {left} inputs not done (run again with --skip-existing to finish)")
+
+
 def _run_large(session: Session, index: int, item: "InputItem", large) -> "Outcome":
     """One large input's bands as tasks; its outcome (failures as the local batch words them)."""
     from distributed import KilledWorker
@@ -497,8 +505,6 @@ def _run_large(session: Session, index: int, item: "InputItem", large) -> "Outco
                        " memory, or a crash in native code) each time it was tried", time.perf_counter() - started)
     except ConvcliError as err:
         return _failed(index, item, str(err), time.perf_counter() - started)
-    except CancelledError:
-        raise ClusterError(f"--scheduler {session.spec.address}: lost the connection to the scheduler") from None
     except MemoryError:
         return _failed(index, item, f"{item.source}: out of memory", time.perf_counter() - started)
     except OSError as err:

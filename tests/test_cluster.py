@@ -279,6 +279,26 @@ def test_a_large_input_whose_band_fails_is_named_once_and_leaves_nothing(cluster
     assert sorted(os.listdir(tmp_path / "out")) == ["gray.zarr"]  # the failed array's temporary is gone
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_a_large_input_whose_maps_overflow_cannot_be_a_png(cluster, tmp_path):
+    """Finite pixels, infinite maps (8 × 3e38): the range pass says so, as the local stream does."""
+    address, client = cluster
+    values = np.full((1203, 917), 3e38, dtype=np.float32)
+    values[::7, ::5] = -3e38
+    np.save(tmp_path / "huge.npy", values)
+    args = [tmp_path / "huge.npy", "-k", "edge", "--memory-limit", "12MiB", "--format", "png"]
+    local = run("apply", *args, "-o", tmp_path / "local", status=1)
+    found: list = []
+    counts = _band_tasks(client, lambda: found.append(run("apply", *args, "-o", tmp_path / "out", "--scheduler",
+                                                          address, status=1)))
+    assert counts.get("extrema_task", 0) >= 2 and not counts.get("band_task"), counts
+    ours = found[0]
+    assert ours.stderr == local.stderr.replace(local.stderr.split(" in ")[-1], ours.stderr.split(" in ")[-1])
+    assert ours.stderr.startswith(f"convcli: {tmp_path / 'huge.npy'}: edge: NaN/Inf values cannot be shown as"
+                                  " pixels; use --format tiff or npy\n")
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
 @pytest.mark.parametrize("fmt", ["png", "tiff"])
 def test_a_large_input_assembled_in_order_is_the_local_bytes(cluster, tiled, tmp_path, fmt):
     """PNG (minmax needs a first pass for the ranges) and TIFF: bands come back and are written in order."""
