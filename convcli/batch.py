@@ -750,7 +750,9 @@ def _sweep_temporaries(plan: BatchPlan) -> None:
 
     A worker killed in the middle of :func:`convcli.io.atomic.write_atomic` cannot run
     its clean-up. Its temporary file is ``.NAME.XXXXXXXX.tmp`` for a planned output
-    NAME, so only those are removed: other files in the folder are left alone.
+    NAME, so only those are removed: other files in the folder are left alone. A zarr
+    array's temporary is such a folder (a band task may still write into it after
+    convcli removed it, until its worker is stopped): removed with what it holds.
     """
     for folder, names in plan.outputs.items():
         try:
@@ -759,8 +761,14 @@ def _sweep_temporaries(plan: BatchPlan) -> None:
             continue
         for entry in entries:
             if entry.startswith(".") and entry.endswith(".tmp") and entry[1:-4].rpartition(".")[0] in names:
+                path = Path(folder) / entry
                 try:
-                    os.unlink(Path(folder) / entry)
+                    if path.is_dir() and not path.is_symlink():  # a zarr array's folder
+                        import shutil
+
+                        shutil.rmtree(path)
+                    else:
+                        os.unlink(path)
                 except OSError:
                     pass
 

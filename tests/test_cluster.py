@@ -299,6 +299,26 @@ def test_a_large_input_whose_maps_overflow_cannot_be_a_png(cluster, tmp_path):
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
 
 
+def test_the_sweep_removes_this_batchs_zarr_temporaries(tmp_path):
+    """A band task still writing when convcli stopped leaves a temporary array folder: swept with its chunks."""
+    from convcli import batch
+    from convcli.apply import Job, OutputSpec
+    from convcli.kernels import load_kernels
+    from convcli.layer import ConvSpec
+    from convcli.stack import Stack
+
+    job = Job(stack=Stack.single(load_kernels("edge"), ConvSpec.from_options(), None),
+              output=OutputSpec(directory=tmp_path / "out", format="zarr"))
+    plan = batch.plan_batch([batch.InputItem(str(tmp_path / "x.tif"))], job)
+    ours = tmp_path / "out" / ".x.zarr.k2j4_x9q.tmp"
+    theirs = tmp_path / "out" / ".y.zarr.abcdefgh.tmp"
+    for folder in (ours, theirs):
+        (folder / "c" / "0").mkdir(parents=True)
+        (folder / "c" / "0" / "0").write_bytes(b"chunk")
+    batch._sweep_temporaries(plan)
+    assert not ours.exists() and (theirs / "c" / "0" / "0").read_bytes() == b"chunk"
+
+
 @pytest.mark.parametrize("fmt", ["png", "tiff"])
 def test_a_large_input_assembled_in_order_is_the_local_bytes(cluster, tiled, tmp_path, fmt):
     """PNG (minmax needs a first pass for the ranges) and TIFF: bands come back and are written in order."""
