@@ -131,13 +131,18 @@ class LayerPlan:
         from . import _bind, _pooled
 
         a, b = self._units(r0, r1)
+        if self._opencv_whole:
+            return self._opencv_rows(read, a, b)[r0 - a:r1 - a]
         ca, cb = self.conv_rows(r0, r1)
         p0, p1 = self.input_span(r0, r1)
         window = self._window(read, p0, p1)
         top, bottom, left, right = self._pads
         run = _bind(self._path, window, self._weights, pads=(0, 0, left, right), spec=self.conv,
                     depthwise=self.conv.depthwise, out_hw=(cb - ca, self._conv_hw[1]), **self._extra)
-        cv_pool = (opencv.pool_threads(opencv.module(), 1) if self.backend == "opencv"
+        cv2 = opencv.module() if self.backend == "opencv" else None
+        # OpenCV's own pool at one thread while the engine's threads run the bands (a
+        # caller streaming many bands sets it once: changing it restarts OpenCV's threads).
+        cv_pool = (opencv.pool_threads(cv2, 1) if cv2 is not None and cv2.getNumThreads() != 1
                    else contextlib.nullcontext())
         with cv_pool:
             if self.pool is None:
@@ -155,6 +160,39 @@ class LayerPlan:
                               pooled_rows=(a, b), conv_row0=ca, pooled_bytes=self._pooled_bytes)
         return out[r0 - a:r1 - a]
 
+    def _opencv_rows(self, read: ReadRows, a: int, b: int) -> np.ndarray:
+        """Rows [a, b) of a one-call OpenCV layer, computed as run_layer computes them whole.
+
+        One filter call on OpenCV's threads over the input rows with their halo, with the
+        layer's own anchor and border (OpenCV picks its symmetric-kernel loops only for a
+        centred anchor, and they round differently), then the bias and activation. At the
+        image's top and bottom OpenCV makes the border rows itself, as in the whole call;
+        the rows it invents past a band's cut are only read by rows that are cropped.
+        """
+        cv2 = opencv.module()
+        h = self.input_shape[0]
+        top = self._pads[0]
+        kh = self._weights.shape[0]
+        s0, s1 = max(0, a - top), min(h, b - top + kh - 1)
+        if s0 == 0:  # the rows a border at the top reflects must be in the window
+            s1 = min(h, max(s1, kh))
+        if s1 == h:
+            s0 = max(0, min(s0, h - kh))
+        window = as_image(np.asarray(read(s0, s1)), keep_integers=self._keep_integers)
+        from . import _layer_input, get_threads
+
+        window = np.ascontiguousarray(_layer_input(window, self._sums))
+        job = opencv._Job(cv2, window, self._weights, pads=self._pads, border=self.conv.border,
+                          out_w=self._conv_hw[1], depthwise=self.conv.depthwise, terms=self._extra.get("terms") or {})
+        full = np.empty(window.shape[:2] + (self.output_shape[2],), np.float32)
+        threads = get_threads()
+        with (opencv.pool_threads(cv2, threads) if cv2.getNumThreads() != threads else contextlib.nullcontext()):
+            job.whole(full)
+        out = full[a - s0:b - s0]
+        if self._epilogue is not None:
+            self._epilogue(out)
+        return out
+
     def _window(self, read: ReadRows, p0: int, p1: int) -> np.ndarray:
         """Padded input rows [p0, p1), as the path correlates them (float32, channels summed if so)."""
         index = self._rows_map[p0:p1]
@@ -166,6 +204,10 @@ class LayerPlan:
                 raise ValueError(f"read({a}, {b}) gave shape {block.shape}, expected {(b - a, w, c)}")
             pieces[a] = block
         dtype = next(iter(pieces.values())).dtype if pieces else np.float32
+        if not (self._sums and self._keep_integers and dtype in (np.uint8, np.uint16)):
+            # The path correlates float32 values: convert while copying (pixel by pixel, as
+            # run_layer's one conversion), not in a second pass.
+            dtype = np.float32
         window = np.empty((p1 - p0, w, c), dtype=dtype)
         starts = sorted(pieces)
         for position, row in enumerate(index):

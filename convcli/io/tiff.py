@@ -8,6 +8,7 @@ to :mod:`.pillow`.
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -240,76 +241,89 @@ def _codec_works(page: Any) -> bool:
 #: Side of the square tiles of a streamed TIFF (TIFF wants multiples of 16; libvips and
 #: GDAL use 256 as well).
 TILE = 256
-#: ``--tiff-compression`` names and tifffile's: zstd needs the imagecodecs package.
+#: ``--tiff-compression`` names and tifffile's: zstd needs the imagecodecs package to be
+#: written by tifffile (the whole-image path) and numcodecs (installed with zarr) here.
 TIFF_COMPRESSIONS = {"none": None, "deflate": "zlib", "zstd": "zstd"}
+_COMPRESSION_CODES = {"none": 1, "deflate": 8, "zstd": 50000}  # TIFF's Compression tag values
 
 
 class TiffSink:
-    """How a large TIFF is written: float32 tiled BigTIFF, band by band.
+    """How a large TIFF is written: a float32 tiled BigTIFF, band by band.
 
-    tifffile writes tiles from an iterator, in order; a thread of its own runs that write
-    and takes whole rows of tiles from a queue of one, so at most about two rows of tiles
-    (2 × 256 rows) are held. The file is written under a temporary name next to ``path``
-    and renamed by :meth:`commit`; :meth:`discard` (or a failure) removes it.
+    :meth:`write` only files the band away (it keeps a reference: the caller must not
+    change the array afterwards); each time 256 rows are there, a writer thread of its
+    own cuts them into 256×256 tiles, one small reused tile at a time, and appends each
+    to the file (compressed with deflate or zstd if asked) right after cutting it, while
+    it is in the cache — as libvips and libtiff do; writing whole rows of tiles from a
+    large buffer made the kernel's copy into the page cache several times dearer. So
+    computing the next bands and writing these overlap. :meth:`commit` writes the
+    directory (tags, tile offsets and byte counts) at the end, points the header at it
+    and renames the temporary file to ``path``. The tags are those of the whole-image
+    TIFF: one float32 sample per channel (IEEE sample format), RGB photometric for 3
+    channels, min-is-black otherwise with the others as extra samples.
     """
 
     def __init__(self, path: Path, shape: tuple[int, ...], *, compression: str = "none") -> None:
         import queue
         import threading
 
-        import numpy as np
-
-        from ..errors import OptionError
+        from ..errors import OptionError, OutputError
         from .bands import temporary_path
 
         if compression not in TIFF_COMPRESSIONS:
             raise OptionError(f"--tiff-compression: {compression!r} is not one of {', '.join(TIFF_COMPRESSIONS)}")
+        self._encode = _tile_encoder(compression)
+        self._thread: threading.Thread | None = None
         self.path = Path(path)
         self.shape = tuple(int(v) for v in shape)  # (H, W) or (H, W, C)
+        self._compression = compression
         self._channels = self.shape[2] if len(self.shape) == 3 else 1
         self._width = self.shape[1]
+        self._across = -(-self._width // TILE)
         self._rows_done = 0
-        self._buffer = np.zeros((TILE, self._width, self._channels), np.float32)
-        self._filled = 0
-        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._pieces: list = []  # (rows, W, C) arrays not yet handed to the writer
+        self._held = 0  # rows in them
+        self._queue: queue.Queue = queue.Queue(maxsize=2)  # rows of tiles waiting for the writer
         self._error: BaseException | None = None
-        self._cancelled = False
+        self._offsets: list[int] = []
+        self._counts: list[int] = []
         self._temporary: Path | None = temporary_path(self.path)
-        self._compression = TIFF_COMPRESSIONS[compression]
+        try:
+            self._file = open(self._temporary, "r+b", buffering=0)  # noqa: SIM115 - closed by commit/discard
+            self._file.write(b"II" + struct.pack("<HHHQ", 43, 8, 0, 0))  # BigTIFF header; IFD offset set at commit
+        except OSError as err:
+            self.discard()
+            raise OutputError(f"{self.path}: cannot write: {err.strerror or err}") from None
+        self._end = 16
         self._thread = threading.Thread(target=self._run, name="convcli-tiff-writer", daemon=True)
         self._thread.start()
 
-    def _tiles(self):
-        import queue
-
+    def _run(self) -> None:
         import numpy as np
 
-        while True:
-            try:
-                item = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                if self._cancelled:
-                    raise RuntimeError("discarded") from None
-                continue
-            if item is None:
-                return
-            for x0 in range(0, self._width, TILE):
-                tile = item[:, x0:x0 + TILE]
-                if tile.shape[1] < TILE:
-                    padded = np.zeros((TILE, TILE, self._channels), np.float32)
-                    padded[:, :tile.shape[1]] = tile
-                    tile = padded
-                yield tile if self._channels > 1 else tile[:, :, 0]
-
-    def _run(self) -> None:
-        import tifffile
-
+        tile = np.zeros((TILE, TILE, self._channels), np.float32)
         try:
-            photometric = "rgb" if self._channels == 3 else "minisblack"
-            tifffile.imwrite(self._temporary, data=self._tiles(), shape=self.shape, dtype="float32", tile=(TILE, TILE),
-                             bigtiff=True, photometric=photometric, planarconfig="contig" if self._channels > 1 else None,
-                             compression=self._compression, metadata=None)
-        except BaseException as err:  # noqa: BLE001 - reported by commit()
+            while True:
+                pieces = self._queue.get()
+                if pieces is None:
+                    return
+                for tx in range(self._across):
+                    x0 = tx * TILE
+                    x1 = min(self._width, x0 + TILE)
+                    row = 0
+                    for piece in pieces:
+                        tile[row:row + len(piece), :x1 - x0] = piece[:, x0:x1]
+                        row += len(piece)
+                    if row < TILE:
+                        tile[row:] = 0
+                    if x1 - x0 < TILE:
+                        tile[:, x1 - x0:] = 0
+                    data = memoryview(tile).cast("B") if self._encode is None else self._encode(tile)
+                    self._file.write(data)
+                    self._offsets.append(self._end)
+                    self._counts.append(len(data))
+                    self._end += len(data)
+        except BaseException as err:  # noqa: BLE001 - reported by write() or commit()
             self._error = err
 
     def _put(self, item) -> None:
@@ -329,24 +343,22 @@ class TiffSink:
         from ..errors import OutputError
 
         err = self._error
+        self.discard()
         if isinstance(err, OSError):
             raise OutputError(f"{self.path}: cannot write: {err.strerror or err}") from None
         raise OutputError(f"{self.path}: cannot write the TIFF: {type(err).__name__}: {err}") from None
 
     def write(self, band) -> None:
-        import numpy as np
-
         band = band.reshape(band.shape[0], self._width, self._channels)
         taken = 0
         while taken < band.shape[0]:
-            count = min(TILE - self._filled, band.shape[0] - taken)
-            self._buffer[self._filled:self._filled + count] = band[taken:taken + count]
-            self._filled += count
+            count = min(TILE - self._held, band.shape[0] - taken)
+            self._pieces.append(band[taken:taken + count])
+            self._held += count
             taken += count
-            if self._filled == TILE:
-                self._put(self._buffer)
-                self._buffer = np.empty_like(self._buffer)  # the writer thread still reads the one it got
-                self._filled = 0
+            if self._held == TILE:
+                self._put(self._pieces)
+                self._pieces, self._held = [], 0
         self._rows_done += band.shape[0]
 
     def commit(self) -> None:
@@ -354,21 +366,86 @@ class TiffSink:
 
         if self._rows_done != self.shape[0]:
             raise ValueError(f"{self.path}: {self._rows_done} rows written of {self.shape[0]}")
-        if self._filled:
-            self._buffer[self._filled:] = 0
-            self._put(self._buffer)
+        if self._held:
+            self._put(self._pieces)
+            self._pieces, self._held = [], 0
         self._put(None)
         self._thread.join()
         if self._error is not None:
-            self.discard()
+            self._raise()
+        try:
+            self._file.write(self._directory())
+            self._file.seek(8)
+            self._file.write(struct.pack("<Q", self._end))
+            self._file.close()
+        except OSError as err:
+            self._error = err
             self._raise()
         put_in_place(self._temporary, self.path)
         self._temporary = None
 
+    def _directory(self) -> bytes:
+        """The image file directory at offset ``self._end``: its entries, then the arrays they point to."""
+        channels = self._channels
+        photometric = 2 if channels == 3 else 1
+        extra = channels - (3 if photometric == 2 else 1)
+        entries = [  # (tag, type, values): 3 SHORT, 4 LONG, 16 LONG8
+            (256, 4, [self._width]), (257, 4, [self.shape[0]]), (258, 3, [32] * channels),
+            (259, 3, [_COMPRESSION_CODES[self._compression]]), (262, 3, [photometric]), (277, 3, [channels]),
+            (284, 3, [1]), (322, 3, [TILE]), (323, 3, [TILE]), (324, 16, self._offsets), (325, 16, self._counts),
+        ]
+        if extra > 0:
+            entries.append((338, 3, [0] * extra))  # extra samples, unspecified
+        entries.append((339, 3, [3] * channels))  # IEEE floating point
+        formats = {3: "H", 4: "I", 16: "Q"}
+        ifd_size = 8 + 20 * len(entries) + 8
+        arrays = b""
+        body = struct.pack("<Q", len(entries))
+        for tag, kind, values in entries:
+            payload = struct.pack(f"<{len(values)}{formats[kind]}", *values)
+            if len(payload) <= 8:
+                value = payload.ljust(8, b"\0")
+            else:
+                value = struct.pack("<Q", self._end + ifd_size + len(arrays))
+                arrays += payload
+            body += struct.pack("<HHQ", tag, kind, len(values)) + value
+        return body + struct.pack("<Q", 0) + arrays
+
     def discard(self) -> None:
+        import contextlib
+        import threading
+
         from .bands import remove_quietly
 
-        self._cancelled = True
-        self._thread.join(timeout=10)
+        if self._thread is not None and self._thread.is_alive() and self._thread is not threading.current_thread():
+            with contextlib.suppress(Exception):
+                while self._thread.is_alive():
+                    try:
+                        self._queue.put(None, timeout=0.2)
+                        break
+                    except Exception:  # noqa: BLE001 - full: the writer is busy
+                        continue
+            self._thread.join(timeout=30)
+        if getattr(self, "_file", None) is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
         remove_quietly(self._temporary)
         self._temporary = None
+
+
+def _tile_encoder(compression: str):
+    """bytes of a tile for the Compression tag: None (stored), deflate (zlib), zstd (numcodecs)."""
+    if compression == "none":
+        return None
+    if compression == "deflate":
+        import zlib
+
+        return lambda tile: zlib.compress(tile.tobytes(), 6)
+    try:
+        from numcodecs import Zstd
+    except ImportError:  # pragma: no cover - installed with zarr
+        from ..errors import OptionError
+
+        raise OptionError("--tiff-compression zstd: needs the numcodecs package (pip install numcodecs)") from None
+    codec = Zstd(level=3)
+    return lambda tile: bytes(codec.encode(tile.tobytes()))
