@@ -522,6 +522,36 @@ def test_scheduler_local_and_ctrl_c(tmp_path):
             assert image.size == (254, 254)
 
 
+def test_scheduler_local_survives_a_killed_worker_quietly(tmp_path):
+    """SIGKILL a LocalCluster worker of a real convcli process: exit 0, the local bytes, and not one
+    line of dask's on stderr (its nanny, in convcli's process, would log the death and restart)."""
+    import psutil
+
+    write_images(tmp_path / "in", 40, size=(192, 160), seed=400)
+    run("apply", tmp_path / "in", *KERNELS, "-o", tmp_path / "local", "-j", 2)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "convcli", "apply", tmp_path / "in", *KERNELS, "-o", out,
+                             "--scheduler", "local", "-j", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out.is_dir() and len([n for n in os.listdir(out) if not n.startswith(".")]) >= 8):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.002)
+        workers = [child for child in psutil.Process(proc.pid).children()
+                   if any("spawn_main" in part for part in child.cmdline())]
+        assert len(workers) == 2
+        workers[0].send_signal(signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    lines = stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convcli: 40 done, 0 failed in "), lines
+    assert files_under(out) == files_under(tmp_path / "local")
+
+
 # --- a real `dask scheduler` and two `dask worker` processes --------------------------------------
 
 def _start(args: list[str], **kwargs) -> subprocess.Popen:
@@ -569,7 +599,8 @@ def test_real_scheduler_and_workers_write_the_local_bytes(real_scheduler, photos
     address, _ = real_scheduler
     proc = convcli_process("apply", photos / "in", *KERNELS, "--scheduler", address, "-o", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.decode().startswith("convcli: 40 done, 0 failed in ")
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convcli: 40 done, 0 failed in "), lines
     assert files_under(tmp_path / "out") == files_under(photos / "local")
 
 
