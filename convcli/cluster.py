@@ -31,7 +31,7 @@ import signal
 import time
 import warnings
 from concurrent.futures import CancelledError
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -66,11 +66,19 @@ class ClusterSpec:
 
     ``address`` is ``tcp://host:port`` (any address dask.distributed's ``Client``
     takes: ``tls://``, ``ucx://``, …) or :data:`LOCAL`; ``timeout`` bounds the
-    connection (exit 2 after it).
+    connection (exit 2 after it). From Python, ``client`` may instead be a connected
+    ``distributed.Client`` (a Dask Gateway cluster's ``cluster.get_client()``, say, which
+    carries its own credentials): it is used as it is and left open.
     """
 
     address: str
     timeout: float = DEFAULT_TIMEOUT
+    client: object = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_client(cls, client, *, timeout: float = DEFAULT_TIMEOUT) -> "ClusterSpec":
+        """Run on the cluster of an existing ``distributed.Client``."""
+        return cls(str(client.scheduler.address), timeout, client)
 
     @property
     def local(self) -> bool:
@@ -93,6 +101,7 @@ class Session:
         self.cluster = cluster
         self._quiet = quiet
         self._closed = False
+        self._owns_client = spec.client is None
 
     def threads(self) -> int:
         """Worker threads the scheduler knows now; 0 when it cannot say right now."""
@@ -106,7 +115,7 @@ class Session:
             return
         self._closed = True
         try:
-            if self.client is not None:
+            if self.client is not None and self._owns_client:
                 with contextlib.suppress(Exception):
                     self.client.close(timeout=5)
             if self.cluster is not None:
@@ -182,11 +191,14 @@ def connect(spec: ClusterSpec, *, workers: int) -> Session:
     quiet = _QuietDask()
     client = cluster = None
     try:
-        if spec.local:
+        if spec.client is not None:
+            client = spec.client
+        elif spec.local:
             cluster = _local_cluster(distributed, workers)
             client = distributed.Client(cluster, timeout=spec.timeout, set_as_default=False)
         else:
             client = _client(distributed, spec)
+        if not spec.local:
             try:
                 client.wait_for_workers(1, timeout=spec.timeout)
             except (TimeoutError, OSError):

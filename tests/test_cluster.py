@@ -10,6 +10,7 @@ scipy directly too.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -364,6 +365,28 @@ def test_skip_existing_and_json_on_the_cluster(cluster, tmp_path):
     assert (tmp_path / "out" / "im00_edge.png").read_bytes() == b"kept"
     assert (tmp_path / "out" / "im01_sobel-x.png").is_file()
     assert "1 done, 0 failed, 2 skipped" in result.stderr
+
+
+def test_an_existing_client_from_python(cluster, photos, tmp_path):
+    """run_batch on a connected Client (a Dask Gateway cluster's, say): used as it is and left open."""
+    from convcli.apply import Job, OutputSpec
+    from convcli.batch import expand_inputs, run_batch
+    from convcli.cluster import ClusterSpec
+    from convcli.kernels import load_kernels
+    from convcli.layer import ConvSpec
+    from convcli.stack import Stack
+
+    _, client = cluster
+    job = Job(stack=Stack.single(load_kernels("edge", "sobel-x", "sobel-y", "box-blur"), ConvSpec.from_options(),
+                                 None), output=OutputSpec(directory=tmp_path / "out"))
+    items = expand_inputs([str(photos / "in" / f"im{i:02d}.png") for i in range(6)])
+    err = io.StringIO()
+    summary = run_batch(items, job, quiet=True, stdout=io.BytesIO(), stderr=err,
+                        cluster=ClusterSpec.from_client(client))
+    assert (summary.done, summary.failed) == (6, 0) and err.getvalue() == ""
+    assert files_under(tmp_path / "out") == {k: v for k, v in files_under(photos / "local").items()
+                                             if int(k[2:4]) < 6}
+    assert client.status == "running"  # not ours to close
 
 
 def test_collisions_are_refused_before_the_scheduler_is_asked(tmp_path):
