@@ -42,6 +42,10 @@ sys.path.insert(0, str(HERE))
 
 from batch_bench import KERNELS, make_images  # noqa: E402
 
+#: The cluster extra's ``dask`` command (``dask scheduler``, ``dask worker``), next to this Python.
+DASK = [str(Path(sys.executable).with_name("dask"))] if Path(sys.executable).with_name("dask").is_file() \
+    else [sys.executable, "-m", "dask"]
+
 
 def digest(folder: Path) -> str:
     """One hash over every file's name and bytes."""
@@ -68,7 +72,7 @@ def run_convcli(images: Path, out: Path, extra: list[str]) -> tuple[float, float
 
 def start_scheduler(tmp: Path) -> tuple[str, list[subprocess.Popen]]:
     info = tmp / "scheduler.json"
-    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+    procs = [subprocess.Popen([*DASK, "scheduler", "--host", "127.0.0.1",
                                "--port", "0", "--no-dashboard", "--scheduler-file", str(info)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
     deadline = time.monotonic() + 60
@@ -79,7 +83,7 @@ def start_scheduler(tmp: Path) -> tuple[str, list[subprocess.Popen]]:
     time.sleep(0.05)
     address = json.loads(info.read_text())["address"]
     for _ in range(2):
-        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads",
+        procs.append(subprocess.Popen([*DASK, "worker", address, "--nthreads",
                                        "1", "--host", "127.0.0.1", "--no-dashboard"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
     import distributed

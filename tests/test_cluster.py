@@ -578,7 +578,10 @@ def test_scheduler_local_survives_a_killed_worker_quietly(tmp_path):
 # --- a real `dask scheduler` and two `dask worker` processes --------------------------------------
 
 def _start(args: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    """``dask scheduler …`` / ``dask worker …`` as the README runs them (the extra's ``dask`` command)."""
+    dask = Path(sys.executable).with_name("dask")
+    command = [str(dask)] if dask.is_file() else [sys.executable, "-m", "dask"]
+    return subprocess.Popen([*command, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, **kwargs)
 
 
@@ -599,7 +602,7 @@ def real_scheduler(tmp_path_factory):
     """``dask scheduler`` on 127.0.0.1 (a free port) with two ``dask worker`` processes."""
     root = tmp_path_factory.mktemp("scheduler")
     info = root / "scheduler.json"
-    procs = [_start(["distributed.cli.dask_scheduler", "--host", LOCALHOST, "--port", "0", "--no-dashboard",
+    procs = [_start(["scheduler", "--host", LOCALHOST, "--port", "0", "--no-dashboard",
                      "--scheduler-file", str(info)])]
     try:
         deadline = time.monotonic() + 60
@@ -609,7 +612,7 @@ def real_scheduler(tmp_path_factory):
         time.sleep(0.05)
         address = json.loads(info.read_text())["address"]
         for _ in range(2):
-            procs.append(_start(["distributed.cli.dask_worker", address, "--nthreads", "1", "--host", LOCALHOST,
+            procs.append(_start(["worker", address, "--nthreads", "1", "--host", LOCALHOST,
                                  "--no-dashboard"]))
         with distributed.Client(address, timeout=30, set_as_default=False) as client:
             client.wait_for_workers(2, timeout=60)
@@ -634,7 +637,7 @@ def test_a_worker_with_another_convcli_is_refused_before_any_work(real_scheduler
     fake.mkdir(parents=True)
     (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: convcli\nVersion: 9.9\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    odd = _start(["distributed.cli.dask_worker", address, "--nthreads", "1", "--host", LOCALHOST, "--no-dashboard",
+    odd = _start(["worker", address, "--nthreads", "1", "--host", LOCALHOST, "--no-dashboard",
                   "--name", "odd-one"], env=env, cwd=tmp_path)  # not beside a source tree's egg-info
     try:
         with distributed.Client(address, timeout=30, set_as_default=False) as client:
