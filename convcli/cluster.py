@@ -138,7 +138,8 @@ class _QuietDask:
             logging.getLogger(name).setLevel(logging.CRITICAL + 1)
         self._warnings = warnings.catch_warnings()
         self._warnings.__enter__()
-        warnings.simplefilter("ignore")
+        # dask's own warnings only: an input's (Pillow's on a truncated file…) still shows.
+        warnings.filterwarnings("ignore", module=r"(distributed|dask|tornado|bokeh)(\.|$)")
 
     def restore(self) -> None:
         self._warnings.__exit__(None, None, None)
