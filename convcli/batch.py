@@ -505,7 +505,7 @@ def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quie
 
     # One input in this process: a large one draws a bar over its bands.
     saved_factory = streaming.band_progress
-    if len(plan.run) == 1 and isinstance(progress, BarProgress) and session is None:
+    if len(plan.run) == 1 and isinstance(progress, BarProgress):  # on a cluster: its band tasks
         streaming.band_progress = progress.bands
     try:
         stream = _outcomes(items, job, plan, reporter, workers, many, session)

@@ -165,8 +165,20 @@ def run_large(client, large: LargeInput, *, window: int) -> "InputResult":
 
 
 def _results(client, function, large: LargeInput, bands: list[tuple[int, int]], *, window: int,
-             extra: tuple = ()) -> Iterator[tuple[int, object]]:
-    """Each band's task result, in band order, with at most ``window`` tasks in flight or held."""
+             extra: tuple = (), label: str = "") -> Iterator[tuple[int, object]]:
+    """Each band's task result, in band order, with at most ``window`` tasks in flight or held.
+
+    A bar over the bands is drawn as they finish when the batch draws one (a terminal,
+    one input: :data:`convcli.streaming.band_progress`).
+    """
+    from .streaming import _progress
+
+    with _progress(len(bands), label or Path(large.source).name) as bar:
+        yield from _in_order(client, function, large, bands, window=window, extra=extra, bar=bar)
+
+
+def _in_order(client, function, large: LargeInput, bands: list[tuple[int, int]], *, window: int, extra: tuple,
+              bar) -> Iterator[tuple[int, object]]:
     from distributed import as_completed
 
     # Sent once as a task's result (not with every task, and recomputed if its worker dies).
@@ -188,6 +200,7 @@ def _results(client, function, large: LargeInput, bands: list[tuple[int, int]], 
             if future.status != "finished":
                 raise _task_error(result)
             held[index] = result
+            bar.advance()
             while done in held:
                 yield done, held.pop(done)
                 done += 1
@@ -240,7 +253,8 @@ def _run_in_order(client, large: LargeInput, *, window: int) -> list[str]:
     if out.format in ("png", "png16") and out.normalize != "clip":
         count = len(files)
         low, high = np.full(count, np.inf), np.full(count, -np.inf)
-        for _, (band_low, band_high) in _results(client, extrema_task, large, large.bands(), window=window):
+        for _, (band_low, band_high) in _results(client, extrema_task, large, large.bands(), window=window,
+                                                 label=f"{Path(large.source).name} (range)"):
             for index, (_, group) in enumerate(files):
                 channels = list(group.channels)
                 low[index] = min(low[index], float(np.min(band_low[channels])))
