@@ -101,15 +101,64 @@ class Stage:
 
 
 class SourceStage(Stage):
-    """The input's rows, converted (``--mode``, ``--scale``, float32 or integer pixels)."""
+    """The input's rows, converted (``--mode``, ``--scale``, float32 or integer pixels).
 
-    def __init__(self, source) -> None:
+    Nothing is kept between requests but, with ``prefetch``, the rows of the next request
+    are read and converted ahead on a thread of their own while the layers compute: a
+    stream asks for its bands in order, each overlapping the one before by the same
+    number of rows (its halo), so the next request is known. A request that was read
+    ahead costs no copy; any other is read directly (the TIFF reader keeps its last row
+    of tiles, so halo rows read twice are not decoded twice).
+    """
+
+    def __init__(self, source, *, prefetch: bool = False) -> None:
         super().__init__()
         self.source = source
         self.shape = tuple(source.shape)
+        self._executor = None
+        if prefetch:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convcli-prefetch")
+        self._pending = None  # ((start, stop), future) of the rows being read ahead
+        self._last: tuple[int, int] | None = None  # the last request in stream order
+
+    def rows(self, start: int, stop: int):
+        if self._last is not None and not self._last[0] <= start <= self._last[1]:
+            # Off the stream (the rows a circular border brings from the other end): read
+            # them, and leave the stream's own read-ahead alone.
+            return self.source.read_rows(start, stop)
+        pending, self._pending = self._pending, None
+        result = None
+        if pending is not None:
+            (first, last), future = pending
+            rows = future.result()  # re-raises what reading them raised
+            if first <= start and stop <= last:
+                result = rows[start - first:stop - first]
+        if result is None:
+            result = self.source.read_rows(start, stop)
+        overlap = max(0, self._last[1] - start) if self._last is not None else 0
+        self._last = (start, stop)
+        height = self.shape[0]
+        if self._executor is not None and stop < height:
+            ahead = max(0, stop - overlap)
+            until = min(height, ahead + (stop - start))
+            self._pending = ((ahead, until), self._executor.submit(self.source.read_rows, ahead, until))
+        return result
+
+    def reset(self) -> None:
+        super().reset()
+        self._last = None
 
     def _compute(self, start: int, stop: int):
         return self.source.read_rows(start, stop)
+
+    def close(self) -> None:
+        """Stop reading ahead (the rows being read are dropped)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        self._pending = None
 
 
 class LayerStage(Stage):
@@ -146,7 +195,7 @@ class PoolStage(Stage):
         return pool_rows_of(self.before.rows(a, b), self.pool, in_hw=in_hw, rows=(start, stop))
 
 
-def build_stages(source, stack: "Stack", *, algorithm: str = "auto") -> list[Stage]:
+def build_stages(source, stack: "Stack", *, algorithm: str = "auto", prefetch: bool = False) -> list[Stage]:
     """The source stage and one stage per step of ``stack`` (a conv fuses the pool after it).
 
     Raises GeometryError naming the step that cannot work (before any pixel is read).
@@ -156,7 +205,7 @@ def build_stages(source, stack: "Stack", *, algorithm: str = "auto") -> list[Sta
 
     stack.check_runnable()
     stack.geometry(tuple(source.shape))
-    stages: list[Stage] = [SourceStage(source)]
+    stages: list[Stage] = [SourceStage(source, prefetch=prefetch)]
     steps = list(stack.steps)
     index = 0
     while index < len(steps):
@@ -267,7 +316,7 @@ def plan_bands(stages: list[Stage], budget: int, *, sink_bytes: int = 0, held_by
     for stage in reversed(stages):
         h, w, c = stage.shape
         row = 4 * w * c
-        row_bytes += ratio * 2 * row
+        row_bytes += ratio * (3 if isinstance(stage, SourceStage) else 2) * row  # the source also reads one band ahead
         if isinstance(stage, LayerStage):
             plan = stage.plan
             step = plan.row_step
@@ -335,12 +384,8 @@ def stream_input(source_path: str, job: "Job", *, directory: Path, stem: str, in
     TIFF as tiled BigTIFF; npy identical; zarr), committed together once every band is
     written; any failure or Ctrl-C removes them all.
     """
-    import numpy as np
-
-    from . import apply as apply_module
-    from .engine import _common
     from .io import DEFAULT_MAX_PIXELS
-    from .io.bands import Sinks, open_source
+    from .io.bands import open_source
 
     read = job.read
     with open_source(source_path, mode=read.mode, scale=read.scale, keep_integers=job.stack.sums_channels_first,
@@ -349,44 +394,59 @@ def stream_input(source_path: str, job: "Job", *, directory: Path, stem: str, in
         stack = job.stack.for_signal() if source.kind == "signal" else job.stack
         if stack is not job.stack:
             job = replace(job, stack=stack)
-        stages = build_stages(source, stack, algorithm=job.algorithm)
-        final = stages[-1]
-        height, width, channels = final.shape
-        names = stack.output_names()
-        conv = stack.last_conv
-        in_depth = apply_module._last_conv_input_channels(stack, tuple(source.shape))
-        out = job.output
-        files = apply_module._map_files(job, names, stem, directory, depthwise=conv.spec.depthwise,
-                                        in_channels=in_depth, channels=channels)
-        paths = [path for path, _ in files]
-        if len(set(paths)) != len(paths):
-            raise OptionError(f"--name: {out.name!r} gives the same file name to several maps; add {{filter}} or {{index}}")
-        for path in paths:
-            apply_module._refuse_overwrite(path, job, inputs)
-        groups = [group for _, group in files]
-        held = 0 if source.streams else int(np.prod(source.reader.shape)) * source.reader.dtype.itemsize
-        plan = plan_bands(stages, budget, sink_bytes=_sink_bytes(out.format, final.shape, len(groups)),
-                          held_bytes=held, name=source.name)
-        display = out.format in ("png", "png16")
-        ranges = None
+        stages = build_stages(source, stack, algorithm=job.algorithm, prefetch=True)
         try:
-            if display and out.normalize != "clip":
-                ranges = _extrema(stages, plan, groups, names=[g.name for g in groups], label=f"{source.name} (range)")
-                for stage in stages[1:]:
-                    stage.reset()
-            for path in paths:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            sinks = _sinks(out, files, final.shape)
-            with Sinks(sinks) as all_sinks, _progress(plan.bands, source.name) as bar, _stream_memory(stages):
-                for start in range(0, height, plan.rows):
-                    band = final.rows(start, min(height, start + plan.rows))
-                    _dispatch(band, files, sinks, out, ranges)
-                    bar.advance()
-                all_sinks.commit()
+            return _stream(source, stages, job, stack, directory=directory, stem=stem, inputs=inputs, budget=budget)
         finally:
-            _common.release_buffers()
-        return StreamResult(input_shape=list(source.shape), output_shape=[height, width, channels],
-                            algorithm=algorithms(stages), outputs=[str(p) for p in paths], bands=plan.bands)
+            stages[0].close()
+
+
+def _stream(source, stages: list[Stage], job: "Job", stack: "Stack", *, directory: Path, stem: str,
+            inputs: frozenset[str], budget: int) -> StreamResult:
+    """The body of :func:`stream_input` once the source and the stages are open."""
+    import numpy as np
+
+    from . import apply as apply_module
+    from .engine import _common
+    from .io.bands import Sinks
+
+    final = stages[-1]
+    height, width, channels = final.shape
+    names = stack.output_names()
+    conv = stack.last_conv
+    in_depth = apply_module._last_conv_input_channels(stack, tuple(source.shape))
+    out = job.output
+    files = apply_module._map_files(job, names, stem, directory, depthwise=conv.spec.depthwise,
+                                    in_channels=in_depth, channels=channels)
+    paths = [path for path, _ in files]
+    if len(set(paths)) != len(paths):
+        raise OptionError(f"--name: {out.name!r} gives the same file name to several maps; add {{filter}} or {{index}}")
+    for path in paths:
+        apply_module._refuse_overwrite(path, job, inputs)
+    groups = [group for _, group in files]
+    held = 0 if source.streams else int(np.prod(source.reader.shape)) * source.reader.dtype.itemsize
+    plan = plan_bands(stages, budget, sink_bytes=_sink_bytes(out.format, final.shape, len(groups)),
+                      held_bytes=held, name=source.name)
+    display = out.format in ("png", "png16")
+    ranges = None
+    try:
+        if display and out.normalize != "clip":
+            ranges = _extrema(stages, plan, groups, names=[g.name for g in groups], label=f"{source.name} (range)")
+            for stage in stages[1:]:
+                stage.reset()
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        sinks = _sinks(out, files, final.shape)
+        with Sinks(sinks) as all_sinks, _progress(plan.bands, source.name) as bar, _stream_memory(stages):
+            for start in range(0, height, plan.rows):
+                band = final.rows(start, min(height, start + plan.rows))
+                _dispatch(band, files, sinks, out, ranges)
+                bar.advance()
+            all_sinks.commit()
+    finally:
+        _common.release_buffers()
+    return StreamResult(input_shape=list(source.shape), output_shape=[height, width, channels],
+                        algorithm=algorithms(stages), outputs=[str(p) for p in paths], bands=plan.bands)
 
 
 @contextlib.contextmanager

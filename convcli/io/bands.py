@@ -120,7 +120,10 @@ class BandSource:
         converted, bit_depth = self._convert(probe)
         self.bit_depth = bit_depth
         self.dtype = converted.dtype
-        self._keep = keep_integers and scale == "raw" and self._mode_dtype(probe).dtype in (np.uint8, np.uint16)
+        # Integers are kept where the engine sums channels as integers: more than one channel
+        # (one channel is converted here, the same values, as the rows are read).
+        self._keep = (keep_integers and scale == "raw" and converted.shape[2] > 1
+                      and self._mode_dtype(probe).dtype in (np.uint8, np.uint16))
         if not self._keep:
             self.dtype = np.dtype(np.float32)
         self.shape = (h, w, int(converted.shape[2]))

@@ -152,6 +152,12 @@ class TiffRegionReader:
             self._seg_rows = min(self._seg_rows, length)
         self._across = -(-width // self._seg_cols)
         self._cache: tuple[int, Any] | None = None  # (first row, decoded rows of one segment row)
+        # Stored as they are (no compression, predictor or bit packing, native byte order):
+        # a row of segments is then read in one piece.
+        self._segment_bytes = self._seg_rows * self._seg_cols * samples * dtype.itemsize
+        self._plain = (int(page.compression) == 1 and int(getattr(page, "predictor", 1)) == 1
+                       and int(getattr(page, "fillorder", 1)) == 1 and int(page.bitspersample) == dtype.itemsize * 8
+                       and (dtype.itemsize == 1 or self._tiff.byteorder == "<") and int(page.planarconfig) == 1)
 
     @staticmethod
     def supports(path: Path) -> bool:
@@ -183,6 +189,18 @@ class TiffRegionReader:
         wanted = list(range(first, first + self._across))
         offsets = [page.dataoffsets[i] for i in wanted]
         counts = [page.databytecounts[i] for i in wanted]
+        if self._plain and all(offsets[k + 1] == offsets[k] + counts[k] for k in range(len(offsets) - 1)) \
+                and all(count == self._segment_bytes for count in counts):
+            # Uncompressed segments one after the other: one read and one copy for the row.
+            with fh.lock:
+                fh.seek(offsets[0])
+                data = fh.read(sum(counts))
+            tiles = np.frombuffer(data, dtype=self._stored).reshape(self._across, self._seg_rows, self._seg_cols, c)
+            out[...] = tiles.transpose(1, 0, 2, 3).reshape(self._seg_rows, -1, c)[:rows, :w]
+            if self.dtype != self._stored:
+                out = out.astype(self.dtype)
+            self._cache = (index, out)
+            return out
         segments = list(fh.read_segments(offsets, counts, indices=wanted, lock=fh.lock))
 
         def decode(item) -> None:
