@@ -53,7 +53,8 @@ def make_tiff(path: Path, height: int, width: int, channels: int, tile: int = 25
         for y0 in range(0, height, tile):
             for x0 in range(0, width, tile):
                 y, x = np.mgrid[y0:y0 + tile, x0:x0 + tile].astype(np.float32)
-                base = 127 + 60 * np.sin(x / 97.0) * np.cos(y / 131.0) + 40 * np.sin(np.hypot(x - width / 2, y - height / 2) / 50)
+                rings = np.sin(np.hypot(x - width / 2, y - height / 2) / 50)
+                base = 127 + 60 * np.sin(x / 97.0) * np.cos(y / 131.0) + 40 * rings
                 noise = np.random.default_rng(y0 * 7919 + x0).integers(-12, 13, (tile, tile))
                 gray = np.clip(base + noise, 0, 255).astype(np.uint8)
                 yield gray if channels == 1 else np.stack([gray, gray[::-1], 255 - gray][:channels], axis=-1)
@@ -64,8 +65,8 @@ def make_tiff(path: Path, height: int, width: int, channels: int, tile: int = 25
     return path
 
 
-def run_measured(command: list[str], cwd: Path) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one child process; raises if it fails."""
+def run_measured(command: list[str], cwd: Path) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS in MB, CPU seconds user + system) of one child process; raises if it fails."""
     started = time.perf_counter()
     proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -74,7 +75,7 @@ def run_measured(command: list[str], cwd: Path) -> tuple[float, float]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}): {stderr[-500:]}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=HERE / "LARGE.md")
     parser.add_argument("--cases", default="", help="comma-separated case names to run (default: all)")
+    parser.add_argument("--append", action="store_true", help="add this run's table to --out")
     args = parser.parse_args()
 
     convcli = [sys.executable, "-m", "convcli"]
@@ -113,15 +115,17 @@ def main() -> None:
     wanted = [name.strip() for name in args.cases.split(",") if name.strip()]
     times: dict[str, list[float]] = {name: [] for name, cmd in cases.items() if cmd and (not wanted or name in wanted)}
     peaks: dict[str, list[float]] = {name: [] for name in times}
+    cpus: dict[str, list[float]] = {name: [] for name in times}
     for round_index in range(args.rounds):
         order = list(times) if round_index % 2 == 0 else list(reversed(times))
         for name in order:
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
-            seconds, peak = run_measured(cases[name], WORK)
+            seconds, peak, cpu = run_measured(cases[name], WORK)
             times[name].append(seconds)
             peaks[name].append(peak)
-            print(f"round {round_index + 1} {name}: {seconds:.2f} s, {peak:.0f} MB", flush=True)
+            cpus[name].append(cpu)
+            print(f"round {round_index + 1} {name}: {seconds:.2f} s, CPU {cpu:.2f} s, {peak:.0f} MB", flush=True)
     shutil.rmtree(out, ignore_errors=True)
     median = {name: statistics.median(values) for name, values in times.items()}
     lines = [
@@ -136,15 +140,26 @@ def main() -> None:
         " --precision float`. The pipeline: 3×3 conv of 8 filters, stride 2, ReLU, 2×2 max pool; 3×3 conv of 8"
         " filters; tiff out. Default `--memory-limit` (1 GiB).",
         "",
-        "| case | wall time (median) | peak RSS (max) | runs |",
-        "|---|---:|---:|---|",
+        f"### {', '.join(times)} ({args.rounds} rounds)",
+        "",
+        "| case | wall time (median) | CPU user+sys (median) | peak RSS (max) | wall times of the runs |",
+        "|---|---:|---:|---:|---|",
     ]
     for name in times:
         runs = ", ".join(f"{t:.2f}" for t in times[name])
-        lines.append(f"| {name} | {median[name]:.2f} s | {max(peaks[name]):.0f} MB | {runs} |")
-    if "vips conv" in median:
-        lines += ["", f"convcli tiff / vips conv wall time: {median['convcli tiff'] / median['vips conv']:.2f}×"]
-    args.out.write_text("\n".join(lines) + "\n")
+        lines.append(f"| {name} | {median[name]:.2f} s | {statistics.median(cpus[name]):.2f} s |"
+                     f" {max(peaks[name]):.0f} MB | {runs} |")
+    if "vips conv" in median and "convcli tiff" in median:
+        ratio = median["convcli tiff"] / median["vips conv"]
+        wins = sum(a <= b for a, b in zip(times["convcli tiff"], times["vips conv"]))
+        lines += ["", f"convcli tiff / vips conv, median wall times: {ratio:.2f}× (convcli as fast or faster in"
+                      f" {wins} of {len(times['vips conv'])} rounds); CPU: "
+                      f"{statistics.median(cpus['convcli tiff']) / statistics.median(cpus['vips conv']):.2f}×"]
+    text = "\n".join(lines) + "\n"
+    if args.append and args.out.exists():
+        table = lines[next(i for i, line in enumerate(lines) if line.startswith("### ")):]
+        text = args.out.read_text() + "\n" + "\n".join(table) + "\n"
+    args.out.write_text(text)
     print("\n".join(lines))
 
 

@@ -132,7 +132,8 @@ def expand_inputs(args: list[str], *, recursive: bool = False) -> list[InputItem
         raise OptionError(f"INPUT: '-' (standard input) is given {args.count(STDOUT)} times; it can be read once")
     for arg in args:
         path = Path(arg)
-        if arg != STDOUT and path.is_dir() and not _is_zarr(path):
+        # isdir: False, not an error, for a name too long; a zarr array is a folder but one input.
+        if arg != STDOUT and os.path.isdir(path) and not _is_zarr(path):
             items.extend(InputItem(str(path / rel), "" if rel.parent == Path(".") else rel.parent.as_posix())
                          for rel in _folder_files(path, recursive=recursive))
         else:
@@ -280,9 +281,14 @@ def run_one(index: int, item: InputItem, job: Job, inputs: frozenset[str], many:
     Errors a user can cause keep their message; anything else (a bug) is reported
     with its exception type, so one bad input never stops or hangs the batch.
     """
+    from ._noise import translated
+
     started = time.perf_counter()
     try:
-        return Outcome(index, process(item.source, job, rel_dir=item.rel_dir, inputs=inputs, many=many))
+        with translated() as notes:
+            result = process(item.source, job, rel_dir=item.rel_dir, inputs=inputs, many=many)
+        result.warnings = notes  # library warnings that matter, as lines (a failed input has its error only)
+        return Outcome(index, result)
     except OptionError as err:
         return _failed(index, item, str(err), time.perf_counter() - started, usage_error=True)
     except ConvcliError as err:
@@ -328,6 +334,8 @@ class _Reporter:
             self.progress.print(f"convcli: {message}" if source in message else f"convcli: {source}: {message}")
         else:
             self.done += 1
+            for note in result.warnings:
+                self.progress.print(f"convcli: {result.input}: warning: {note}")
         self._json(result)
         self._ordered(outcome.index, result.printed.encode() + result.stdout_bytes)
         self.progress.advance()
@@ -514,10 +522,12 @@ def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quie
                 reporter.skip(index, outputs)
             try:
                 for outcome in stream:
-                    reporter.finish(outcome)
                     if outcome.usage_error:
+                        # The same for every input: said once, as the command's usage error
+                        # (exit 2), not also as this input's failure.
                         usage = outcome
                         break
+                    reporter.finish(outcome)
             except BaseException:
                 stream.close()  # stops the workers now, before the sweep
                 if session is not None:
@@ -532,11 +542,17 @@ def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quie
             # A worker killed mid-write (its task then ran again elsewhere) left a temporary file.
             _sweep_temporaries(plan)
     if usage is not None:
-        raise OptionError(usage.result.error or "usage error")
+        raise OptionError(_without_input(usage.result.error or "usage error", items[usage.index].source))
     summary = BatchSummary(reporter.done, reporter.failed, reporter.skipped, time.perf_counter() - started)
     if not quiet and many:
         print(summary.line(), file=err, flush=True)
     return summary
+
+
+def _without_input(message: str, source: str) -> str:
+    """A usage error's message without the ``INPUT: `` a per-input report would start with."""
+    prefix = f"{source}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
 
 
 # --- the worker pool ---------------------------------------------------------------------------
@@ -560,6 +576,9 @@ def _worker_init(job: Job, inputs: frozenset[str], many: bool, threads: int) -> 
 
     if hasattr(engine, "set_threads"):
         engine.set_threads(threads)
+    from ._noise import silence_libraries
+
+    silence_libraries()
     _worker.update(job=job, inputs=inputs, many=many)
 
 
@@ -763,7 +782,7 @@ def _sweep_temporaries(plan: BatchPlan) -> None:
             if entry.startswith(".") and entry.endswith(".tmp") and entry[1:-4].rpartition(".")[0] in names:
                 path = Path(folder) / entry
                 try:
-                    if path.is_dir() and not path.is_symlink():  # a zarr array's folder
+                    if path.is_dir() and not path.is_symlink():  # a zarr array being written
                         import shutil
 
                         shutil.rmtree(path)

@@ -53,3 +53,11 @@ class ClusterError(ConvcliError):
     """The cluster went away in the middle of a batch (``--scheduler``): the rest cannot run."""
 
     exit_status = ExitStatus.INPUT_FAILED
+
+
+class InputWarning(UserWarning):
+    """An input was read, but not as it is written (a truncated JPEG the decoder completed…).
+
+    The CLI prints it as one ``convcli: FILE: warning: …`` line; the library issues it with
+    :func:`warnings.warn`.
+    """

@@ -14,8 +14,8 @@ Entry points
     options) returning that band of the stack's output: what a cluster task runs.
     :func:`stream_input` — one input, band by band, into its output files (sinks of
     :mod:`convcli.io.bands`, committed together at the end, or all discarded on failure
-    or Ctrl-C). :func:`whole_image_bytes` and :func:`plan_bands` say whether an input fits
-    in memory whole and how tall its bands can be under a ``--memory-limit``.
+    or Ctrl-C). :func:`plan_bands` says how tall its bands can be under a
+    ``--memory-limit`` (whether an input fits whole is :mod:`convcli._budget`'s estimate).
 
 ``--normalize minmax`` (and ``abs``, ``offset``) maps each map's [min, max] to the PNG's
 range, so the range must be known before the first row is written: the stack runs twice,
@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ._budget import DEFAULT_MEMORY_LIMIT  # noqa: F401 - the one default --memory-limit, re-exported
 from .errors import InputError, OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,8 +42,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .apply import Job
     from .stack import Stack
 
-#: Default ``--memory-limit``.
-DEFAULT_MEMORY_LIMIT = 1 << 30
 #: Most bytes a stream's bands use even when the limit allows more: larger bands gain
 #: nothing (a band of a 16000-pixel-wide gray image is then ~600 rows) and leave the
 #: rest of the limit free.
@@ -260,24 +259,6 @@ def compute_band(source_path: str, rows: tuple[int, int], stack: "Stack", *, mod
 # --------------------------------------------------------------------------- memory
 
 
-def whole_image_bytes(shape: tuple[int, int, int], stack: "Stack", *, stored_bytes: int = 1) -> int:
-    """About the memory a whole-image run of ``stack`` on an input of ``shape`` holds at its peak.
-
-    The decoded input, its float32 copy, and for the layer that needs most its input and
-    output together with the engine's scratch (a quarter of the output) and the encoded
-    maps (a quarter more).
-    """
-    h, w, c = shape
-    geometries = stack.geometry(tuple(shape))
-    peak = 0
-    size = 4 * h * w * c
-    for g in geometries:
-        out = 4 * g.output_shape[0] * g.output_shape[1] * g.output_shape[2]
-        peak = max(peak, size + out + out // 2)
-        size = out
-    return h * w * c * stored_bytes + 4 * h * w * c + peak
-
-
 @dataclass(frozen=True)
 class BandPlan:
     """How a stream runs: ``rows`` of final output per band, and the memory it expects."""
@@ -334,10 +315,10 @@ def plan_bands(stages: list[Stage], budget: int, *, sink_bytes: int = 0, held_by
     height = stages[-1].shape[0]
     minimum = fixed + unit * row_bytes
     if minimum > budget:
-        from .io.bands import format_size
+        from ._budget import format_bytes
 
-        raise InputError(f"{name}: one band of {unit} output rows needs about {format_size(int(minimum))}, more than "
-                         f"the --memory-limit of {format_size(budget)}; raise --memory-limit")
+        raise InputError(f"{name}: one band of {unit} output rows needs about {format_bytes(int(minimum))}, more than "
+                         f"the {format_bytes(budget)} memory limit; raise --memory-limit")
     room = min(budget, max(BAND_TARGET_BYTES, minimum)) - fixed
     rows = max(unit, int(room // max(1.0, row_bytes)) // unit * unit)
     rows = min(rows, height)
@@ -605,5 +586,5 @@ def _extrema(stages: list[Stage], plan: BandPlan, groups, *, names: list[str], l
 
 
 __all__ = ["DEFAULT_MEMORY_LIMIT", "Stage", "SourceStage", "LayerStage", "PoolStage", "build_stages",
-           "compute_band", "whole_image_bytes", "plan_bands", "BandPlan", "stream_input", "StreamResult",
+           "compute_band", "plan_bands", "BandPlan", "stream_input", "StreamResult",
            "band_progress", "algorithms"]

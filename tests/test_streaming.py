@@ -25,7 +25,7 @@ from convcli.cli import cli
 from convcli.engine import WeightsBank, _common, fft
 from convcli.engine.bands import LayerPlan
 from convcli.errors import InputError, OptionError
-from convcli.io.bands import format_size, open_source, parse_size
+from convcli.io.bands import open_source, parse_size
 from convcli.layer import ConvSpec, PoolSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,8 +206,8 @@ def test_a_seam_off_by_one_row_is_caught(tmp_path, monkeypatch):
     whole, banded = whole_and_streamed(tmp_path, source, "-k", "sobel-y", "--padding", "same")
     assert np.array_equal(np.load(whole / "in.npy"), np.load(banded / "in.npy"))
     span = LayerPlan.input_span
-    monkeypatch.setattr(LayerPlan, "input_span", lambda self, r0, r1: tuple(v + (1 if r0 else 0)
-                                                                             for v in span(self, r0, r1)))
+    monkeypatch.setattr(LayerPlan, "input_span",
+                        lambda self, r0, r1: tuple(v + (1 if r0 else 0) for v in span(self, r0, r1)))
     (tmp_path / "again").mkdir()
     whole, shifted = whole_and_streamed(tmp_path / "again", source, "-k", "sobel-y", "--padding", "same")
     assert not np.array_equal(np.load(whole / "in.npy"), np.load(shifted / "in.npy"))
@@ -218,7 +218,8 @@ def test_compute_band_gives_any_rows_of_the_whole_output(tmp_path):
 
     net = tmp_path / "net.yaml"
     net.write_text("layers:\n  - conv: {kernels: [sobel-x, edge], stride: 3, padding: same, border: circular}\n"
-                   "  - conv: {kernels: [box-blur], dilation: 2, padding: full}\n")
+                   "  - conv: {kernels: [box-blur], dilation: 2, padding: same, border: circular}\n"
+                   "  - conv: {kernels: [emboss], padding: full, border: reflect}\n")
     source = tiled_tiff(tmp_path / "in.tif", pattern((97, 51, 3)))
     stack = load_pipeline(net)
     run("apply", source, "--pipeline", net, "--format", "npy", "-o", tmp_path / "whole", "-q")
@@ -296,11 +297,11 @@ def test_opencv_layers_stream_bit_for_bit(monkeypatch):
 def test_json_and_outputs_of_a_streamed_input(tmp_path, small_tiles):
     import json
 
-    source = tiled_tiff(tmp_path / "in.tif", pattern((50, 30, 3)))
+    source = tiled_tiff(tmp_path / "in.tif", pattern((100, 60, 3)))
     result = run("apply", source, "-k", "sobel-x", "-k", "edge", "--stride", "2", "--json", "-o", tmp_path / "o",
-                 "--memory-limit", "40KiB")
+                 "--memory-limit", "64KiB")
     line = json.loads(result.stdout)
-    assert line["input_shape"] == [50, 30, 3] and line["output_shape"] == [24, 14, 2]
+    assert line["input_shape"] == [100, 60, 3] and line["output_shape"] == [49, 29, 2]
     assert line["filters"] == ["sobel-x", "edge"] and line["error"] is None
     assert sorted(line["outputs"]) == sorted(str(tmp_path / "o" / f"in_{n}.png") for n in ("sobel-x", "edge"))
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["in_edge.png", "in_sobel-x.png"]
@@ -311,13 +312,13 @@ def test_inputs_that_cannot_fit_are_refused_before_any_work(tmp_path):
     png = tmp_path / "big.png"
     Image.fromarray(pattern((200, 300, 3))).save(png)
     result = run("apply", png, "-k", "edge", "-o", tmp_path / "o", "--memory-limit", "100KiB", status=1)
-    assert "big.png: its 300×200×3 pixels take 176 KiB decoded, more than --memory-limit 100 KiB" in result.stderr
+    assert "big.png: its 300×200×3 pixels take 175.8 KiB decoded, more than the 100 KiB memory limit" in result.stderr
     assert "tiled TIFF" in result.stderr and "raise --memory-limit" in result.stderr
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
     tif = tiled_tiff(tmp_path / "in.tif", pattern((200, 300, 3)))
     result = run("apply", tif, "-k", "edge", "-o", tmp_path / "o", "--memory-limit", "4KiB", status=1)
-    assert re.search(r"in\.tif: one band of \d+ output rows needs about [0-9.]+ KiB, more than the --memory-limit "
-                     r"of 4 KiB; raise --memory-limit", result.stderr)
+    assert re.search(r"in\.tif: one band of \d+ output rows needs about [0-9.]+ KiB, more than the 4 KiB memory "
+                     r"limit; raise --memory-limit", result.stderr)
     result = run("apply", tif, "-k", "edge", "--print", "--memory-limit", "64KiB", status=1)
     assert "in.tif: --print needs the whole image in memory, about" in result.stderr
     assert "raise --memory-limit or drop --print" in result.stderr
@@ -330,7 +331,10 @@ def test_memory_limit_option_values():
         parse_size("12 parsecs")
     with pytest.raises(OptionError, match=r"--memory-limit: '0' must be more than 0 bytes"):
         parse_size("0")
-    assert format_size(512 << 20) == "512 MiB" and format_size(3 << 29) == "1.5 GiB" and format_size(10) == "10 B"
+    with pytest.raises(OptionError, match=r"--memory-limit: '2000000000PiB' is not a size"):
+        parse_size("2000000000PiB")
+    with pytest.raises(OptionError, match=r"--memory-limit: '9{40}…' \(401 characters\) is too large"):
+        parse_size("9" * 400 + "G")
     result = run("apply", "x.png", "-k", "edge", "--memory-limit", "lots", status=2)
     assert "--memory-limit" in result.stderr and "'lots' is not a size" in result.stderr
 
@@ -413,3 +417,141 @@ def test_streaming_through_a_real_process(tmp_path):
                               capture_output=True, text=True, cwd=REPO)
         assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "whole" / "in.npy").read_bytes() == (tmp_path / "banded" / "in.npy").read_bytes()
+
+
+def test_errors_of_sources_sinks_and_bands(tmp_path):
+    from convcli.io.bands import put_in_place, temporary_path
+    from convcli.io.npy import NpyRegionReader
+    from convcli.io.png import PngSink
+    from convcli.io.tiff import TiffSink
+    from convcli.errors import OutputError
+
+    nan = tmp_path / "nan.tif"
+    values = np.ones((40, 20), np.float32)
+    values[33, 7] = np.nan
+    tifffile.imwrite(nan, values, tile=(16, 16))
+    with open_source(nan) as source:
+        assert source.read_rows(0, 30).shape == (30, 20, 1)
+        with pytest.raises(InputError, match=r"nan\.tif: non-finite values .* the first at row 33, column 7, "
+                                             r"channel 0"):
+            source.read_rows(30, 40)
+        with pytest.raises(ValueError, match=r"rows: expected 0 <= start < stop <= 40, got 39, 41"):
+            source.read_rows(39, 41)
+    plan = engine.plan_layer((40, 20, 1), WeightsBank(np.ones((3, 3), np.float32)), ConvSpec.from_options())
+    with pytest.raises(ValueError, match=r"rows: expected 0 <= r0 < r1 <= 38, got \(5, 39\)"):
+        plan.compute(lambda a, b: values[a:b, :, None], (5, 39))
+    with pytest.raises(ValueError, match=r"read\(0, 3\) gave shape \(3, 20\), expected \(3, 20, 1\)"):
+        plan.compute(lambda a, b: values[a:b], (0, 1))
+    np.save(tmp_path / "words.npy", np.array([["a", "b"], ["c", "d"]]))
+    with pytest.raises(InputError, match=r"words\.npy: \.npy of dtype <U1; expected numbers"):
+        NpyRegionReader("words.npy", tmp_path / "words.npy")
+    np.save(tmp_path / "cut.npy", np.ones((50, 40), np.float32))
+    data = (tmp_path / "cut.npy").read_bytes()
+    reader = NpyRegionReader("cut.npy", tmp_path / "cut.npy")
+    (tmp_path / "cut.npy").write_bytes(data[:-100])  # cut short while it is being read
+    with pytest.raises(InputError, match=r"cut\.npy: truncated \.npy \(rows 40–50 are missing\)"):
+        reader.read(40, 50)
+    reader.close()
+    with pytest.raises(InputError, match=r"cut\.npy: cannot read \.npy: mmap length is greater than file size"):
+        NpyRegionReader("cut.npy", tmp_path / "cut.npy")
+    with pytest.raises(OptionError, match=r"--tiff-compression: 'lzw' is not one of none, deflate, zstd"):
+        TiffSink(tmp_path / "x.tiff", (4, 4), compression="lzw")
+    with pytest.raises(OutputError, match=r"cannot write 5 channels as PNG"):
+        PngSink(tmp_path / "x.png", 4, 4, 5)
+    with pytest.raises(OptionError, match=r"--compress-level: expected 0 to 9, got 10"):
+        PngSink(tmp_path / "x.png", 4, 4, 1, compress_level=10)
+    sink = TiffSink(tmp_path / "short.tiff", (10, 4))
+    sink.write(np.zeros((6, 4), np.float32))
+    with pytest.raises(ValueError, match=r"short\.tiff: 6 rows written of 10"):
+        sink.commit()
+    sink.discard()
+    assert list(tmp_path.glob(".short.tiff.*")) == []
+    with pytest.raises(OutputError, match=r"missing/x\.png: cannot write: No such file or directory"):
+        temporary_path(tmp_path / "missing" / "x.png")
+    scratch = temporary_path(tmp_path / "y.png")
+    with pytest.raises(OutputError, match=r"gone/y\.png: cannot write"):
+        put_in_place(scratch, tmp_path / "gone" / "y.png")
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_maps_with_nan_cannot_become_streamed_pngs(tmp_path):
+    from convcli import apply as apply_module
+
+    values = np.ones((60, 30), np.float32) * 1e38
+    np.save(tmp_path / "big.npy", values)  # 1e38 · 9 overflows float32: the maps hold Inf
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(apply_module, "_whole_fits", lambda source, job, needs: False)
+        result = run("apply", tmp_path / "big.npy", "-k", "3x3: 1,1,1 1,1,1 1,1,1", "-o", tmp_path / "o", status=1)
+    assert re.search(r": NaN/Inf values cannot be shown as pixels; use --format tiff or npy", result.stderr)
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+def test_tiff_compression_of_whole_and_streamed_files(tmp_path):
+    source = tiled_tiff(tmp_path / "in.tif", pattern((50, 40, 3)))
+    whole, banded = whole_and_streamed(tmp_path, source, "-k", "edge", "--tiff-compression", "deflate", fmt="tiff")
+    for folder in (whole, banded):
+        with tifffile.TiffFile(folder / "in_edge.tiff") as tif:
+            assert tif.pages[0].compression.name == "ADOBE_DEFLATE"
+    assert np.array_equal(tifffile.imread(whole / "in_edge.tiff"), tifffile.imread(banded / "in_edge.tiff"))
+
+
+def test_sinks_take_bands_in_any_order(tmp_path):
+    import zarr
+
+    from convcli.io.npy import NpySink, encode_npy
+    from convcli.io.zarr_array import ZarrSink, chunk_rows
+
+    values = np.random.default_rng(3).standard_normal((53, 7, 3)).astype(np.float32)
+    npy = NpySink(tmp_path / "a.npy", values.shape)
+    for start in (40, 0, 20):
+        npy.write_at(start, values[start:start + 20])
+    with pytest.raises(ValueError, match=r"a\.npy: rows 50–70 of shape \(20, 7, 3\) do not fit \(53, 7, 3\)"):
+        npy.write_at(50, values[:20])
+    npy.commit()
+    assert (tmp_path / "a.npy").read_bytes() == encode_npy(values)
+    sink = ZarrSink(tmp_path / "a.zarr", values.shape)
+    step = chunk_rows(values.shape)
+    for start in reversed(range(0, 53, step)):
+        sink.write_at(start, values[start:start + step])
+    with pytest.raises(ValueError, match=r"a\.zarr: rows 50–60 do not fit \(53, 7, 3\)"):
+        sink.write_at(50, values[:10])
+    sink.commit()
+    assert np.array_equal(zarr.open_array(str(tmp_path / "a.zarr"), mode="r")[:], values)
+
+
+def test_workers_share_the_memory_limit(tmp_path, monkeypatch):
+    from convcli import batch
+
+    seen = []
+
+    def outcomes(items, job, plan, reporter, workers, many):
+        seen.append((workers, job.memory_limit))
+        yield from ()
+
+    monkeypatch.setattr(batch, "_outcomes", outcomes)
+    for name in "abc":
+        Image.fromarray(pattern((8, 8))).save(tmp_path / f"{name}.png")
+    run("apply", tmp_path, "-k", "edge", "-o", tmp_path / "o", "-j", "3", "--memory-limit", "600MiB", "-q")
+    run("apply", tmp_path, "-k", "edge", "-o", tmp_path / "o", "-j", "3", "--memory-limit", "100MiB", "-q")
+    assert seen == [(3, 200 << 20), (1, 100 << 20)]  # 96 MiB at least each: -j 3 becomes 1 under 100 MiB
+
+
+def test_sweep_removes_a_zarr_array_left_half_written(tmp_path):
+    from convcli import batch
+    from convcli.apply import Job, OutputSpec
+    from convcli.batch import InputItem, plan_batch
+    from convcli.kernels import load_kernels
+    from convcli.layer import ConvSpec
+    from convcli.stack import Stack
+
+    Image.fromarray(pattern((8, 8))).save(tmp_path / "x.png")
+    job = Job(stack=Stack.single(load_kernels("edge"), ConvSpec()),
+              output=OutputSpec(directory=tmp_path / "out", format="zarr"))
+    plan = plan_batch([InputItem(str(tmp_path / "x.png"))], job)
+    ours = tmp_path / "out" / ".x.zarr.k2j4_x9q.tmp"
+    (ours / "c").mkdir(parents=True)
+    (ours / "zarr.json").write_text("{}")
+    theirs = tmp_path / "out" / ".y.zarr.abcdefgh.tmp"
+    theirs.mkdir()
+    batch._sweep_temporaries(plan)
+    assert not ours.exists() and theirs.exists()

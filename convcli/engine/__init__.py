@@ -140,7 +140,10 @@ def _opencv_terms(w: np.ndarray) -> dict:
 
 
 def _select(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm: str, finish: int = 0):
-    """Pick the path; returns (run, path name, backend) with ``run(rows=None, epilogue=None, scratch=None, out=None)``."""
+    """Pick the path; returns (run, path name, backend).
+
+    ``run(rows=None, epilogue=None, scratch=None, out=None)`` runs it on ``x``.
+    """
     path, extra, name, backend = _choose(x.shape, w, pads=pads, spec=spec, depthwise=depthwise, out_hw=out_hw,
                                          algorithm=algorithm, finish=finish)
     return _bind(path, x, w, pads=pads, spec=spec, depthwise=depthwise, out_hw=out_hw, **extra), name, backend

@@ -112,7 +112,8 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     total = scratch if scratch is not None else int(_common.TILE_FRACTION * out.nbytes)
     parts = _threads.CPUS  # every thread holds one block's spectra at a time (blocks are long calls)
     planned_rows = layer_rows if layer_rows is not None else row_b - row_a
-    tile_rows, tile_cols, n_h, n_w = plan((planned_rows, ow), (kh, kw), stride, dilation, c, n_maps, total // parts)
+    tile_rows, tile_cols, n_h, n_w = plan((planned_rows, ow), (kh, kw), stride, dilation, c, n_maps,
+                                          total // parts)
     padder = Padder(x, pads, border)
     dilated = np.zeros((eh, ew, cw, f), dtype=np.float32)
     dilated[::dh, ::dw] = w

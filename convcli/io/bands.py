@@ -21,7 +21,10 @@ project's own encoder, row by row; byte for byte the file the whole-image path w
 
 Both are plain objects built from paths and numbers, so they can be opened inside any
 process (a batch worker, a dask task): a task holding ``(input path, rows)`` opens the
-source, reads its rows, and returns or writes its band (see :mod:`convcli.streaming`).
+source, reads its rows, and returns its band (:func:`convcli.streaming.compute_band`).
+:class:`~convcli.io.npy.NpySink` and :class:`~convcli.io.zarr_array.ZarrSink` also take a
+band at any place (``write_at(start, band)``), so bands computed out of order (or, for
+zarr bands on chunk boundaries, in other processes) can be written where they belong.
 """
 
 from __future__ import annotations
@@ -179,14 +182,21 @@ def _check_finite_band(array, name: str, first_row: int) -> None:
                          f"{y + first_row}, column {x}, channel {c}; convcli needs finite numbers")
 
 
-def region_readable(path: str | os.PathLike[str]) -> bool:
-    """Whether :func:`open_source` reads ``path`` region by region (TIFF, ``.npy``, zarr) rather than whole."""
-    return _region_reader(str(path), Path(path), probe=True) is not None
+def region_reader_kind(source: str | os.PathLike[str]) -> str | None:
+    """``tiff``, ``npy`` or ``zarr`` when :func:`open_source` reads ``source`` by region, else None."""
+    path = Path(source)
+    found = _region_reader(os.fspath(source), path, probe=True)
+    if found is None:
+        return None
+    if os.path.isdir(path):
+        return "zarr"
+    with open(path, "rb") as fh:
+        return "npy" if fh.read(6) == _NPY_MAGIC else "tiff"
 
 
 def _region_reader(name: str, path: Path, *, probe: bool = False):
     """The format's region reader for ``path``, or None when it must be decoded whole."""
-    if path.is_dir():
+    if os.path.isdir(path):  # False, not an error, for a name too long
         from .zarr_array import ZarrRegionReader, is_zarr
 
         if is_zarr(path):
@@ -226,6 +236,7 @@ def open_source(source: str | os.PathLike[str], *, mode: str = "keep", scale: st
     OptionError
         ``mode`` or ``scale`` not one of their names.
     """
+    from .._budget import format_bytes
     from ._common import _resolve_source
     from .read import _read_raw, read_header
 
@@ -245,8 +256,8 @@ def open_source(source: str | os.PathLike[str], *, mode: str = "keep", scale: st
         stored = h * w * c * stored_sample_bytes(source)
         if stored > memory_limit:
             raise InputError(
-                f"{name}: its {w}×{h}×{c} pixels take {format_size(stored)} decoded, more than --memory-limit "
-                f"{format_size(memory_limit)}, and this format is decoded whole; convert it to a tiled TIFF "
+                f"{name}: its {w}×{h}×{c} pixels take {format_bytes(stored)} decoded, more than the "
+                f"{format_bytes(memory_limit)} memory limit, and this format is decoded whole; convert it to a tiled TIFF "
                 f"(e.g. vips tiffsave {name} {path.stem}.tif --tile --bigtiff) or raise --memory-limit")
     name, stem, rpath, data = _resolve_source(source)
     raw = _read_raw(name, rpath, data, max_pixels=max_pixels)
@@ -286,16 +297,6 @@ def stored_sample_bytes(source: str | os.PathLike[str]) -> int:
     return 1
 
 
-def format_size(size: int) -> str:
-    """Bytes in binary units: ``512 MiB``, ``1.5 GiB``."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" or value >= 100 else f"{value:.3g} {unit}"
-        value /= 1024
-    return f"{size} B"  # pragma: no cover
-
-
 def parse_size(text: str, option: str = "--memory-limit") -> int:
     """``512MiB``, ``2GiB``, ``1.5G``, ``300MB``, ``1000000`` (bytes) → bytes.
 
@@ -312,12 +313,18 @@ def parse_size(text: str, option: str = "--memory-limit") -> int:
 
     units = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30,
              "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    from .._text import shorten
+
+    text = str(text)
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*", text)
     if not match or match.group(2).lower() not in units:
-        raise OptionError(f"{option}: {text!r} is not a size; write it like 512MiB, 2GiB or 300MB")
-    size = int(float(match.group(1)) * units[match.group(2).lower()])
+        raise OptionError(f"{option}: {shorten(text)} is not a size; write it like 512MiB, 2GiB or 300MB")
+    value = float(match.group(1)) * units[match.group(2).lower()]
+    if not value < 1 << 60:  # also inf, from thousands of digits
+        raise OptionError(f"{option}: {shorten(text)} is too large (at most 1024 PiB)")
+    size = int(value)
     if size <= 0:
-        raise OptionError(f"{option}: {text!r} must be more than 0 bytes")
+        raise OptionError(f"{option}: {shorten(text)} must be more than 0 bytes")
     return size
 
 
@@ -414,6 +421,6 @@ class Sinks:
             self.discard()
 
 
-__all__ = ["RegionReader", "Sink", "ArrayReader", "BandSource", "open_source", "region_readable", "Sinks",
+__all__ = ["RegionReader", "Sink", "ArrayReader", "BandSource", "open_source", "region_reader_kind", "Sinks",
            "stored_sample_bytes",
-           "format_size", "parse_size", "temporary_path", "put_in_place", "remove_quietly"]
+           "parse_size", "temporary_path", "put_in_place", "remove_quietly"]

@@ -17,10 +17,13 @@ from ._common import _array_shape, _Raw, _read_bytes
 def _read_npy(name: str, blob: bytes) -> _Raw:
     import numpy as np
 
+    _check_npy_length(name, blob)
     try:
         array = np.load(io.BytesIO(blob), allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise InputError(f"{name}: cannot read .npy: {err}") from None
+    except Exception as err:  # noqa: BLE001 - numpy parses the header with tokenize and ast
+        raise InputError(f"{name}: cannot read .npy header: {_header_problem(err)}") from None
     kind_char = array.dtype.kind
     if kind_char not in "biuf":
         raise InputError(f"{name}: .npy of dtype {array.dtype}; expected numbers (bool, int, uint or float)")
@@ -47,7 +50,43 @@ def _npy_header(name: str, path: Path | None, data: bytes | None) -> tuple[tuple
                 return tuple(raw.array.shape), raw.kind  # type: ignore[return-value]
     except (ValueError, OSError, EOFError) as err:
         raise InputError(f"{name}: cannot read .npy header: {err}") from None
+    except Exception as err:  # noqa: BLE001 - numpy parses the header with tokenize and ast
+        raise InputError(f"{name}: cannot read .npy header: {_header_problem(err)}") from None
     return _array_shape(name, tuple(shape))
+
+
+def _header_problem(err: Exception) -> str:
+    """One line for an error numpy's header parser raised (SyntaxError, tokenize errors…)."""
+    from .._text import shorten
+
+    detail = " ".join(str(err).split())
+    return f"{type(err).__name__}: {shorten(detail, 80)}" if detail else type(err).__name__
+
+
+def _check_npy_length(name: str, blob: bytes) -> None:
+    """Refuse a ``.npy`` whose header declares more data than the file holds, before numpy allocates it."""
+    import math
+
+    from numpy.lib import format as npformat
+
+    handle = io.BytesIO(blob)
+    try:
+        version = npformat.read_magic(handle)
+        if version not in ((1, 0), (2, 0)):
+            return  # numpy reports it
+        reader = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+        shape, _fortran, dtype = reader(handle)
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"{name}: cannot read .npy header: {err}") from None
+    except Exception as err:  # noqa: BLE001 - numpy parses the header with tokenize and ast
+        raise InputError(f"{name}: cannot read .npy header: {_header_problem(err)}") from None
+    if dtype.hasobject:
+        return  # refused by np.load (allow_pickle=False) with its own message
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > len(blob) - handle.tell():
+        shown = "×".join(str(n) for n in shape)
+        raise InputError(f"{name}: cannot read .npy: truncated: the header declares {shown} {dtype}"
+                         f" ({needed} bytes of data), the file holds {len(blob) - handle.tell()}")
 
 
 def encode_npy(array: Any) -> bytes:
@@ -148,6 +187,29 @@ class NpySink:
         data = np.ascontiguousarray(band, dtype=np.float32)
         try:
             self._file.write(memoryview(data).cast("B"))
+        except OSError as err:
+            raise OutputError(f"{self.path}: cannot write: {err.strerror or err}") from None
+        self._rows += data.shape[0]
+
+    def write_at(self, start: int, band) -> None:
+        """Rows [start, start + len(band)) in any order (a cluster task's band): a positioned write.
+
+        Each row must be written once, by :meth:`write` or here; :meth:`commit` counts them.
+        """
+        import os
+
+        import numpy as np
+
+        from ..errors import OutputError
+
+        data = np.ascontiguousarray(band, dtype=np.float32)
+        row = 4 * int(np.prod(self.shape[1:]))
+        if not 0 <= start <= self.shape[0] - data.shape[0] or data.nbytes != data.shape[0] * row:
+            raise ValueError(f"{self.path}: rows {start}–{start + data.shape[0]} of shape {data.shape} do not fit "
+                             f"{self.shape}")
+        try:
+            self._file.flush()
+            os.pwrite(self._file.fileno(), memoryview(data).cast("B"), self._offset + start * row)
         except OSError as err:
             raise OutputError(f"{self.path}: cannot write: {err.strerror or err}") from None
         self._rows += data.shape[0]

@@ -212,7 +212,7 @@ def _is_zarr_source(source: Source) -> bool:
         return False
     from .zarr_array import is_zarr
 
-    return Path(source).is_dir() and is_zarr(Path(source))
+    return os.path.isdir(source) and is_zarr(Path(source))  # isdir: False for a name too long
 
 
 def _zarr_raw(source: Source) -> _Raw | None:
