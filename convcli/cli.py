@@ -6,6 +6,7 @@ line on standard error and the exit status they carry (2 usage, 1 an input faile
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -322,6 +323,9 @@ def _cluster_spec(params: dict):
         return None
     from .cluster import LOCAL, ClusterSpec
 
+    timeout = params["scheduler_timeout"]
+    if not math.isfinite(timeout):
+        raise OptionError(f"--scheduler-timeout: must be a finite number of seconds, got {timeout}")
     address = address.strip()
     if not address:
         raise OptionError("--scheduler: give tcp://host:port of a running 'dask scheduler', or local")
@@ -330,7 +334,7 @@ def _cluster_spec(params: dict):
     elif params["jobs"] is not None:
         raise OptionError(f"-j: the workers of {address} are set where they start (dask worker --nworkers N);"
                           " drop -j, or use --scheduler local")
-    return ClusterSpec(address, params["scheduler_timeout"])
+    return ClusterSpec(address, timeout)
 
 
 @cli.command(short_help="Report shapes, parameters and MACs of a layer or a stack.")

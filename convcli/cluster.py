@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from .apply import STDOUT, Job, input_stem
-from .errors import ClusterError, ConvcliError, OptionError
+from .errors import ConvcliError, InputError, OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .batch import BatchPlan, InputItem, Outcome
@@ -179,10 +179,8 @@ def connect(spec: ClusterSpec, *, workers: int) -> Session:
     OptionError
         If distributed is not installed; if the scheduler cannot be reached within
         ``spec.timeout`` seconds, or has no worker after that long; if a worker
-        lacks convcli or runs another version of it. Nothing has been read or
-        written yet.
-    ClusterError
-        If ``local`` and the LocalCluster does not start.
+        lacks convcli or runs another version of it; if ``local`` and the
+        LocalCluster does not start. Nothing has been read or written yet.
     """
     try:
         import distributed
@@ -232,21 +230,39 @@ def _local_cluster(distributed, workers: int):
                                             host="127.0.0.1", dashboard_address=None,
                                             silence_logs=logging.CRITICAL + 1)
     except Exception as err:  # e.g. a worker process that cannot start (no spawnable __main__)
-        raise ClusterError(f"--scheduler local: the LocalCluster did not start: {_first_line(err)}") from None
+        raise OptionError(f"--scheduler local: the LocalCluster did not start: {_first_line(err)}") from None
 
 
 def _client(distributed, spec: ClusterSpec):
     """A Client of ``spec.address``, or the one-line usage error of why not."""
+    from distributed.comm.addressing import get_address_host_port
+
+    try:
+        # Checked before a Client exists: one whose constructor fails is left half made, and
+        # its finaliser would hang the interpreter's exit (2 × the timeout) with a traceback.
+        get_address_host_port(spec.address)
+    except (ValueError, TypeError) as err:
+        raise OptionError(f"--scheduler {spec.address}: cannot connect: {_first_line(err)}") from None
     started = time.monotonic()
     try:
         return distributed.Client(spec.address, timeout=spec.timeout, set_as_default=False)
-    except Exception as err:  # OSError, TimeoutError, ValueError (a malformed address)…
+    except Exception as err:  # OSError, TimeoutError…
+        _disarm_half_made_clients(distributed)
         waited = time.monotonic() - started
         reason = _first_line(err)
         if waited >= spec.timeout * 0.9:
             raise OptionError(f"--scheduler {spec.address}: no scheduler answered within {spec.timeout:g} s"
                               f" (--scheduler-timeout); is 'dask scheduler' running there?") from None
         raise OptionError(f"--scheduler {spec.address}: cannot connect: {reason}") from None
+
+
+def _disarm_half_made_clients(distributed) -> None:
+    """Mark the Client a failed constructor left behind as closed, so its finaliser does nothing."""
+    import gc
+
+    for obj in gc.get_objects():
+        if isinstance(obj, distributed.Client) and obj.status not in ("running", "closed"):
+            obj.status = "closed"
 
 
 def _first_line(err: BaseException) -> str:
@@ -399,8 +415,9 @@ def cluster_outcomes(session: Session, indices: list[int], items: "list[InputIte
 
     Raises
     ------
-    ClusterError
-        The connection to the scheduler is lost (its futures come back cancelled).
+    InputError
+        The connection to the scheduler is lost (its futures come back cancelled): the
+        inputs left cannot be processed (exit 1).
     """
     from distributed import KilledWorker, as_completed
 
@@ -496,9 +513,9 @@ def _large_inputs(indices: list[int], items: "list[InputItem]", remote_items: di
     return found
 
 
-def _lost(session: Session, left: int) -> ClusterError:
+def _lost(session: Session, left: int) -> InputError:
     """The error of a batch whose scheduler went away (its futures came back cancelled)."""
-    return ClusterError(f"--scheduler {session.spec.address}: lost the connection to the scheduler;"
+    return InputError(f"--scheduler {session.spec.address}: lost the connection to the scheduler;"
                         f" {left} inputs not done (run again with --skip-existing to finish)")
 
 

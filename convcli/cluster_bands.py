@@ -55,11 +55,11 @@ def plan_large(source: str, job: "Job", *, rel_dir: str, inputs: frozenset[str])
     the one-task path, which reports them as a local run does.
     """
     from . import apply as apply_module
-    from .io.bands import open_source, region_readable
-    from .streaming import algorithms, build_stages, plan_bands
+    from .io.bands import open_source, region_reader_kind
+    from .streaming import _sink_bytes, algorithms, build_stages, plan_bands
 
     try:
-        if job.memory_limit is None or not apply_module._streams(source, job) or not region_readable(source):
+        if job.memory_limit is None or not apply_module._streams(source, job) or region_reader_kind(source) is None:
             return None
         read = job.read
         with open_source(source, mode=read.mode, scale=read.scale, keep_integers=job.stack.sums_channels_first,
@@ -82,7 +82,11 @@ def plan_large(source: str, job: "Job", *, rel_dir: str, inputs: frozenset[str])
             return None
         for path in paths:
             apply_module._refuse_overwrite(path, job, inputs)
-        rows = plan_bands(stages, job.memory_limit, name=name).rows
+        # The band height a local stream would take, its sinks counted: an input a local run
+        # refuses ("one band … needs more than the limit") takes the one-task path and is
+        # refused the same way.
+        rows = plan_bands(stages, job.memory_limit, sink_bytes=_sink_bytes(job.output.format, final, len(files)),
+                          name=name).rows
     except Exception:  # noqa: BLE001 - any reader's error: the one-task path reports it as a local run does
         return None
     if job.output.format == "zarr":

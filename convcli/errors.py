@@ -49,12 +49,6 @@ class OutputError(ConvcliError):
     exit_status = ExitStatus.INPUT_FAILED
 
 
-class ClusterError(ConvcliError):
-    """The cluster went away in the middle of a batch (``--scheduler``): the rest cannot run."""
-
-    exit_status = ExitStatus.INPUT_FAILED
-
-
 class InputWarning(UserWarning):
     """An input was read, but not as it is written (a truncated JPEG the decoder completed…).
 

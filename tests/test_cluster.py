@@ -240,8 +240,9 @@ def _band_tasks(client, run_it) -> dict[str, int]:
     return counts
 
 
-LARGE_LAYER = ["-k", "sobel-x", "-k", "edge", "--padding", "same", "--stride", "2", "--pool", "max",
-               "--memory-limit", "12MiB"]
+# Small enough a limit that the gray image streams (zarr in 5 bands, tiff 10, png 28), large enough
+# for one band with its sinks.
+LARGE_LAYER = ["-k", "sobel-x", "-k", "edge", "--padding", "same", "--dilation", "2", "--memory-limit", "12MiB"]
 
 
 def test_a_large_tiled_tiff_to_zarr_runs_as_band_tasks_and_equals_the_local_result(cluster, tiled, tmp_path):
@@ -257,7 +258,7 @@ def test_a_large_tiled_tiff_to_zarr_runs_as_band_tasks_and_equals_the_local_resu
     assert counts.get("zarr_band_task", 0) >= 2, counts  # the rows were cut into bands, each a task
     expected, found = zarr.open_array(tmp_path / "local" / "gray.zarr", mode="r"), \
         zarr.open_array(tmp_path / "out" / "gray.zarr", mode="r")
-    assert found.shape == expected.shape == (301, 229, 2) and found.dtype == np.float32
+    assert found.shape == expected.shape == (1203, 917, 2) and found.dtype == np.float32
     assert np.array_equal(found[:], expected[:])
     assert (json.loads((tmp_path / "out" / "gray.zarr" / "zarr.json").read_text())
             == json.loads((tmp_path / "local" / "gray.zarr" / "zarr.json").read_text()))
@@ -287,7 +288,7 @@ def test_a_large_input_whose_maps_overflow_cannot_be_a_png(cluster, tmp_path):
     values = np.full((1203, 917), 3e38, dtype=np.float32)
     values[::7, ::5] = -3e38
     np.save(tmp_path / "huge.npy", values)
-    args = [tmp_path / "huge.npy", "-k", "edge", "--memory-limit", "12MiB", "--format", "png"]
+    args = [tmp_path / "huge.npy", "-k", "edge", "--memory-limit", "8MiB", "--format", "png"]
     local = run("apply", *args, "-o", tmp_path / "local", status=1)
     found: list = []
     counts = _band_tasks(client, lambda: found.append(run("apply", *args, "-o", tmp_path / "out", "--scheduler",
@@ -469,7 +470,7 @@ def test_a_local_cluster_that_cannot_start_is_one_line(tmp_path, monkeypatch):
 
     write_images(tmp_path / "in", 1)
     monkeypatch.setattr(distributed, "LocalCluster", refuse)
-    result = run("apply", tmp_path / "in", "-k", "edge", "-o", tmp_path / "out", "--scheduler", "local", status=1)
+    result = run("apply", tmp_path / "in", "-k", "edge", "-o", tmp_path / "out", "--scheduler", "local", status=2)
     assert result.stderr == "convcli: error: --scheduler local: the LocalCluster did not start: Nanny failed to start.\n"
     assert not (tmp_path / "out").exists()
 
@@ -478,6 +479,10 @@ def test_a_local_cluster_that_cannot_start_is_one_line(tmp_path, monkeypatch):
     (["--scheduler", "tcp://127.0.0.1:8786", "-j", "2"], "-j: the workers of tcp://127.0.0.1:8786 are set where"),
     (["--scheduler-timeout", "3"], "--scheduler-timeout: only with --scheduler ADDRESS"),
     (["--scheduler", " "], "--scheduler: give tcp://host:port of a running 'dask scheduler', or local"),
+    (["--scheduler", "local", "--scheduler-timeout", "inf"], "--scheduler-timeout: must be a finite number of"
+                                                             " seconds, got inf"),
+    (["--scheduler", "local", "--scheduler-timeout", "nan"], "--scheduler-timeout: must be a finite number of"
+                                                             " seconds, got nan"),
 ])
 def test_scheduler_option_misuse(tmp_path, args, message):
     write_images(tmp_path / "in", 1)
