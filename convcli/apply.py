@@ -716,9 +716,12 @@ def _whole_fits(source: str, job: Job, *, needs: str | None) -> bool:
     limit = _memory_limit(job)
     max_pixels = job.read.max_pixels if job.read.max_pixels is not None else DEFAULT_MAX_PIXELS
     regions = region_reader_kind(source) is not None
-    if need <= limit and not (regions and kind == "image" and h * w > max_pixels):
-        return True
-    if not regions and kind == "image" and h * w > max_pixels:
+    bomb = kind == "image" and h * w > max_pixels
+    if need <= limit:
+        # A region-readable image over --max-pixels streams (the limit governs it), unless
+        # what is asked needs it whole: then the guard speaks, with its remedy.
+        return not (regions and bomb) or needs is not None
+    if bomb and not regions:
         return True  # decoded whole: the decompression-bomb guard speaks first, with its remedy
     if needs is not None:
         raise InputError(f"{source}: {needs} needs the whole image in memory, about {format_bytes(need)}, more than "

@@ -199,8 +199,20 @@ def _build_stack(params: dict, *, shape_only: bool = False):
 
 # --- commands ---------------------------------------------------------------------------------
 
+def _print_version(ctx: click.Context, _param, value: bool) -> None:
+    """``--version``: the version, then the engines this install runs (SPEC §6)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from .engine import engines  # only here: the engine (and cv2's probe) stay out of start-up
+
+    click.echo(f"convcli, version {__version__}")
+    click.echo(f"engines: {', '.join(engines())}")
+    ctx.exit()
+
+
 @click.group(name="convcli", cls=ConvcliGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="convcli")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and the active engines, and exit.")
 def cli():
     """Apply CNN convolution layers to images, with Keras/PyTorch semantics.
 

@@ -432,19 +432,20 @@ def _stream(source, stages: list[Stage], job: "Job", stack: "Stack", *, director
 
 @contextlib.contextmanager
 def _stream_memory(stages: list[Stage]):
-    """Settings for many bands of the same sizes, as they were after.
+    """Settings for many bands of the same sizes, set back (as far as they can be) after.
 
     glibc keeps freed band-sized blocks for the next band instead of returning them to
     the system (its default, mmap for blocks over a size it raises only slowly, makes every
     band pay its page faults again), numpy does not ask for huge pages (each fresh one is
-    zeroed by the kernel), and OpenCV's pool stays at one thread for the whole stream
-    (the engine's threads run the bands). On a 16000² image these took the system time
-    from about 2 s to 1 s.
+    zeroed by the kernel), and OpenCV's pool stays at one thread count for the whole
+    stream. On a 16000² image these took the system time from about 2 s to 1 s. glibc's
+    thresholds cannot be made dynamic again: they are left at the values its dynamic rule
+    reaches at most (32 MiB, 64 MiB), and what the stream kept is trimmed.
     """
     import ctypes
     import ctypes.util
 
-    import numpy as np
+    from .engine import get_threads, opencv
 
     libc = None
     with contextlib.suppress(Exception):
@@ -457,14 +458,10 @@ def _stream_memory(stages: list[Stage]):
 
         hugepages = _get_madvise_hugepage()
         _set_madvise_hugepage(False)
-    from .engine import opencv
-
-    from .engine import get_threads
-
-    banded = [s.plan for s in stages if isinstance(s, LayerStage) and s.plan.backend == "opencv"]
-    cv2 = opencv.module() if banded else None
+    with_opencv = [s.plan for s in stages if isinstance(s, LayerStage) and s.plan.backend == "opencv"]
+    cv2 = opencv.module() if with_opencv else None
     # One-call layers use OpenCV's threads over a whole window, the others the engine's.
-    threads = get_threads() if all(plan._opencv_whole for plan in banded) else 1
+    threads = get_threads() if all(plan._opencv_whole for plan in with_opencv) else 1
     try:
         with opencv.pool_threads(cv2, threads) if cv2 is not None else contextlib.nullcontext():
             yield
@@ -473,8 +470,9 @@ def _stream_memory(stages: list[Stage]):
             _set_madvise_hugepage(hugepages)
         if libc is not None:
             with contextlib.suppress(Exception):
+                libc.mallopt(-3, 32 << 20)
+                libc.mallopt(-1, 64 << 20)
                 libc.malloc_trim(0)
-    del np
 
 
 def _sink_bytes(fmt: str, shape, files: int) -> int:

@@ -270,7 +270,7 @@ def test_opencv_layers_stream_bit_for_bit(monkeypatch):
     pytest.importorskip("cv2")
     from convcli.engine import choose
 
-    monkeypatch.setattr(choose, "choose", lambda layer, opencv_ok: "opencv" if opencv_ok else "direct")
+    monkeypatch.setattr(choose, "choose", lambda layer, opencv_ok, **_: "opencv" if opencv_ok else "direct")
     from convcli import load_kernels
 
     rng = np.random.default_rng(5)
@@ -555,3 +555,99 @@ def test_sweep_removes_a_zarr_array_left_half_written(tmp_path):
     theirs.mkdir()
     batch._sweep_temporaries(plan)
     assert not ours.exists() and theirs.exists()
+
+
+def test_a_tiff_over_max_pixels_streams_a_png_over_it_is_refused(tmp_path, small_tiles):
+    pixels = pattern((60, 50))
+    source = tiled_tiff(tmp_path / "in.tif", pixels)
+    run("apply", source, "-k", "edge", "--format", "npy", "-o", tmp_path / "w", "-q")
+    run("apply", source, "-k", "edge", "--format", "npy", "-o", tmp_path / "s", "-q", "--max-pixels", "1000")
+    assert small_tiles  # read by region: the memory limit governs it, not the decompression-bomb guard
+    assert (tmp_path / "w" / "in.npy").read_bytes() == (tmp_path / "s" / "in.npy").read_bytes()
+    Image.fromarray(pixels).save(tmp_path / "in.png")
+    result = run("apply", tmp_path / "in.png", "-k", "edge", "-o", tmp_path / "p", "--max-pixels", "1000", status=1)
+    assert "in.png: 50×60 = 3,000 pixels is more than the limit of 1,000" in result.stderr
+
+
+def test_the_bar_over_bands_is_a_second_task_of_the_batch_bar():
+    import io
+
+    from convcli.batch import BarProgress
+
+    stream = io.StringIO()
+    with BarProgress(1, stream) as bar:
+        with bar.bands(4, "big.tif") as bands:
+            for _ in range(4):
+                bands.advance()
+            assert len(bar._progress.tasks) == 2 and bar._progress.tasks[1].completed == 4
+        assert len(bar._progress.tasks) == 1  # removed once the input is done
+        bar.advance()
+
+
+def test_zstd_tiff_streams_and_whole_needs_imagecodecs(tmp_path):
+    import importlib.util
+
+    source = tiled_tiff(tmp_path / "in.tif", pattern((40, 30)))
+    whole, banded = tmp_path / "w", tmp_path / "b"
+    from convcli import apply as apply_module
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(apply_module, "_whole_fits", lambda source, job, needs: False)
+        run("apply", source, "-k", "edge", "--format", "tiff", "--tiff-compression", "zstd", "-o", banded, "-q")
+    with open(banded / "in_edge.tiff", "rb") as fh:
+        assert fh.read(4) == b"II+\x00"  # a BigTIFF, written by convcli itself (zstd through numcodecs)
+    if importlib.util.find_spec("imagecodecs") is None:
+        result = run("apply", source, "-k", "edge", "--format", "tiff", "--tiff-compression", "zstd", "-o", whole,
+                     status=2)
+        assert re.search(r"--tiff-compression zstd: not available here .*install imagecodecs or use deflate",
+                         result.stderr)
+    else:  # pragma: no cover - depends on the environment
+        run("apply", source, "-k", "edge", "--format", "tiff", "--tiff-compression", "zstd", "-o", whole, "-q")
+        assert np.array_equal(tifffile.imread(whole / "in_edge.tiff"), tifffile.imread(banded / "in_edge.tiff"))
+
+
+def test_ctrl_c_in_a_real_process_leaves_no_file(tmp_path):
+    import signal
+    import time
+
+    source = tiled_tiff(tmp_path / "in.tif", pattern((6000, 3000)), tile=(256, 256))
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "convcli", "apply", str(source), "-k", "gaussian-blur",
+                             "--algorithm", "direct", "--padding", "same", "--format", "tiff", "-o", str(out),
+                             "--memory-limit", "40MiB"], stderr=subprocess.PIPE, cwd=REPO)
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            out.is_dir() and any(p.name.endswith(".tmp") for p in out.iterdir())):
+        time.sleep(0.01)  # until the stream writes its temporary file
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert stderr.decode().strip().splitlines()[-1] == "convcli: interrupted"
+    assert list(out.iterdir()) == []
+
+
+def test_compiled_core_layers_stream_bit_for_bit():
+    """The compiled core (when built): plain and pooled in one pass (valid, stride = size), as run_layer runs them."""
+    from convcli.engine import ccore
+
+    if not ccore.active():
+        pytest.skip("the compiled core is not built here")
+    rng = np.random.default_rng(8)
+    checked = 0
+    for h, w, c, stride, padding, border, pool_mode in [(97, 61, 3, 1, "same", "reflect", "max"),
+                                                         (80, 45, 1, 2, "valid", "circular", "avg"),
+                                                         (73, 70, 3, 1, "same", "zeros", None)]:
+        x = rng.integers(0, 256, (h, w, c)).astype(np.uint8)
+        bank = WeightsBank(rng.standard_normal((3, 3, c, 8)).astype(np.float32), rng.standard_normal(8))
+        spec = ConvSpec.from_options(stride=stride, padding=padding, border=border, activation="relu")
+        pool = PoolSpec.from_options(mode=pool_mode, size=2) if pool_mode else None
+        expected = engine.run_layer(x, bank, spec, pool, algorithm="auto")
+        plan = engine.plan_layer(x.shape, bank, spec, pool)
+        if plan.backend != "ccore":
+            continue
+        rows = plan.output_shape[0]
+        got = np.concatenate([plan.compute(lambda a, b: x[a:b], (r, min(rows, r + 5))) for r in range(0, rows, 5)])
+        assert np.array_equal(got, expected.output)
+        checked += 1
+    assert checked, "the cost model chose no layer for the compiled core"

@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import geometry
 from ..layer import ConvSpec, PoolSpec
-from . import _common, direct, fft, opencv
+from . import _common, ccore, direct, fft, opencv
 from ._common import as_image, source_index
 
 #: ``read(a, b)``: rows [a, b) of a layer's input, (b − a, W, C).
@@ -76,6 +76,7 @@ class LayerPlan:
     _pooled_bytes: int = field(repr=False)
     _rows_map: np.ndarray = field(repr=False)
     _opencv_whole: bool = field(repr=False, default=False)
+    _ccore_pooled: bool = field(repr=False, default=False)
 
     @property
     def row_step(self) -> int:
@@ -145,7 +146,14 @@ class LayerPlan:
         cv_pool = (opencv.pool_threads(cv2, 1) if cv2 is not None and cv2.getNumThreads() != 1
                    else contextlib.nullcontext())
         with cv_pool:
-            if self.pool is None:
+            if self._ccore_pooled:
+                # As run_layer: the compiled loop convolves, finishes and pools in one pass (its
+                # conv rows for pooled rows [a, b) are [a·ph, b·ph): valid pooling, stride = size).
+                out = ccore.correlate_pooled(window, self._weights, self.pool, pads=(0, 0, left, right),
+                                             stride=self.conv.stride, dilation=self.conv.dilation,
+                                             border=self.conv.border, out_hw=(cb - ca, self._conv_hw[1]),
+                                             depthwise=self.conv.depthwise, epilogue=self._epilogue)
+            elif self.pool is None:
                 more = {"layer_rows": self.output_shape[0]} if self._path is fft else {}
                 epilogue = self._epilogue
                 if self._opencv_whole and epilogue is not None:
@@ -277,7 +285,8 @@ def plan_layer(input_shape, bank, conv: ConvSpec, pool: PoolSpec | None = None, 
                                          finish=0 if epilogue is None else epilogue.passes)
     scratch = int(_common.TILE_FRACTION * conv_hw[0] * conv_hw[1] * n_maps * 4)
     pooled_bytes = final_hw[0] * final_hw[1] * n_maps * 4
-    if pool is None:
+    ccore_pooled = pool is not None and backend == "ccore" and ccore.can_pool(pool, conv_hw)
+    if pool is None or ccore_pooled:
         unit = path.row_unit(prepared, weights.shape, out_hw=conv_hw, stride=conv.stride, dilation=conv.dilation,
                              depthwise=conv.depthwise, scratch=scratch, **extra)
     else:
@@ -293,6 +302,7 @@ def plan_layer(input_shape, bank, conv: ConvSpec, pool: PoolSpec | None = None, 
         # run_layer gives such a layer to one OpenCV call on the whole image (see opencv.correlate).
         _opencv_whole=(backend == "opencv" and pool is None and opencv.one_call(prepared, weights.shape, conv.depthwise)
                        and (conv_hw[0], conv_hw[1], n_maps) == prepared),
+        _ccore_pooled=ccore_pooled,
     )
 
 

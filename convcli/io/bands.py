@@ -257,8 +257,8 @@ def open_source(source: str | os.PathLike[str], *, mode: str = "keep", scale: st
         if stored > memory_limit:
             raise InputError(
                 f"{name}: its {w}×{h}×{c} pixels take {format_bytes(stored)} decoded, more than the "
-                f"{format_bytes(memory_limit)} memory limit, and this format is decoded whole; convert it to a tiled TIFF "
-                f"(e.g. vips tiffsave {name} {path.stem}.tif --tile --bigtiff) or raise --memory-limit")
+                f"{format_bytes(memory_limit)} memory limit, and this format is decoded whole; convert it to a tiled "
+                f"TIFF (e.g. vips tiffsave {name} {path.stem}.tif --tile --bigtiff) or raise --memory-limit")
     name, stem, rpath, data = _resolve_source(source)
     raw = _read_raw(name, rpath, data, max_pixels=max_pixels)
     return BandSource(ArrayReader(raw), name=name, stem=stem, mode=mode, scale=scale, keep_integers=keep_integers,
