@@ -201,16 +201,26 @@ def _in_order(client, function, large: LargeInput, bands: list[tuple[int, int]],
                 submitted += 1
             future, result = next(running)
             index = futures.pop(future)
-            if future.status != "finished":
-                raise _task_error(result)
-            held[index] = result
+            # A failed band is raised in band order, as a local stream meets it (the first
+            # broken tile from the top), whichever band happened to fail first here.
+            held[index] = _Failed(_task_error(result)) if future.status != "finished" else result
             bar.advance()
             while done in held:
-                yield done, held.pop(done)
+                value = held.pop(done)
+                if isinstance(value, _Failed):
+                    raise value.error
+                yield done, value
                 done += 1
     finally:
         if client.status == "running":
             client.cancel([*futures, shared], force=True)
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A band whose task failed, held until the bands before it are in."""
+
+    error: BaseException
 
 
 def _task_error(result) -> BaseException:
