@@ -6,6 +6,7 @@ line on standard error and the exit status they carry (2 usage, 1 an input faile
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -260,7 +261,14 @@ def cli():
               "({stem} in FILE for several inputs).")
 @click.option("--save-all", is_flag=True, help="With --pipeline: write every layer's maps to {stem}/NN-layer/.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
-              help="Worker processes (default: the number of CPUs; 1 runs in this process).")
+              help="Worker processes (default: the number of CPUs; 1 runs in this process); with "
+                   "--scheduler local, the LocalCluster's workers.")
+@click.option("--scheduler", metavar="ADDRESS|local", default=None,
+              help="Run the inputs as dask.distributed tasks: tcp://host:port of a running 'dask scheduler', "
+                   "or local for a LocalCluster of -j processes (needs the cluster extra; outputs on shared "
+                   "storage).")
+@click.option("--scheduler-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              metavar="SECONDS", help="Give up reaching the --scheduler (exit 2) after this long.")
 @click.option("-r", "--recursive", is_flag=True, help="Descend into sub-folders of folder inputs.")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose outputs all exist (resume a batch).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
@@ -312,8 +320,34 @@ def apply(inputs, **params):
     items = expand_inputs(list(inputs), recursive=params["recursive"])
     if not items:
         raise OptionError(f"INPUT: no image or array files in {', '.join(inputs)}")
-    summary = run_batch(items, job, jobs=params["jobs"], quiet=params["quiet"], json_lines=params["json_lines"])
+    summary = run_batch(items, job, jobs=params["jobs"], quiet=params["quiet"], json_lines=params["json_lines"],
+                        cluster=_cluster_spec(params))
     return summary.exit_status
+
+
+def _cluster_spec(params: dict):
+    """``--scheduler``/``--scheduler-timeout`` as a ClusterSpec, or None (dask is then never imported)."""
+    ctx = click.get_current_context()
+    timeout_given = ctx.get_parameter_source("scheduler_timeout") == click.core.ParameterSource.COMMANDLINE
+    address = params["scheduler"]
+    if address is None:
+        if timeout_given:
+            raise OptionError("--scheduler-timeout: only with --scheduler ADDRESS")
+        return None
+    from .cluster import LOCAL, ClusterSpec
+
+    timeout = params["scheduler_timeout"]
+    if not math.isfinite(timeout):
+        raise OptionError(f"--scheduler-timeout: must be a finite number of seconds, got {timeout}")
+    address = address.strip()
+    if not address:
+        raise OptionError("--scheduler: give tcp://host:port of a running 'dask scheduler', or local")
+    if address.lower() == LOCAL:
+        address = LOCAL
+    elif params["jobs"] is not None:
+        raise OptionError(f"-j: the workers of {address} are set where they start (dask worker --nworkers N);"
+                          " drop -j, or use --scheduler local")
+    return ClusterSpec(address, timeout)
 
 
 @cli.command(short_help="Report shapes, parameters and MACs of a layer or a stack.")

@@ -326,6 +326,7 @@ STRING_VALUES = {
     ("apply", "name_template"): ("{stem[0]}.png", "--name: '{stem\\[0\\]}': attribute or index access"),
     ("apply", "montage"): ("{filter}.png", "--montage: '{filter}': unknown field"),
     ("apply", "memory_limit"): ("9" * 5000 + "GiB", r"--memory-limit.*'9{40}…' \(5003 characters\) is too large"),
+    ("apply", "scheduler"): ("nosuch://x:1", r"--scheduler nosuch://x:1: cannot connect: "),
     ("shape", "kernels"): ("9x9: 1", "expected 81 values for 9x9, got 1"),
     ("shape", "pipeline"): ("{d}/fifo-pipeline.yaml", "fifo-pipeline.yaml: is a FIFO"),
     ("shape", "input_shape"): ("0x8x3", "--input: every size must be at least 1"),

@@ -524,7 +524,7 @@ def test_workers_share_the_memory_limit(tmp_path, monkeypatch):
 
     seen = []
 
-    def outcomes(items, job, plan, reporter, workers, many):
+    def outcomes(items, job, plan, reporter, workers, many, session=None):
         seen.append((workers, job.memory_limit))
         yield from ()
 
