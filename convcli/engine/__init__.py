@@ -192,9 +192,9 @@ def _choose(x_shape, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algori
                              finish)
         algorithm = choose.choose(layer, opencv_ok=cv_ok, ccore_ok=ccore.active())
         if algorithm == "ccore-separable":
-            factors = ccore.separable_factors(w, depthwise, x.shape[2])
+            factors = ccore.separable_factors(w, depthwise, x_shape[2])
             if factors is not None:  # (None: the SVD's rank 1 is not rank 1 to float32 precision)
-                return bind(ccore.correlate_separable, factors=factors), "separable", "ccore"
+                return ccore.SEPARABLE, {"factors": factors}, "separable", "ccore"
             algorithm = "ccore"
         if algorithm == "ccore":
             return ccore, {}, "direct", "ccore"

@@ -285,7 +285,7 @@ def plan_layer(input_shape, bank, conv: ConvSpec, pool: PoolSpec | None = None, 
                                          finish=0 if epilogue is None else epilogue.passes)
     scratch = int(_common.TILE_FRACTION * conv_hw[0] * conv_hw[1] * n_maps * 4)
     pooled_bytes = final_hw[0] * final_hw[1] * n_maps * 4
-    ccore_pooled = pool is not None and backend == "ccore" and ccore.can_pool(pool, conv_hw)
+    ccore_pooled = pool is not None and backend == "ccore" and name == "direct" and ccore.can_pool(pool, conv_hw)
     if pool is None or ccore_pooled:
         unit = path.row_unit(prepared, weights.shape, out_hw=conv_hw, stride=conv.stride, dilation=conv.dilation,
                              depthwise=conv.depthwise, scratch=scratch, **extra)

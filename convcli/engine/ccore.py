@@ -322,6 +322,17 @@ def correlate_separable(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation,
     return out
 
 
+class _Separable:
+    """The separable loop as the engine's paths are called (``path.correlate``)."""
+
+    correlate = staticmethod(correlate_separable)
+    row_unit = staticmethod(row_unit)  # one fixed order per pixel here too: any band cut
+
+
+#: :func:`correlate_separable` in the shape of a path module, for the engine's dispatcher.
+SEPARABLE = _Separable()
+
+
 def _checked(x: np.ndarray) -> np.ndarray:
     if _ccore is None:
         raise RuntimeError("convcli's compiled core is not built")
