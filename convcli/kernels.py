@@ -486,7 +486,7 @@ def resolve_source(value: str | os.PathLike, *, base_dir: str | os.PathLike | No
     if key in builtin_names():
         return load_builtin(key)
     names = ", ".join(builtin_names())
-    raise KernelError(f"kernel {text!r}: no such file or built-in kernel (built-ins: {names})")
+    raise KernelError(f"kernel {_clip(text)!r}: no such file or built-in kernel (built-ins: {names})")
 
 
 def source_file(value: str | os.PathLike, *, base_dir: str | os.PathLike | None = None) -> Path | None:

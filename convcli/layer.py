@@ -8,6 +8,7 @@ option strings travels through the code.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Union
@@ -103,6 +104,11 @@ def parse_pool_mode(value, name: str = "--pool") -> PoolMode:
     return _enum_value(PoolMode, value, name)
 
 
+def _shown(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 1]}… ({len(text):,} characters)"
+
+
 def _ints(value, name: str) -> list[int]:
     if isinstance(value, bool):
         raise OptionError(f"{name}: expected a whole number or N,M, got {value!r}")
@@ -120,8 +126,9 @@ def _ints(value, name: str) -> list[int]:
         raise OptionError(f"{name}: expected N or N,M, got {value!r}") from None
     out = []
     for item in items:
-        if isinstance(item, bool) or not float(item).is_integer():
-            raise OptionError(f"{name}: expected whole numbers, got {value!r}")
+        # Only numbers: a list, a string or a mapping inside the sequence (YAML/JSON pipelines) is refused.
+        if isinstance(item, bool) or not isinstance(item, numbers.Real) or not float(item).is_integer():
+            raise OptionError(f"{name}: expected whole numbers, got {_shown(value)}")
         out.append(int(item))
     return out
 

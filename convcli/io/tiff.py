@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ._common import _check_pixels, _Raw
 
 
@@ -24,19 +25,24 @@ def _read_tiff(name: str, path: Path | None, data: bytes | None, *, max_pixels: 
     page_info = _tiff_page(name, path, data)
     if page_info is None:
         return None
-    page, tiff = page_info
+    page, tiff, shape = page_info
     try:
-        _check_pixels(name, int(page.imagewidth), int(page.imagelength), max_pixels)
+        _check_pixels(name, shape[1], shape[0], max_pixels)
         try:
             array = page.asarray()
         except Exception:  # noqa: BLE001 - e.g. a codec tifffile lacks (needs imagecodecs)
             return None
     finally:
         tiff.close()
-    if page.axes == "SYX":
+    if page.axes == "SYX" and array.ndim == 3:
         array = np.moveaxis(array, 0, -1)
-    elif page.axes == "YX":
+    elif page.axes == "YX" and array.ndim == 2:
         array = array[:, :, None]
+    if array.shape != shape:
+        # A damaged IFD (counts, sample numbers) can make tifffile decode another shape
+        # than the header declares: never use pixels the header does not account for.
+        raise InputError(f"{name}: corrupt TIFF file: the header declares {shape[0]}×{shape[1]}×{shape[2]}, "
+                         f"the data decode to shape {tuple(array.shape)}")
     if array.dtype.kind == "u":
         bit_depth: int | None = array.dtype.itemsize * 8
     elif array.dtype.kind in "if":
@@ -47,8 +53,12 @@ def _read_tiff(name: str, path: Path | None, data: bytes | None, *, max_pixels: 
     return _Raw(array, "image", bit_depth)
 
 
-def _tiff_page(name: str, path: Path | None, data: bytes | None) -> tuple[Any, Any] | None:
-    """(first page, open TiffFile) if tifffile should read it, else None (caller closes)."""
+def _tiff_page(name: str, path: Path | None, data: bytes | None) -> tuple[Any, Any, tuple[int, int, int]] | None:
+    """(first page, open TiffFile, (H, W, C)) if tifffile should read it, else None (caller closes).
+
+    Anything odd about the first page — tags of the wrong type or count, a missing
+    dimension, a zero size — makes it None, so Pillow gets its chance and reports.
+    """
     try:
         import tifffile
     except ImportError:  # pragma: no cover - scikit-image depends on it
@@ -57,23 +67,46 @@ def _tiff_page(name: str, path: Path | None, data: bytes | None) -> tuple[Any, A
         tiff = tifffile.TiffFile(io.BytesIO(data) if data is not None else path)
     except Exception:  # noqa: BLE001 - Pillow gets its chance and reports the error
         return None
-    page = tiff.pages[0]
-    if (int(page.photometric) not in (1, 2)  # MINISBLACK, RGB; Pillow handles the rest
-            or page.axes not in ("YX", "YXS", "SYX") or page.dtype is None
-            or page.dtype.kind not in "uif" or int(getattr(page, "bitspersample", 8)) < 8):
+    try:
+        page = tiff.pages[0]
+        shape = _page_shape(page)
+        usable = (shape is not None and int(page.photometric) in (1, 2)  # MINISBLACK, RGB; Pillow does the rest
+                  and page.axes in ("YX", "YXS", "SYX") and page.dtype is not None
+                  and page.dtype.kind in "uif" and int(getattr(page, "bitspersample", 8)) >= 8)
+    except Exception:  # noqa: BLE001 - a damaged IFD can fail in any tag accessor
+        usable = False
+    if not usable:
         tiff.close()
         return None
-    return page, tiff
+    return page, tiff, shape  # type: ignore[return-value]
+
+
+def _page_shape(page: Any) -> tuple[int, int, int] | None:
+    """(H, W, C) from the page's tags when they are plain positive integers, else None."""
+    values = []
+    for value in (page.imagelength, page.imagewidth,
+                  getattr(page, "samplesperpixel", 1) if page.axes != "YX" else 1):
+        if isinstance(value, bool) or not isinstance(value, (int, _np_integer())):
+            return None
+        values.append(int(value))
+    if min(values) < 1:
+        return None
+    return tuple(values)  # type: ignore[return-value]
+
+
+def _np_integer() -> type:
+    import numpy as np
+
+    return np.integer
 
 
 def _tiff_header_shape(name: str, path: Path | None, data: bytes | None) -> tuple[int, int, int] | None:
     page_info = _tiff_page(name, path, data)
     if page_info is None:
         return None
-    page, tiff = page_info
+    _page, tiff, shape = page_info
     tiff.close()
-    channels = int(getattr(page, "samplesperpixel", 1)) if page.axes != "YX" else 1
-    return (int(page.imagelength), int(page.imagewidth), channels)
+    return shape
 
 
 def encode_tiff(array: Any) -> bytes:
