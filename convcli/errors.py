@@ -47,3 +47,19 @@ class OutputError(ConvcliError):
     """An output could not be written (it would overwrite an input, disk full…)."""
 
     exit_status = ExitStatus.INPUT_FAILED
+    #: The ``errno`` of the operating-system error behind it (ENOSPC, EROFS, EACCES…), or None.
+    errno: int | None = None
+
+    @classmethod
+    def from_os(cls, what: str, err: OSError) -> "OutputError":
+        """``WHAT: cannot write: <the OS's reason>``, keeping the OS error's number."""
+        error = cls(f"{what}: cannot write: {err.strerror or err}")
+        error.errno = err.errno
+        return error
+
+    @property
+    def disk_full(self) -> bool:
+        """The file system is full (or the user's quota is): nothing more can be written there."""
+        import errno
+
+        return self.errno in (errno.ENOSPC, errno.EDQUOT)

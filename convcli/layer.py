@@ -104,33 +104,57 @@ def parse_pool_mode(value, name: str = "--pool") -> PoolMode:
     return _enum_value(PoolMode, value, name)
 
 
+#: Largest stride, padding, dilation or pool size accepted: beyond it sizes overflow C integers
+#: (and no image is that large: the pixel limit keeps a side well below it).
+MAX_LAYER_INT = 2**31 - 1
+
+
 def _shown(value, limit: int = 60) -> str:
+    """``value`` as a message shows it: short, and never a huge integer converted whole."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a {math.floor(value.bit_length() * math.log10(2)) + 1}-digit number"
+    if isinstance(value, (list, tuple)) and any(isinstance(v, int) and v.bit_length() > 64 for v in value
+                                                if not isinstance(v, bool)):
+        return "a list with a number of more than 19 digits"
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit - 1]}… ({len(text):,} characters)"
+
+
+def _checked(numbers: list[int], value, name: str) -> list[int]:
+    for number in numbers:
+        if abs(number) > MAX_LAYER_INT:
+            raise OptionError(f"{name}: {_shown(value)} is out of range (at most {MAX_LAYER_INT:,})")
+    return numbers
 
 
 def _ints(value, name: str) -> list[int]:
     if isinstance(value, bool):
         raise OptionError(f"{name}: expected a whole number or N,M, got {value!r}")
     if isinstance(value, int):
-        return [value]
+        return _checked([value], value, name)
     if isinstance(value, str):
         parts = [p for p in value.replace("x", ",").replace("X", ",").split(",")]
         try:
-            return [int(p.strip()) for p in parts]
+            parsed = [int(p.strip()) for p in parts]
         except ValueError:
-            raise OptionError(f"{name}: expected N or N,M with whole numbers, got {value!r}") from None
+            raise OptionError(f"{name}: expected N or N,M with whole numbers, got {_shown(value)}") from None
+        return _checked(parsed, value, name)
     try:
         items = list(value)
     except TypeError:
-        raise OptionError(f"{name}: expected N or N,M, got {value!r}") from None
+        raise OptionError(f"{name}: expected N or N,M, got {_shown(value)}") from None
     out = []
     for item in items:
         # Only numbers: a list, a string or a mapping inside the sequence (YAML/JSON pipelines) is refused.
-        if isinstance(item, bool) or not isinstance(item, numbers.Real) or not float(item).is_integer():
+        if isinstance(item, bool) or not isinstance(item, numbers.Real):
             raise OptionError(f"{name}: expected whole numbers, got {_shown(value)}")
-        out.append(int(item))
-    return out
+        if isinstance(item, numbers.Integral):
+            out.append(int(item))
+        elif math.isfinite(float(item)) and float(item).is_integer():
+            out.append(int(item))
+        else:
+            raise OptionError(f"{name}: expected whole numbers, got {_shown(value)}")
+    return _checked(out, value, name)
 
 
 def parse_pair(value: PairLike, name: str, *, minimum: int = 1) -> Pair:
@@ -181,7 +205,7 @@ class Padding:
             parts = _ints(value, name)
         except OptionError:
             raise OptionError(
-                f"{name}: {value!r} is not valid, same, full, causal, P, PH,PW or T,B,L,R"
+                f"{name}: {_shown(value)} is not valid, same, full, causal, P, PH,PW or T,B,L,R"
             ) from None
         if any(p < 0 for p in parts):
             raise OptionError(f"{name}: padding amounts must be >= 0, got {value!r}")

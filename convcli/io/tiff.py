@@ -7,9 +7,11 @@ to :mod:`.pillow`.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import InputError
 from ._common import _check_pixels, _Raw
@@ -29,11 +31,16 @@ def _read_tiff(name: str, path: Path | None, data: bytes | None, *, max_pixels: 
     try:
         _check_pixels(name, shape[1], shape[0], max_pixels)
         try:
-            array = page.asarray()
+            with _tifffile_log() as problems:
+                array = page.asarray()
         except Exception:  # noqa: BLE001 - e.g. a codec tifffile lacks (needs imagecodecs)
             return None
     finally:
         tiff.close()
+    if problems:
+        # tifffile logs missing or undecodable strips/tiles and returns the array anyway,
+        # with those parts never written (whatever the memory held): refuse the pixels.
+        raise InputError(f"{name}: corrupt TIFF file: {problems[0].split(': ', 1)[-1]} (strips or tiles)")
     if page.axes == "SYX" and array.ndim == 3:
         array = np.moveaxis(array, 0, -1)
     elif page.axes == "YX" and array.ndim == 2:
@@ -53,6 +60,26 @@ def _read_tiff(name: str, path: Path | None, data: bytes | None, *, max_pixels: 
     return _Raw(array, "image", bit_depth)
 
 
+@contextlib.contextmanager
+def _tifffile_log() -> Iterator[list[str]]:
+    """Collect what tifffile logs (warnings and errors) inside the block, instead of printing it."""
+    logger = logging.getLogger("tifffile")
+    problems: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            problems.append(" ".join(record.getMessage().split()))
+
+    handler = Collect(logging.WARNING)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield problems
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def _tiff_page(name: str, path: Path | None, data: bytes | None) -> tuple[Any, Any, tuple[int, int, int]] | None:
     """(first page, open TiffFile, (H, W, C)) if tifffile should read it, else None (caller closes).
 
@@ -64,15 +91,18 @@ def _tiff_page(name: str, path: Path | None, data: bytes | None) -> tuple[Any, A
     except ImportError:  # pragma: no cover - scikit-image depends on it
         return None
     try:
-        tiff = tifffile.TiffFile(io.BytesIO(data) if data is not None else path)
+        # Damaged tags are logged by tifffile and skipped; whether the page is usable is decided below.
+        with _tifffile_log():
+            tiff = tifffile.TiffFile(io.BytesIO(data) if data is not None else path)
     except Exception:  # noqa: BLE001 - Pillow gets its chance and reports the error
         return None
     try:
-        page = tiff.pages[0]
-        shape = _page_shape(page)
-        usable = (shape is not None and int(page.photometric) in (1, 2)  # MINISBLACK, RGB; Pillow does the rest
-                  and page.axes in ("YX", "YXS", "SYX") and page.dtype is not None
-                  and page.dtype.kind in "uif" and int(getattr(page, "bitspersample", 8)) >= 8)
+        with _tifffile_log():
+            page = tiff.pages[0]
+            shape = _page_shape(page)
+            usable = (shape is not None and int(page.photometric) in (1, 2)  # MINISBLACK, RGB; Pillow does the rest
+                      and page.axes in ("YX", "YXS", "SYX") and page.dtype is not None
+                      and page.dtype.kind in "uif" and int(getattr(page, "bitspersample", 8)) >= 8)
     except Exception:  # noqa: BLE001 - a damaged IFD can fail in any tag accessor
         usable = False
     if not usable:
