@@ -26,3 +26,7 @@ def pytest_terminal_summary(terminalreporter):
         counts = TALLY[reader]
         detail = ", ".join(f"{outcome} {n}" for outcome, n in sorted(counts.items()))
         terminalreporter.write_line(f"{reader}: {sum(counts.values())} inputs ({detail})")
+    from checks import NOISE
+
+    for what, count in sorted(NOISE.items()):
+        terminalreporter.write_line(f"not failed on: {what}: {count}")
