@@ -92,7 +92,7 @@ class BatchSummary:
         """The closing line on standard error."""
         rate = f", {self.done / self.seconds:.1f} inputs/s" if self.done and self.seconds > 0 else ""
         skipped = f", {self.skipped} skipped" if self.skipped else ""
-        left = f", {self.not_started} not started" if self.not_started else ""
+        left = f", {self.not_started} not processed" if self.not_started else ""
         return f"convcli: {self.done} done, {self.failed} failed{skipped}{left} in {self.seconds:.2f} s{rate}"
 
 
@@ -537,7 +537,7 @@ def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quie
         _sweep_temporaries(plan)  # what workers stopped in the middle of a write may have left
         reason = (full.result.error or "").rpartition(": ")[2] or "no space left on device"
         print(f"convcli: stopping: {reason.lower()} — no more outputs can be written there; "
-              f"{not_started} input{'s' if not_started != 1 else ''} not started", file=err, flush=True)
+              f"{not_started} input{'s' if not_started != 1 else ''} not processed", file=err, flush=True)
     summary = BatchSummary(reporter.done, reporter.failed, reporter.skipped, time.perf_counter() - started,
                            not_started=not_started)
     if not quiet and many:
