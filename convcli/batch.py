@@ -82,7 +82,7 @@ class BatchSummary:
     failed: int
     skipped: int
     seconds: float
-    not_started: int = 0  # left out when the batch stopped early (the disk is full)
+    not_processed: int = 0  # left when the batch stopped early (the disk is full)
 
     @property
     def exit_status(self) -> ExitStatus:
@@ -92,7 +92,7 @@ class BatchSummary:
         """The closing line on standard error."""
         rate = f", {self.done / self.seconds:.1f} inputs/s" if self.done and self.seconds > 0 else ""
         skipped = f", {self.skipped} skipped" if self.skipped else ""
-        left = f", {self.not_started} not processed" if self.not_started else ""
+        left = f", {self.not_processed} not processed" if self.not_processed else ""
         return f"convcli: {self.done} done, {self.failed} failed{skipped}{left} in {self.seconds:.2f} s{rate}"
 
 
@@ -532,14 +532,14 @@ def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quie
             stream.close()
     if usage is not None:
         raise OptionError(usage.result.error or "usage error")
-    not_started = len(items) - reporter.done - reporter.failed - reporter.skipped
+    not_processed = len(items) - reporter.done - reporter.failed - reporter.skipped
     if full is not None:
         _sweep_temporaries(plan)  # what workers stopped in the middle of a write may have left
         reason = (full.result.error or "").rpartition(": ")[2] or "no space left on device"
         print(f"convcli: stopping: {reason.lower()} — no more outputs can be written there; "
-              f"{not_started} input{'s' if not_started != 1 else ''} not processed", file=err, flush=True)
+              f"{not_processed} input{'s' if not_processed != 1 else ''} not processed", file=err, flush=True)
     summary = BatchSummary(reporter.done, reporter.failed, reporter.skipped, time.perf_counter() - started,
-                           not_started=not_started)
+                           not_processed=not_processed)
     if not quiet and many:
         print(summary.line(), file=err, flush=True)
     return summary
