@@ -43,7 +43,7 @@ from .apply import (
     planned_files,
     process,
 )
-from .errors import ConvcliError, ExitStatus, OptionError, OutputError
+from .errors import ConvcliError, ExitStatus, OptionError, OutputError, one_line
 
 #: File extensions a directory contributes (lower case). Hidden files and folders
 #: (names starting with ``.``) are left out, and so are symbolic links to folders.
@@ -337,8 +337,8 @@ class _Reporter:
             self.skipped += 1
         elif result.error is not None:
             self.failed += 1
-            message = result.error
-            source = self.items[outcome.index].source
+            message = one_line(result.error)  # a name with a newline stays on its line
+            source = one_line(self.items[outcome.index].source)
             self.progress.print(f"convcli: {message}" if source in message else f"convcli: {source}: {message}")
         else:
             self.done += 1

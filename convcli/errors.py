@@ -19,10 +19,26 @@ class ExitStatus(IntEnum):
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
 
+#: Control characters as a message shows them: a file named ``a\nb.png`` must not break the
+#: one-line contract (nor move a terminal's cursor with ``\r`` or an escape sequence).
+_CONTROL = {**{code: f"\\x{code:02x}" for code in (*range(32), 127)}, 9: "\\t", 10: "\\n", 13: "\\r"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\x1b``…): always one line."""
+    return text.translate(_CONTROL)
+
+
 class ConvcliError(Exception):
-    """Base class of every error a user can cause; ``str(err)`` is one line."""
+    """Base class of every error a user can cause; ``str(err)`` is one line.
+
+    Control characters in the message (from a file name, a YAML key…) are shown escaped.
+    """
 
     exit_status: ExitStatus = ExitStatus.USAGE
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class OptionError(ConvcliError, ValueError):

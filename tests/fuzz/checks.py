@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from convcli.cli import cli
 from convcli.errors import ConvcliError
 
-from fuzzlib import MAX_PIXELS, Hang, check_error_line, classify, finite_and_bounded, quiet_warnings, time_bound
+from fuzzlib import MAX_PIXELS, Hang, check_error_line, shown_forms, classify, finite_and_bounded, quiet_warnings, time_bound
 
 
 def _guard(call, name: str):
@@ -62,7 +62,7 @@ def cli_case(args: list[str], name: str, *, statuses=(0, 1, 2)) -> tuple[int, st
         if label:
             return result.exit_code, label
         names = (name,) if isinstance(name, str) else name
-        check_error_line(message, next((n for n in names if n in message), names[0]))
+        check_error_line(message, next((n for n in names if any(f in message for f in shown_forms(n))), names[0]))
     return result.exit_code, result.stderr
 
 

@@ -417,9 +417,19 @@ def classify(err: BaseException) -> str | None:
     return None
 
 
+def shown_forms(name: str) -> tuple[str, ...]:
+    """How a name may appear in a message: as it is, control characters escaped (convcli's
+    one-line rule), and bytes that are not UTF-8 escaped too (Python's stderr: backslashreplace)."""
+    from convcli.errors import one_line
+
+    escaped = one_line(name)
+    return name, escaped, escaped.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def check_error_line(message: str, name: str) -> None:
     assert "\n" not in message.strip(), f"error message is not one line: {message!r}"
-    assert name in message, f"error message does not name the file {name!r}: {message!r}"
+    assert any(form in message for form in shown_forms(name)), \
+        f"error message does not name the file {name!r}: {message!r}"
     assert "Traceback" not in message and "internal error" not in message, message
     assert len(message) < 2000, f"error message of {len(message)} characters"
 

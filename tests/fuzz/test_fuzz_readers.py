@@ -134,3 +134,29 @@ def test_pipeline_reader_survives_mutated_seeds(workdir):
         TALLY["pipeline"][check_pipeline(path, image, workdir / "out")] += 1
 
     case()
+
+
+NAME_BYTES = st.binary(min_size=1, max_size=40).map(lambda b: b.replace(b"/", b"_").replace(b"\x00", b"_"))
+
+
+def test_any_file_name_bytes_end_in_one_line_or_a_result(workdir):
+    """Names that are not UTF-8 (or are control characters, spaces, dashes) reach every message."""
+    import os
+
+    corpus = seeds("images", (".png", ".jpg")) + seeds("arrays", (".npy", ".csv"))
+
+    @FUZZ
+    @given(seed=st.sampled_from(corpus), raw=NAME_BYTES, rng=st.randoms(use_true_random=False),
+           mutated=st.booleans())
+    def case(seed, raw, rng, mutated):
+        if raw in (b".", b"..") or len(raw) + len(seed.suffix) > 200:
+            return
+        folder = workdir / "names"
+        folder.mkdir(exist_ok=True)
+        for stale in folder.iterdir():
+            stale.unlink()
+        path = folder / (os.fsdecode(raw) + seed.suffix)
+        path.write_bytes(mutate(rng, seed) if mutated else seed.read_bytes())
+        TALLY["names/non-utf8"][check_image(path, workdir / "out")] += 1
+
+    case()
