@@ -430,3 +430,12 @@ def test_stale_temporaries_of_dead_processes_are_swept_and_live_ones_kept(tmp_pa
         path.write_bytes(b"partial")
     assert atomic.sweep_stale(tmp_path, {"x.png"}) == 1
     assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_claim_files_left_by_a_killed_run_are_swept_and_held_ones_kept(tmp_path):
+    held, stale = tmp_path / "held.png", tmp_path / "stale.png"
+    atomic.claim_path(stale).write_bytes(b"")  # its holder was killed: no lock on it
+    with atomic.claim(held) as mine:
+        assert mine
+        assert atomic.sweep_stale(tmp_path, {"held.png", "stale.png"}) == 1
+        assert atomic.claim_path(held).exists() and not atomic.claim_path(stale).exists()

@@ -101,11 +101,11 @@ def process_alive(pid: int) -> bool:
 
 
 def sweep_stale(folder: str | os.PathLike[str], names: set[str] | frozenset[str]) -> int:
-    """Remove temporary files for ``names`` in ``folder`` whose writing process is gone.
+    """Remove temporary and claim files for ``names`` in ``folder`` whose process is gone.
 
     What a ``kill -9`` or a power cut leaves behind. A temporary file of a live process
-    (another convcli writing into the same folder right now) is never touched. Returns the
-    number removed.
+    (another convcli writing into the same folder right now), or a claim it holds, is never
+    touched. Returns the number removed.
     """
     try:
         entries = os.listdir(folder)
@@ -118,6 +118,15 @@ def sweep_stale(folder: str | os.PathLike[str], names: set[str] | frozenset[str]
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(folder, entry))
                 removed += 1
+        elif entry.startswith(".") and entry.endswith(".claim") and entry[1:-6] in names:
+            # A claim file whose holder was killed: nobody holds its lock, so take it and remove it.
+            path = Path(folder) / entry
+            descriptor = _lock(path)
+            if descriptor is not None and descriptor >= 0:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                    removed += 1
+                os.close(descriptor)
     return removed
 
 
