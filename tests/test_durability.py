@@ -314,6 +314,11 @@ def test_read_only_folder_fails_every_input_with_the_reason_and_goes_on(tmp_path
     assert [line for line in lines if "Read-only file system" in line] == lines[:-1] and len(lines) == 4, lines
     assert lines[-1].startswith("convcli: 0 done, 3 failed") and "not processed" not in lines[-1]
     assert files(read_only_folder) == {}
+    # A sub-folder that cannot be created: the folder is named, with the OS's reason.
+    done = convcli("apply", tmp_path / "in" / "im00.png", "-k", "sobel-x", "-o", read_only_folder / "sub", "-j", "1")
+    assert done.returncode == 1
+    assert done.stderr == (f"convcli: {tmp_path / 'in' / 'im00.png'}: {read_only_folder / 'sub'}: cannot write: "
+                           "Read-only file system\n")
 
 
 # --- kill -9 at random moments ---------------------------------------------------------------------
