@@ -21,7 +21,8 @@ class ExitStatus(IntEnum):
 
 #: Control characters as a message shows them: a file named ``a\nb.png`` must not break the
 #: one-line contract (nor move a terminal's cursor with ``\r`` or an escape sequence).
-_CONTROL = {**{code: f"\\x{code:02x}" for code in (*range(32), 127)}, 9: "\\t", 10: "\\n", 13: "\\r"}
+_CONTROL = {**{code: f"\\x{code:02x}" for code in (*range(32), *range(127, 160))},
+            0x2028: "\\u2028", 0x2029: "\\u2029", 9: "\\t", 10: "\\n", 13: "\\r"}
 
 
 def one_line(text: str) -> str:

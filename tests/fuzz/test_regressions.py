@@ -204,11 +204,12 @@ def test_standard_output_on_a_full_disk_is_one_line_and_exit_1(tmp_path, args):
 # --- file names --------------------------------------------------------------------------------------
 
 def test_file_name_with_a_newline_or_escape_sequence_is_reported_on_one_line(tmp_path):
-    # 'bad\nname.png' made the message two lines; '\x1b[2J' would clear the user's terminal.
+    # 'bad\nname.png' made the message two lines; '\x1b[2J' would clear the user's terminal; U+0085 too.
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "bad\nname.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 20)
     (folder / "clear\x1b[2J.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 20)
+    (folder / "next\x85line.png").write_bytes(b"GIF89a")  # NEL: str.splitlines() breaks there too
     (folder / "caf\udce9.png").write_bytes((CORPUS / "images" / "rgb8.png").read_bytes())  # Latin-1 bytes
     done = subprocess.run([sys.executable, "-m", "convcli", "apply", str(folder), "-k", "edge", "-o",
                            str(tmp_path / "out"), "-j", "1"], capture_output=True, timeout=120)
@@ -216,5 +217,6 @@ def test_file_name_with_a_newline_or_escape_sequence_is_reported_on_one_line(tmp
     assert done.returncode == 1
     assert lines[0].startswith(f"convcli: {folder}/bad\\nname.png: corrupt ")
     assert lines[1].startswith(f"convcli: {folder}/clear\\x1b[2J.png: corrupt ")
-    assert lines[2].startswith("convcli: 1 done, 2 failed") and len(lines) == 3
+    assert lines[2].startswith(f"convcli: {folder}/next\\x85line.png: corrupt GIF file")
+    assert lines[3].startswith("convcli: 1 done, 3 failed") and len(lines) == 4
     assert b"\x1b" not in done.stderr
