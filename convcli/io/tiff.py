@@ -92,23 +92,60 @@ def _tiff_page(name: str, path: Path | None, data: bytes | None) -> tuple[Any, A
         return None
     try:
         # Damaged tags are logged by tifffile and skipped; whether the page is usable is decided below.
-        with _tifffile_log():
+        with _tifffile_log() as problems:
             tiff = tifffile.TiffFile(io.BytesIO(data) if data is not None else path)
     except Exception:  # noqa: BLE001 - Pillow gets its chance and reports the error
         return None
     try:
-        with _tifffile_log():
+        with _tifffile_log() as more:
             page = tiff.pages[0]
             shape = _page_shape(page)
             usable = (shape is not None and int(page.photometric) in (1, 2)  # MINISBLACK, RGB; Pillow does the rest
                       and page.axes in ("YX", "YXS", "SYX") and page.dtype is not None
                       and page.dtype.kind in "uif" and int(getattr(page, "bitspersample", 8)) >= 8)
+            layout = _layout_problem(page, problems + more)
     except Exception:  # noqa: BLE001 - a damaged IFD can fail in any tag accessor
-        usable = False
+        usable, layout = False, _layout_problem(None, problems)
+    if layout is not None:
+        tiff.close()
+        raise InputError(f"{name}: corrupt TIFF file: {layout}")
     if not usable:
         tiff.close()
         return None
     return page, tiff, shape  # type: ignore[return-value]
+
+
+#: Tags that say where a page's pixels are and how they are laid out. When tifffile could not
+#: read one of them, the layout is guesswork — a plane taken as missing, tiles that are never
+#: decoded, their memory left as it was — so the file is refused (Pillow's libtiff guesses too).
+_LAYOUT_TAGS = {256: "ImageWidth", 257: "ImageLength", 258: "BitsPerSample", 259: "Compression",
+                262: "PhotometricInterpretation", 273: "StripOffsets", 277: "SamplesPerPixel",
+                278: "RowsPerStrip", 279: "StripByteCounts", 284: "PlanarConfiguration", 322: "TileWidth",
+                323: "TileLength", 324: "TileOffsets", 325: "TileByteCounts", 338: "ExtraSamples",
+                339: "SampleFormat"}
+
+
+def _layout_problem(page: Any, problems: list[str]) -> str | None:
+    """Why the page's pixel layout cannot be trusted, or None."""
+    import math
+    import re
+
+    for problem in problems:
+        match = re.search(r"TiffTag (\d+)", problem)
+        if match and int(match.group(1)) in _LAYOUT_TAGS:
+            code = int(match.group(1))
+            detail = problem.split(" raised ", 1)[-1]
+            return f"its {_LAYOUT_TAGS[code]} tag ({code}) is damaged: {detail}"
+    if page is None:
+        return None
+    if int(page.planarconfig) not in (1, 2):
+        return f"PlanarConfiguration {int(page.planarconfig)} (1 or 2 are defined)"
+    offsets, counts = page.dataoffsets, page.databytecounts
+    needed = math.prod(page.chunked)
+    if len(offsets) != needed or len(counts) != needed:
+        return (f"{len(offsets)} strip/tile offsets and {len(counts)} byte counts for a page of "
+                f"{needed} strips or tiles")
+    return None
 
 
 def _page_shape(page: Any) -> tuple[int, int, int] | None:

@@ -79,6 +79,12 @@ def _known_in_message(message: str) -> str | None:
     return classify(_Text(message))
 
 
+def _dirty_memory() -> None:
+    junk = [bytearray(b"\xab" * size) for size in (512, 1000, 3072, 4096, 10000, 65536, 300000)]
+    junk += [np.full(size, 0xCD, np.uint8) for size in (1000, 3072, 4096, 12288, 65536)]
+    del junk
+
+
 def check_image(path: Path, out_dir: Path) -> str:
     """read_header and read_input agree, the pixels are finite, and `apply` with an identity
     depthwise 1×1 kernel writes exactly the pixels read (or every step fails in one line)."""
@@ -91,6 +97,11 @@ def check_image(path: Path, out_dir: Path) -> str:
         finite_and_bounded(loaded.array)
         if header is not None:
             assert tuple(header[0]) == loaded.array.shape, (header, loaded.array.shape)
+        # Pixels a decoder never wrote hold whatever the memory held: fill freed memory with a
+        # pattern, read again, and the two reads must agree.
+        _dirty_memory()
+        again, _ = _guard(lambda: read_input(path, max_pixels=MAX_PIXELS), name)
+        assert again is not None and np.array_equal(again.array, loaded.array), "two reads gave different pixels"
     for stale in out_dir.glob("*"):
         stale.unlink()
     status, stderr = cli_case(["apply", name, "-k", "1x1: 1", "--depthwise", "--format", "npy", "-o", str(out_dir),

@@ -72,25 +72,62 @@ def test_tiff_with_a_1d_page_or_no_page_is_one_line(case, out_dir):
         read_header(path)
 
 
-def _keep_first_tile(blob: bytes) -> bytes:
-    """TileOffsets/TileByteCounts cut to the first tile (count 1, the value inline)."""
+def _patch_tags(blob: bytes, patch) -> bytes:
+    """The classic little-endian TIFF ``blob`` with ``patch(tag, type, count, value)`` applied to each
+    first-IFD entry (it returns the new entry, or None to keep it)."""
     out = bytearray(blob)
     ifd = struct.unpack("<I", blob[4:8])[0]
     for k in range(struct.unpack("<H", blob[ifd:ifd + 2])[0]):
         at = ifd + 2 + 12 * k
-        tag, _type, _count, value = struct.unpack("<HHII", blob[at:at + 12])
-        if tag in (324, 325):
-            struct.pack_into("<HHII", out, at, tag, 4, 1, struct.unpack("<I", blob[value:value + 4])[0])
+        new = patch(blob, *struct.unpack("<HHII", blob[at:at + 12]))
+        if new is not None:
+            struct.pack_into("<HHII", out, at, *new)
     return bytes(out)
 
 
-def test_tiff_missing_tiles_are_refused_not_read_as_whatever_memory_held(tmp_path, out_dir):
-    # tifffile logs "expected 4 segments, got 1" and returns the array with 3 tiles never written.
-    path = tmp_path / "one-tile.tif"
-    path.write_bytes(_keep_first_tile((CORPUS / "images" / "tiled-deflate.tif").read_bytes()))
-    with pytest.raises(InputError, match=r"one-tile\.tif: corrupt TIFF file: expected 4 segments, got 1"):
+def _keep_first_tile(blob, tag, kind, count, value):
+    """TileOffsets/TileByteCounts cut to the first tile (count 1, the value inline)."""
+    if tag in (324, 325):
+        return tag, 4, 1, struct.unpack("<I", blob[value:value + 4])[0]
+    return None
+
+
+def _planar_config(number):
+    return lambda blob, tag, kind, count, value: (tag, 3, 1, number) if tag == 284 else None
+
+
+@pytest.mark.parametrize("patch, message", [
+    (_keep_first_tile, r"1 strip/tile offsets and 1 byte counts for a page of 4 strips or tiles"),
+    (_planar_config(0), r"its PlanarConfiguration tag \(284\) is damaged: ValueError\('0 is not a valid PLANARCONFIG'\)"),
+    (_planar_config(65535), r"its PlanarConfiguration tag \(284\) is damaged"),
+], ids=["one-tile-of-four", "planar-config-0", "planar-config-65535"])
+def test_tiff_whose_tiles_would_not_all_be_decoded_is_refused_not_read_as_whatever_memory_held(
+        tmp_path, out_dir, patch, message):
+    # tifffile decoded such pages with parts never written (np.empty): two reads of one file gave
+    # different pixels. A PlanarConfiguration of 0 made it expect 3 planes of tiles where 1 exists.
+    path = tmp_path / "damaged.tif"
+    path.write_bytes(_patch_tags((CORPUS / "images" / "tiled-deflate.tif").read_bytes(), patch))
+    with pytest.raises(InputError, match=r"damaged\.tif: corrupt TIFF file: " + message):
         read_input(path)
     assert check_image(path, out_dir) == "error"
+
+
+def test_tifffile_log_lines_while_decoding_refuse_the_pixels(tmp_path, monkeypatch):
+    # tifffile logs "read_segments: expected 4 segments, got 1" and returns the array anyway.
+    import logging
+
+    import tifffile
+
+    real = tifffile.TiffPage.asarray
+
+    def logging_asarray(self, *args, **kwargs):
+        logging.getLogger("tifffile").warning("tifffile.read_segments: expected 4 segments, got 1")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", logging_asarray)
+    with pytest.raises(InputError, match=r"tiled-deflate\.tif: corrupt TIFF file: expected 4 segments, got 1 "
+                                         r"\(strips or tiles\)"):
+        read_input(CORPUS / "images" / "tiled-deflate.tif")
 
 
 # --- PNG ---------------------------------------------------------------------------------------
