@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import ConvcliError, OptionError, OutputError
+from ._text import shorten
+from .errors import ConvcliError, InputError, OptionError, OutputError
 from .stack import Stack
 
 FORMATS = ("png", "png16", "tiff", "npy")
@@ -172,6 +173,7 @@ class InputResult:
     algorithm: list[str] = field(default_factory=list)
     skipped: bool = False
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # library warnings that matter (convcli._noise)
     printed: str = ""  # --print text, written to stdout by the caller in input order
     stdout_bytes: bytes = b""  # the single output for `-o -`
 
@@ -186,6 +188,7 @@ class InputResult:
             "algorithm": self.algorithm,
             "skipped": self.skipped,
             "error": self.error,
+            "warnings": self.warnings,
         }
 
 
@@ -298,32 +301,32 @@ def check_template(template: str, option: str = "--name", fields: tuple[str, ...
                           + ("{stem}_{filter}.{ext}" if option == "--name" else "{stem}_montage.png"))
     last = re.split("|".join(re.escape(sep) for sep in _SEPARATORS), template)[-1]
     if last in ("", "."):
-        raise OptionError(f"{option}: {template!r} ends with {template[len(template) - len(last) - 1:]!r}, so it"
+        raise OptionError(f"{option}: {shorten(template)} ends with {template[len(template) - len(last) - 1:]!r}, so it"
                           " names a folder, not a file; end it with a file name"
                           + (" such as {filter}.{ext}" if option == "--name" else ""))
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as err:
-        raise OptionError(f"{option}: {template!r} is not a valid template ({err}); {hint}") from None
+        raise OptionError(f"{option}: {shorten(template)} is not a valid template ({err}); {hint}") from None
     for _, name, spec, conversion in parsed:
         if name is None:
             continue
         part = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
         if name == "" or name.isdigit():
-            raise OptionError(f"{option}: {part!r}: positional fields are not allowed; {hint}")
+            raise OptionError(f"{option}: {shorten(part)}: positional fields are not allowed; {hint}")
         base = re.split(r"[.\[]", name, maxsplit=1)[0]
         if name != base and base in fields:
-            raise OptionError(f"{option}: {part!r}: attribute or index access is not allowed; {hint}")
+            raise OptionError(f"{option}: {shorten(part)}: attribute or index access is not allowed; {hint}")
         if name not in fields:
-            raise OptionError(f"{option}: {part!r}: unknown field {name!r}; {hint}")
+            raise OptionError(f"{option}: {shorten(part)}: unknown field {shorten(name)}; {hint}")
         if conversion is not None:
-            raise OptionError(f"{option}: {part!r}: conversions (!r, !s, !a) are not allowed; {hint}")
+            raise OptionError(f"{option}: {shorten(part)}: conversions (!r, !s, !a) are not allowed; {hint}")
         if "{" in spec or "}" in spec:
-            raise OptionError(f"{option}: {part!r}: nested fields in a format spec are not allowed; {hint}")
+            raise OptionError(f"{option}: {shorten(part)}: nested fields in a format spec are not allowed; {hint}")
         try:
             format(_SAMPLE[name], spec)
         except ValueError as err:
-            raise OptionError(f"{option}: {part!r}: {err}; {hint}") from None
+            raise OptionError(f"{option}: {shorten(part)}: {err}; {hint}") from None
 
 
 def output_path(directory: Path, template: str, *, stem: str, filter: str, index: int, ext: str) -> Path:
@@ -337,7 +340,7 @@ def output_path(directory: Path, template: str, *, stem: str, filter: str, index
     name = template.format(stem=_field(stem), filter=_field(filter), index=index, ext=ext)
     relative = Path(name)
     if relative.is_absolute() or ".." in relative.parts or name.strip() == "":
-        raise OptionError(f"--name: {template!r} gives {name!r}, which is outside the output folder")
+        raise OptionError(f"--name: {shorten(template)} gives {shorten(name)}, which is outside the output folder")
     return Path(directory) / relative
 
 
@@ -532,7 +535,10 @@ def _write_maps(output, names: list[str], *, job: Job, stem: str, directory: Pat
     paths = [path for path, _ in files]
     groups = [group for _, group in files]
     if len(set(paths)) != len(paths):
-        raise OptionError(f"--name: {out.name!r} gives the same file name to several maps; add {{filter}} or {{index}}")
+        # plan_batch finds every collision of an input of up to 4 channels before any work; a
+        # depthwise layer writes one map per channel beyond that: this input's failure.
+        raise InputError(f"--name {shorten(out.name)} gives the same file name to several of the"
+                         f" {len(paths)} maps of this {in_channels}-channel input; add {{filter}} or {{index}}")
     for path in paths:
         _refuse_overwrite(path, job, inputs)
     _encode_and_write(paths, output, groups, fmt=out.format, normalize=out.normalize,
@@ -565,6 +571,7 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
 
     started = time.perf_counter()
     result = InputResult(input=source)
+    _check_memory_from_header(job, source)
     max_pixels = job.read.max_pixels if job.read.max_pixels is not None else DEFAULT_MAX_PIXELS
     # uint8/uint16 pixels stay integers when the first layer sums the channels: the engine
     # does so exactly, as integers, before its one float32 conversion.
@@ -572,6 +579,7 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
                         keep_integers=job.stack.sums_channels_first)
     if loaded.kind == "signal":  # Keras Conv1D meaning; a one-row image stays 2-D
         job = replace(job, stack=job.stack.for_signal())
+    _check_memory(job, source, tuple(loaded.array.shape))  # standard input and tables: known only now
     stem = input_stem(source)  # the stem the batch planned with
     x = loaded.array
     result.input_shape = list(x.shape)
@@ -593,9 +601,10 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
         groups = map_groups(names, depthwise=conv.spec.depthwise, in_channels=in_depth)
         count = 1 if out.format == "npy" else len(groups)
         if count != 1:
-            # Only a depthwise layer on more than 4 channels gets here; check_job
-            # refuses every other case before any work.
-            raise OptionError(_stdout_count_message(count, [g.name for g in groups]))
+            # Only a depthwise layer on more than 4 channels gets here (check_job refuses every
+            # other case before any work): this input's failure, not a usage error.
+            raise InputError(f"{source}: " + _stdout_count_message(count, [g.name for g in groups],
+                                                                   channels=in_depth))
         result.stdout_bytes = (encode_npy(output) if out.format == "npy" else
                                encode_group(_group_arrays(output, groups)[0], fmt=out.format,
                                             normalize=out.normalize, compress_level=out.compress_level,
@@ -622,6 +631,43 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
 #: time, so only one group's maps are in memory: 16 maps of a 1080p image are 133 MB, where a
 #: 64-filter bank's whole output would be 531 MB (2.1 GB for 4K).
 FILTER_GROUP = 16
+
+
+_MODE_CHANNELS = {"gray": 1, "rgb": 3, "rgba": 4}
+
+
+def _check_memory(job: Job, name: str, shape: tuple[int, int, int]) -> None:
+    """Refuse an input whose working set (:mod:`convcli._budget`) exceeds the memory limit, before any work."""
+    from ._budget import check_fits, memory_limit
+
+    out = job.output
+    grouped = _writes_by_filter_group(job)
+    check_fits(name, job.stack, shape, limit=memory_limit(job), grouped=grouped, keep_all=out.save_all,
+               encodes_whole=out.format in ("npy", "tiff") and not grouped, group=FILTER_GROUP)
+
+
+def _check_memory_from_header(job: Job, source: str) -> None:
+    """:func:`_check_memory` from the file's header, before its pixels are decoded.
+
+    Images and ``.npy`` only (tables are small and read whole to know their shape;
+    standard input is checked once read). A header that cannot be read is left to
+    :func:`~convcli.io.read_input`, which says what is wrong with the file.
+    """
+    if source == STDOUT or Path(source).suffix.lower() in (".csv", ".txt"):
+        return
+    from .io import read_header
+
+    try:
+        (h, w, c), kind = read_header(source)
+    except ConvcliError:
+        return
+    from .io import DEFAULT_MAX_PIXELS
+
+    max_pixels = job.read.max_pixels if job.read.max_pixels is not None else DEFAULT_MAX_PIXELS
+    if kind == "image" and h * w > max_pixels:
+        return  # the decompression-bomb guard says it first, with its own remedy (--max-pixels)
+    c = _MODE_CHANNELS.get(job.read.mode, c)
+    _check_memory(replace(job, stack=job.stack.for_signal()) if kind == "signal" else job, source, (h, w, c))
 
 
 def _writes_by_filter_group(job: Job) -> bool:
@@ -728,9 +774,11 @@ def _write_montage(output, names: list[str], job: Job, stem: str, depthwise: boo
     return str(path)
 
 
-def _stdout_count_message(count: int, names: list[str]) -> str:
+def _stdout_count_message(count: int, names: list[str], *, channels: int | None = None) -> str:
     shown = ", ".join(names[:4]) + (", …" if len(names) > 4 else "")
-    return (f"-o -: standard output takes a single output, but this layer gives {count} outputs ({shown});"
+    what = "this layer gives" if channels is None else \
+        f"a depthwise layer on this {channels}-channel input gives one map per channel and filter:"
+    return (f"-o -: standard output takes a single output, but {what} {count} outputs ({shown});"
             " use -o DIR, or --format npy for one array")
 
 
@@ -743,8 +791,11 @@ def folder_problem(folder: Path | str) -> str | None:
     """
     folder = Path(folder)
     for path in (folder, *folder.parents):
-        if path.is_dir():
-            return None
+        try:
+            if path.is_dir():
+                return None
+        except OSError as err:  # a name too long for the file system, a loop of links…
+            return f"{err.strerror or err}" if path == folder else f"{path}: {err.strerror or err}"
         if os.path.lexists(path):
             what = "a broken symbolic link" if path.is_symlink() else "a file"
             return f"not a directory (it is {what})" if path == folder else f"{path} is {what}, not a directory"
@@ -784,7 +835,7 @@ def check_job(job: Job, input_count: int, *, json_lines: bool = False) -> None:
         other = "the image of -o -" if out.to_stdout else "the --print rows"
         raise OptionError(f"--json: standard output already carries {other}; drop one of them")
     if out.montage and input_count > 1 and "{stem}" not in out.montage:
-        raise OptionError(f"--montage: {out.montage!r} must contain {{stem}} when there are {input_count} inputs")
+        raise OptionError(f"--montage: {shorten(out.montage)} must contain {{stem}} when there are {input_count} inputs")
     if out.save_all and out.to_stdout:
         raise OptionError("--save-all: cannot write every layer to standard output; use -o DIR")
 

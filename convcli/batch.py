@@ -116,7 +116,7 @@ def expand_inputs(args: list[str], *, recursive: bool = False) -> list[InputItem
         raise OptionError(f"INPUT: '-' (standard input) is given {args.count(STDOUT)} times; it can be read once")
     for arg in args:
         path = Path(arg)
-        if arg != STDOUT and path.is_dir():
+        if arg != STDOUT and os.path.isdir(path):  # False, not an error, for a name too long
             items.extend(InputItem(str(path / rel), "" if rel.parent == Path(".") else rel.parent.as_posix())
                          for rel in _folder_files(path, recursive=recursive))
         else:
@@ -265,11 +265,17 @@ def run_one(index: int, item: InputItem, job: Job, inputs: frozenset[str], many:
     process (or worker) is working on right now is skipped, and so is one whose outputs
     all exist once the claim is held — so two runs into one folder split the work.
     """
+    from ._noise import translated
+
     started = time.perf_counter()
     try:
-        if job.output.skip_existing and item.source != STDOUT and not job.output.to_stdout:
-            return _claimed(index, item, job, inputs, many)
-        return Outcome(index, process(item.source, job, rel_dir=item.rel_dir, inputs=inputs, many=many))
+        with translated() as notes:
+            if job.output.skip_existing and item.source != STDOUT and not job.output.to_stdout:
+                outcome = _claimed(index, item, job, inputs, many)
+            else:
+                outcome = Outcome(index, process(item.source, job, rel_dir=item.rel_dir, inputs=inputs, many=many))
+        outcome.result.warnings = notes  # library warnings that matter, as lines (a failed input has its error only)
+        return outcome
     except OptionError as err:
         return _failed(index, item, str(err), time.perf_counter() - started, usage_error=True)
     except OutputError as err:
@@ -342,6 +348,8 @@ class _Reporter:
             self.progress.print(f"convcli: {message}" if source in message else f"convcli: {source}: {message}")
         else:
             self.done += 1
+            for note in result.warnings:
+                self.progress.print(f"convcli: {result.input}: warning: {note}")
         self._json(result)
         self._ordered(outcome.index, result.printed.encode() + result.stdout_bytes)
         self.progress.advance()
@@ -517,10 +525,12 @@ def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quie
             reporter.skip(index, outputs)
         try:
             for outcome in stream:
-                reporter.finish(outcome)
                 if outcome.usage_error:
+                    # The same for every input: said once, as the command's usage error
+                    # (exit 2), not also as this input's failure.
                     usage = outcome
                     break
+                reporter.finish(outcome)
                 if outcome.disk_full:
                     full = outcome
                     break
@@ -531,7 +541,7 @@ def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quie
         finally:
             stream.close()
     if usage is not None:
-        raise OptionError(usage.result.error or "usage error")
+        raise OptionError(_without_input(usage.result.error or "usage error", items[usage.index].source))
     not_processed = len(items) - reporter.done - reporter.failed - reporter.skipped
     if full is not None:
         _sweep_temporaries(plan)  # what workers stopped in the middle of a write may have left
@@ -543,6 +553,12 @@ def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quie
     if not quiet and many:
         print(summary.line(), file=err, flush=True)
     return summary
+
+
+def _without_input(message: str, source: str) -> str:
+    """A usage error's message without the ``INPUT: `` a per-input report would start with."""
+    prefix = f"{source}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
 
 
 # --- the worker pool ---------------------------------------------------------------------------
@@ -566,6 +582,9 @@ def _worker_init(job: Job, inputs: frozenset[str], many: bool, threads: int) -> 
 
     if hasattr(engine, "set_threads"):
         engine.set_threads(threads)
+    from ._noise import silence_libraries
+
+    silence_libraries()
     _worker.update(job=job, inputs=inputs, many=many)
 
 

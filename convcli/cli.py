@@ -12,8 +12,9 @@ from pathlib import Path
 import click
 
 from . import __version__
+from ._text import shorten_quoted
 from .errors import ConvcliError, ExitStatus, OptionError
-from .layer import ConvSpec, Padding, PoolSpec, parse_pair, parse_slope
+from .layer import MAX_INTEGER, ConvSpec, Padding, PoolSpec, parse_pair, parse_slope
 
 ALGORITHMS = ("auto", "direct", "separable", "fft")
 
@@ -64,6 +65,9 @@ class ConvcliGroup(click.Group):
             raise _Interrupted() from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from ._noise import silence_libraries
+
+        silence_libraries(loggers=False)  # standard error carries convcli's own lines only
         try:
             status = super().main(args=args, prog_name=prog_name or "convcli", complete_var=complete_var,
                                   standalone_mode=False, **extra)
@@ -75,10 +79,10 @@ class ConvcliGroup(click.Group):
             status = ExitStatus.USAGE
         except click.UsageError as err:
             hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
-            click.echo(f"convcli: error: {err.format_message()}{hint}", err=True)
+            click.echo(f"convcli: error: {shorten_quoted(err.format_message())}{hint}", err=True)
             status = ExitStatus.USAGE
         except click.ClickException as err:
-            click.echo(f"convcli: error: {err.format_message()}", err=True)
+            click.echo(f"convcli: error: {shorten_quoted(err.format_message())}", err=True)
             status = err.exit_code
         except ConvcliError as err:
             click.echo(f"convcli: error: {err}", err=True)
@@ -268,6 +272,7 @@ def apply(inputs, **params):
     if params["save_all"] and not params["pipeline"]:
         raise OptionError("--save-all: needs --pipeline FILE (a single layer has only one set of maps)")
     stack.check_runnable()
+    stack.check_algorithm(params["algorithm"])
     out_dir = params["output_dir"]
     if out_dir is None:
         out_dir = None if params["print_maps"] else Path(".")
@@ -295,7 +300,7 @@ def apply(inputs, **params):
 @click.argument("image", required=False, type=click.Path(dir_okay=False))
 @click.option("--input", "input_shape", metavar="HxWxC",
               help="Input shape HxWxC (also H,W,C; HxW = one channel; L = a 1-D signal of length L).")
-@click.option("--filters", type=click.IntRange(min=1), default=None, help="Number of filters F.")
+@click.option("--filters", type=click.IntRange(min=1, max=MAX_INTEGER), default=None, help="Number of filters F.")
 @click.option("--kernel-size", type=PAIR, default=None, metavar="K|KH,KW",
               help="Kernel size K or KH,KW (default 3; K on a 1-D signal means 1×K, as Keras Conv1D).")
 @layer_options
@@ -331,8 +336,10 @@ def shape(image, input_shape, **params):
     if input_shape is not None:
         shape3, signal = parse_input(input_shape)
     else:
+        from ._noise import quiet_library_loggers
         from .io import read_header
 
+        quiet_library_loggers()  # tifffile logs odd tags through logging
         (h, w, c), kind = read_header(image)
         mode = params["mode"]
         shape3, signal = (h, w, {"gray": 1, "rgb": 3, "rgba": 4}.get(mode, c)), kind == "signal"

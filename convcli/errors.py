@@ -80,3 +80,11 @@ class OutputError(ConvcliError):
         import errno
 
         return self.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class InputWarning(UserWarning):
+    """An input was read, but not as it is written (a truncated JPEG the decoder completed…).
+
+    The CLI prints it as one ``convcli: FILE: warning: …`` line; the library issues it with
+    :func:`warnings.warn`.
+    """

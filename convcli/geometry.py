@@ -330,22 +330,34 @@ def parse_input(text: str) -> tuple[Shape3, bool]:
 
     Only ``L`` (one number) is a signal; ``1xL`` or ``1xLxC`` is a one-row image (Conv2D).
     """
+    from ._text import shorten
     from .errors import OptionError
+    from .layer import MAX_INTEGER
 
     cleaned = text.strip().lower().replace("×", "x").replace(",", "x").replace(" ", "")
+    pieces = cleaned.split("x")
+    if len(pieces) > 3:
+        raise OptionError(f"--input: expected HxWxC, H,W,C, HxW or L, got {shorten(text)}")
+    for piece in pieces:
+        # int() refuses more than 4,300 digits; a size that long is only too large.
+        if len(piece) > 18 and piece.lstrip("+-").isdigit():
+            raise OptionError(f"--input: the size {shorten(piece)} is more than {MAX_INTEGER}")
     try:
-        parts = [int(p) for p in cleaned.split("x")]
+        parts = [int(p) for p in pieces]
     except ValueError:
-        raise OptionError(f"--input: expected HxWxC, H,W,C, HxW or L, got {text!r}") from None
+        raise OptionError(f"--input: expected HxWxC, H,W,C, HxW or L, got {shorten(text)}") from None
+    for part in parts:
+        if part > MAX_INTEGER:
+            raise OptionError(f"--input: the size {part} is more than {MAX_INTEGER}")
     signal = len(parts) == 1
     if signal:
         parts = [1, parts[0], 1]
     elif len(parts) == 2:
         parts = parts + [1]
     if len(parts) != 3:
-        raise OptionError(f"--input: expected HxWxC, H,W,C, HxW or L, got {text!r}")
+        raise OptionError(f"--input: expected HxWxC, H,W,C, HxW or L, got {shorten(text)}")
     if any(p < 1 for p in parts):
-        raise OptionError(f"--input: every size must be at least 1, got {text!r}")
+        raise OptionError(f"--input: every size must be at least 1, got {shorten(text)}")
     return (parts[0], parts[1], parts[2]), signal
 
 

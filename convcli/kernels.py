@@ -89,6 +89,8 @@ from typing import Any, Iterator, Union
 
 import numpy as np
 
+from ._paths import check_regular_file
+from ._text import shorten
 from .errors import KernelError
 
 __all__ = [
@@ -111,15 +113,25 @@ __all__ = [
     "parse_document",
     "looks_inline",
     "MAX_FILE_BYTES",
+    "MAX_YAML_BYTES",
+    "MAX_FILTERS",
     "MAX_WEIGHTS",
     "MAX_ALIAS_NODES",
     "MAX_NESTING",
 ]
 
-#: Kernel files larger than this are refused before they are parsed.
+#: Kernel files larger than this are refused before they are parsed (from the file's length).
 MAX_FILE_BYTES = 16 << 20
-#: Most weights one source may hold (a 3×3×512×512 bank has 2.4 M).
-MAX_WEIGHTS = 50_000_000
+#: YAML kernel files larger than this are refused before they are parsed: YAML is composed
+#: event by event in Python (about 1 µs per number), so a 1 MiB file of short numbers takes
+#: about a second; JSON and ``.mat`` parse several times faster, and ``.npy`` is read as is.
+MAX_YAML_BYTES = 1 << 20
+#: Most filters one layer may have (a bank's filters are counted before they are built;
+#: the widest layers of VGG and ResNet have 512–2048).
+MAX_FILTERS = 4096
+#: Most weights one source may hold (a 3×3×512×512 bank has 2.4 M, all of VGG16's conv layers
+#: 14.7 M): 64 MiB as float32. Loading one costs about four times its float32 size at peak.
+MAX_WEIGHTS = 1 << 24
 #: Most nodes YAML aliases may add on expansion; legitimate kernel files need few or none.
 MAX_ALIAS_NODES = 1_000_000
 #: Deepest YAML/JSON nesting accepted (a bank with 4-D weights needs 6 levels).
@@ -185,9 +197,10 @@ class Kernel:
     def __post_init__(self) -> None:
         where = f"{self.source or 'kernel'}: kernel {self.name!r}"
         if not isinstance(self.name, str):
-            raise KernelError(f"{self.source or 'kernel'}: kernel name must be a string, got {self.name!r}")
+            raise KernelError(f"{self.source or 'kernel'}: kernel name must be a string, got {shorten(self.name)}")
         try:
-            weights = np.array(self.weights, dtype=np.float64)
+            # asarray: no copy of float64 weights (the float32 copy below is the kernel's own).
+            weights = np.asarray(self.weights, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise KernelError(f"{where}: weights are not a numeric array ({exc})") from None
         if weights.ndim == 1:
@@ -207,9 +220,9 @@ class Kernel:
         try:
             bias = float(self.bias)
         except (TypeError, ValueError):
-            raise KernelError(f"{where}: bias must be a number, got {self.bias!r}") from None
+            raise KernelError(f"{where}: bias must be a number, got {shorten(self.bias)}") from None
         if not math.isfinite(bias) or abs(bias) > _F32_MAX:
-            raise KernelError(f"{where}: bias {bias!r} is not a finite float32 number")
+            raise KernelError(f"{where}: bias {shorten(bias)} is not a finite float32 number")
         object.__setattr__(self, "weights", frozen)
         object.__setattr__(self, "bias", bias)
         object.__setattr__(self, "description", str(self.description or ""))
@@ -447,6 +460,8 @@ def load_kernels(*sources: Source, base_dir: str | os.PathLike | None = None) ->
                 f"kernel source {position} must be a path, name, inline string, numpy array, "
                 f"Kernel or FilterBank, got {type(source).__name__}"
             )
+    if len(kernels) > MAX_FILTERS:
+        raise KernelError(f"{len(kernels)} filters in one layer, more than the {MAX_FILTERS} allowed")
     bank = FilterBank(tuple(kernels))
     # Fail at load time (usage error) rather than when the first image is processed.
     bank.size
@@ -486,7 +501,7 @@ def resolve_source(value: str | os.PathLike, *, base_dir: str | os.PathLike | No
     if key in builtin_names():
         return load_builtin(key)
     names = ", ".join(builtin_names())
-    raise KernelError(f"kernel {_clip(text)!r}: no such file or built-in kernel (built-ins: {names})")
+    raise KernelError(f"kernel {shorten(text, 60)}: no such file or built-in kernel (built-ins: {names})")
 
 
 def source_file(value: str | os.PathLike, *, base_dir: str | os.PathLike | None = None) -> Path | None:
@@ -550,7 +565,12 @@ def load_file(path: str | os.PathLike) -> FilterBank:
         )
     if suffix == ".npy":
         return FilterBank(tuple(_load_npy(path, source)))
-    data = _read_bounded(path, source)
+    if suffix in (".yaml", ".yml"):
+        data = _read_bounded(path, source, limit=min(MAX_YAML_BYTES, MAX_FILE_BYTES),
+                             limit_what="YAML kernel file",
+                             hint="; save large banks as .json or .npy")
+    else:
+        data = _read_bounded(path, source)
     text = _decode(data, source)
     if suffix == ".mat":
         return FilterBank(tuple(_parse_mat(text, source, path.stem)))
@@ -724,7 +744,7 @@ def load_builtin(name: str) -> FilterBank:
     """
     key = str(name).strip().lower().replace("_", "-")
     if key not in _builtin_files():
-        raise KernelError(f"kernel {name!r}: no such built-in kernel (built-ins: {', '.join(builtin_names())})")
+        raise KernelError(f"kernel {shorten(name, 60)}: no such built-in kernel (built-ins: {', '.join(builtin_names())})")
     return _load_builtin_cached(key)[0]
 
 
@@ -789,26 +809,37 @@ def _trim(text: str) -> str:
 # --------------------------------------------------------------------------- reading files
 
 
-def _read_bounded(path: Path, source: str, *, limit: int | None = None, what: str = "kernel file") -> bytes:
+def _read_bounded(path: Path, source: str, *, limit: int | None = None, what: str = "kernel file",
+                  limit_what: str | None = None, hint: str = "") -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, its length checked before it is opened.
+
+    A FIFO, device or socket is refused before it is opened (reading one would block);
+    ``limit_what`` (default ``what``) and ``hint`` word the message of a file that is too large.
+    """
     limit = MAX_FILE_BYTES if limit is None else limit
+    check_regular_file(path, KernelError, what=what)
     try:
-        if path.is_dir():
-            raise KernelError(f"{source}: is a directory, not a {what}")
         size = path.stat().st_size
         if size > limit:
-            raise KernelError(f"{source}: {size / 2**20:.1f} MiB, larger than the {_mib(limit)} allowed for a {what}")
+            raise KernelError(f"{source}: {_size(size)}, larger than the {_size(limit)} allowed for a"
+                              f" {limit_what or what}{hint}")
         with open(path, "rb") as handle:
             # Read one byte more than allowed: pipes and special files report size 0.
             data = handle.read(limit + 1)
     except OSError as exc:
         raise KernelError(f"{source}: cannot read: {exc.strerror or exc}") from None
     if len(data) > limit:
-        raise KernelError(f"{source}: larger than the {_mib(limit)} allowed for a {what}")
+        raise KernelError(f"{source}: larger than the {_size(limit)} allowed for a {limit_what or what}{hint}")
     return data
 
 
-def _mib(limit: int) -> str:
-    return f"{limit >> 20} MiB"
+def _size(count: int) -> str:
+    """Bytes for a message: ``16 MiB``, ``5.0 MiB``, ``12 kB``, ``10 bytes``."""
+    if count >= 1 << 20:
+        return f"{count >> 20} MiB" if count % (1 << 20) == 0 else f"{count / 2**20:.1f} MiB"
+    if count >= 1 << 10:
+        return f"{count >> 10} KiB" if count % (1 << 10) == 0 else f"{count / 2**10:.1f} KiB"
+    return f"{count} bytes"
 
 
 def read_text(path: str | os.PathLike, *, limit: int | None = None, what: str = "kernel file") -> str:
@@ -837,16 +868,72 @@ def _parse_json(text: str, source: str) -> Any:
         mapping = {}
         for key, value in items:
             if key in mapping:
-                raise KernelError(f"{source}: duplicate key {key!r}")
+                raise KernelError(f"{source}: duplicate key {shorten(key)}")
             mapping[key] = value
         return mapping
 
+    huge: list[str] = []
+
+    def integer(digits: str):
+        # Python refuses to convert an integer of more than 4,300 digits (sys.int_info):
+        # keep a marker, and name the field it is in once the document is parsed.
+        if len(digits) > _MAX_INT_CHARS:
+            huge.append(digits)
+            return _HugeNumber(digits)
+        return int(digits)
+
     try:
-        return json.loads(text, object_pairs_hook=pairs)
+        document = json.loads(text, object_pairs_hook=pairs, parse_int=integer)
+        if huge:
+            _raise_huge(document, source)
+        return document
     except json.JSONDecodeError as exc:
         raise KernelError(f"{source}: invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     except RecursionError:
         raise KernelError(f"{source}: JSON nested too deeply") from None
+
+
+#: Longest integer literal accepted in a YAML or JSON file: Python's own limit for
+#: converting text to int (4,300 digits); far beyond float32's 39-digit range anyway.
+_MAX_INT_CHARS = 4300
+
+
+class _HugeNumber:
+    """An integer literal too long to convert, kept only to say where it is."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _huge_message(source: str, where: str, text: str) -> str:
+    return f"{source}: {where}: the number {shorten(text, 12)} is too large"
+
+
+def _raise_huge(document: Any, source: str) -> None:
+    """Raise for the first :class:`_HugeNumber` in ``document``, naming its field (``weights[0][2]``)."""
+    pending: list[tuple[Any, str]] = [(document, "")]
+    while pending:
+        value, where = pending.pop()
+        if isinstance(value, _HugeNumber):
+            raise KernelError(_huge_message(source, where or "the document", value.text))
+        if isinstance(value, dict):
+            pending.extend((item, f"{where}.{key}" if where else str(key)) for key, item in reversed(value.items()))
+        elif isinstance(value, list):
+            pending.extend((item, f"{where}[{i}]") for i, item in reversed(list(enumerate(value))))
+
+
+def _yaml_field(stack: list) -> str:
+    """Where the composer is in the document: ``layers[0].conv.stride``, ``weights[1][2]``."""
+    where = ""
+    for frame in stack:
+        if frame.is_map:
+            key = frame.key if frame.key is not _NO_KEY else "?"
+            where = f"{where}.{key}" if where else str(key)
+        else:
+            where = f"{where}[{len(frame.container)}]"
+    return where or "the document"
 
 
 def _yaml_problem(exc: Exception) -> str:
@@ -935,7 +1022,7 @@ def _compose(loader, source: str, yaml) -> Any:
             if isinstance(value, (list, dict)):
                 raise KernelError(f"{source}: line {line_of(event)}: a mapping key must be a plain value")
             if value in frame.container and value is not _MERGE:
-                raise KernelError(f"{source}: line {line_of(event)}: duplicate key {value!r}")
+                raise KernelError(f"{source}: line {line_of(event)}: duplicate key {shorten(value)}")
             frame.key = value
         else:
             if frame.key is _MERGE:
@@ -958,9 +1045,17 @@ def _compose(loader, source: str, yaml) -> Any:
             if tag == _MERGE_TAG:
                 value = _MERGE
             elif constructor is None or tag is None:
-                raise KernelError(f"{source}: line {line_of(event)}: unsupported YAML tag {event.tag!r}")
+                raise KernelError(f"{source}: line {line_of(event)}: unsupported YAML tag {shorten(event.tag, 80)}")
             else:
-                value = constructor(loader, scalar_node(tag, event.value, style=event.style))
+                try:
+                    value = constructor(loader, scalar_node(tag, event.value, style=event.style))
+                except ValueError:
+                    # int() of more than 4,300 digits (Python's int-string limit), say where it is.
+                    if len(event.value) <= _MAX_INT_CHARS:
+                        raise
+                    where = _yaml_field(stack)
+                    raise KernelError(_huge_message(f"{source}: line {line_of(event)}", where,
+                                                    event.value)) from None
             unique += 1
             expanded += 1
             if event.anchor is not None:
@@ -969,7 +1064,7 @@ def _compose(loader, source: str, yaml) -> Any:
         elif kind is yaml.SequenceStartEvent or kind is yaml.MappingStartEvent:
             is_map = kind is yaml.MappingStartEvent
             if event.tag not in (_MAP_TAGS if is_map else _SEQ_TAGS):
-                raise KernelError(f"{source}: line {line_of(event)}: unsupported YAML tag {event.tag!r}")
+                raise KernelError(f"{source}: line {line_of(event)}: unsupported YAML tag {shorten(event.tag, 80)}")
             if len(stack) >= MAX_NESTING:
                 raise KernelError(f"{source}: line {line_of(event)}: nested deeper than {MAX_NESTING} levels")
             unique += 1
@@ -1034,10 +1129,13 @@ def _kernels_from_document(document: Any, source: str, default_name: str) -> lis
         return _kernels_from_entry(document, source, "", name, description)
     clash = sorted(set(document) & {"weights", "bias", "scale", "normalize", "layout"})
     if clash:
-        raise KernelError(f"{source}: key {clash[0]!r} cannot be used together with 'filters' (put it in each filter)")
+        raise KernelError(f"{source}: key {shorten(clash[0])} cannot be used together with 'filters' (put it in each filter)")
     filters = document["filters"]
     if not isinstance(filters, list) or not filters:
         raise KernelError(f"{source}: 'filters' must be a non-empty list of filters, got {_type_name(filters)}")
+    if len(filters) > MAX_FILTERS:
+        raise KernelError(f"{source}: 'filters' holds {len(filters)} filters, more than the {MAX_FILTERS} allowed"
+                          " in one layer")
     kernels: list[Kernel] = []
     for index, entry in enumerate(filters):
         where = f"filters[{index}]"
@@ -1056,7 +1154,7 @@ def _check_keys(mapping: dict, allowed: frozenset, source: str, where: str) -> N
     for key in mapping:
         if key not in allowed:
             raise KernelError(
-                f"{source}: {where}unknown key {key!r} (allowed: {', '.join(sorted(allowed))})"
+                f"{source}: {where}unknown key {shorten(key)} (allowed: {', '.join(sorted(allowed))})"
             )
 
 
@@ -1064,7 +1162,7 @@ def _type_name(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, (int, float)):
-        return f"the number {value!r}"
+        return f"the number {shorten(value)}"
     if isinstance(value, str):
         return f"the string {_clip(value, 30)!r}"
     if isinstance(value, list):
@@ -1100,7 +1198,7 @@ def _scalar(value: Any, source: str, key: str) -> float:
     except OverflowError:
         number = math.inf
     if not math.isfinite(number) or abs(number) > _F32_MAX:
-        raise KernelError(f"{source}: '{key}' is {value!r}, not a finite float32 number")
+        raise KernelError(f"{source}: '{key}' is {shorten(value)}, not a finite float32 number")
     return number
 
 
@@ -1127,15 +1225,23 @@ def _build(
     scale: float = 1.0,
     normalize: bool = False,
 ) -> list[Kernel]:
-    """Split a float64 weights array into kernels following ``layout`` (module docstring)."""
+    """Split a weights array into kernels following ``layout`` (module docstring).
+
+    ``weights`` is float64, or float32 as a ``.npy`` holds it: each filter is converted
+    to float64 on its own, so a large bank is never copied whole.
+    """
     if layout is not None and (not isinstance(layout, str) or layout.lower() not in _ALL_LAYOUTS):
-        raise KernelError(f"{source}: unknown '{prefix}layout' {layout!r} (use {', '.join(_ALL_LAYOUTS)})")
+        raise KernelError(f"{source}: unknown '{prefix}layout' {shorten(layout)} (use {', '.join(_ALL_LAYOUTS)})")
     layout = layout.lower() if layout is not None else None
     if layout is not None and layout not in _LAYOUTS[weights.ndim]:
         raise KernelError(
             f"{source}: '{prefix}layout' {layout!r} needs {_ALL_LAYOUTS_NDIM[layout]}-D weights, "
             f"got {weights.ndim}-D (shape {_fmt_size(weights.shape)})"
         )
+    count = _filter_count(weights.shape, layout)
+    if count > MAX_FILTERS:
+        raise KernelError(f"{source}: '{prefix}weights' of shape {_fmt_size(weights.shape)} hold {count} filters,"
+                          f" more than the {MAX_FILTERS} allowed in one layer")
     if weights.ndim == 4:
         hwio = weights.transpose(2, 3, 1, 0) if layout == "oihw" else weights
         filters = [hwio[:, :, :, o] for o in range(hwio.shape[3])]
@@ -1152,6 +1258,7 @@ def _build(
         arrays, names = filters, [f"{name}[{o}]" for o in range(len(filters))]
     kernels = []
     for array, kernel_name, kernel_bias in zip(arrays, names, biases):
+        array = np.asarray(array, dtype=np.float64)
         if normalize:
             total = float(array.sum())
             if abs(total) <= 1e-6 * float(np.abs(array).sum()):
@@ -1159,14 +1266,25 @@ def _build(
                     f"{source}: '{prefix}normalize' on kernel {kernel_name!r}: its weights sum to 0, cannot divide by the sum"
                 )
             array = array / total
-        array = array * scale
+        if scale != 1.0:
+            with np.errstate(over="ignore", invalid="ignore"):  # refused just below, in one line
+                array = array * scale
         if np.abs(array).max() > _F32_MAX:
-            raise KernelError(f"{source}: kernel {kernel_name!r}: weights times scale {scale!r} overflow float32")
+            raise KernelError(f"{source}: kernel {kernel_name!r}: weights times scale {shorten(scale)} overflow float32")
         kernels.append(Kernel(kernel_name, array, float(kernel_bias), description, source))
     return kernels
 
 
 _ALL_LAYOUTS_NDIM = {layout: ndim for ndim, names in _LAYOUTS.items() for layout in names}
+
+
+def _filter_count(shape: tuple[int, ...], layout: str | None) -> int:
+    """How many filters weights of ``shape`` hold under ``layout`` (the table in the module docstring)."""
+    if len(shape) == 4:
+        return int(shape[0] if layout == "oihw" else shape[3])
+    if len(shape) == 3 and layout in ("wio", "oiw"):
+        return int(shape[2] if layout == "wio" else shape[0])
+    return 1
 
 
 def _bias_list(bias: Any, count: int, source: str, prefix: str) -> list[float]:
@@ -1252,6 +1370,8 @@ def _count(number: int, singular: str, plural: str) -> str:
 
 
 def _check_finite(array: np.ndarray, where: str, what: str) -> None:
+    if np.isfinite(array).all() and (array.dtype == np.float32 or np.abs(array).max(initial=0) <= _F32_MAX):
+        return  # the common case, without index arrays
     bad = ~np.isfinite(array)
     if bad.any():
         index = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -1272,38 +1392,71 @@ def _kernels_from_array(array: np.ndarray, *, source: str, name: str, layout: st
         raise KernelError(f"{source}: the array is empty (shape {_fmt_size(array.shape)})")
     if array.size > MAX_WEIGHTS:
         raise KernelError(f"{source}: {array.size} weights, more than the {MAX_WEIGHTS} allowed")
-    weights = np.asarray(array, dtype=np.float64)
+    # float32 and float64 stay as they are (no whole copy); each filter becomes float64 in _build.
+    weights = array if array.dtype in (np.float32, np.float64) else np.asarray(array, dtype=np.float64)
     _check_finite(weights, source, "weights")
     return _build(weights, source, "", name, "", layout, 0.0)
 
 
 def _load_npy(path: Path, source: str) -> list[Kernel]:
+    """The kernels of a ``.npy`` file, its header checked before any weight is read.
+
+    Shape, dtype, weight and filter counts come from the header, and the file's length
+    must hold what the header declares: a huge or malformed array is refused in
+    microseconds, without loading it.
+    """
+    check_regular_file(path, KernelError, what="kernel file")
     try:
         with open(path, "rb") as handle:
-            try:
-                version = np.lib.format.read_magic(handle)
-                header = (
-                    np.lib.format.read_array_header_1_0(handle)
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0(handle)
-                )
-            except ValueError as exc:
-                raise KernelError(f"{source}: not a valid .npy file ({exc})") from None
-            shape, _, dtype = header
-            if dtype.kind not in "iuf":
-                raise KernelError(f"{source}: expected a numeric array, got dtype {dtype}")
-            count = math.prod(shape)
-            # Check the header before reading, so a huge array is refused without loading it.
-            if count > MAX_WEIGHTS:
-                raise KernelError(f"{source}: {count} weights, more than the {MAX_WEIGHTS} allowed")
-            handle.seek(0)
-            try:
-                array = np.load(handle, allow_pickle=False)
-            except ValueError as exc:
-                raise KernelError(f"{source}: not a valid .npy file ({exc})") from None
+            shape, fortran, dtype = _npy_kernel_header(handle, source)
+            _check_npy_shape(shape, dtype, source)
+            offset = handle.tell()
+            size = os.fstat(handle.fileno()).st_size
+            needed = math.prod(shape) * dtype.itemsize
+            if size - offset < needed:
+                raise KernelError(f"{source}: not a valid .npy file: truncated: the header declares {_fmt_size(shape)} {dtype}"
+                                  f" ({needed} bytes of data), the file holds {max(0, size - offset)}")
+            array = np.fromfile(handle, dtype=dtype, count=math.prod(shape))
     except OSError as exc:
         raise KernelError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    array = array.reshape(shape, order="F" if fortran else "C")
+    if array.dtype.byteorder not in ("=", "|"):
+        array = array.astype(array.dtype.newbyteorder("="))
     return _kernels_from_array(array, source=source, name=path.stem)
+
+
+def _npy_kernel_header(handle, source: str):
+    """(shape, fortran_order, dtype) from a ``.npy`` header; KernelError for anything malformed."""
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(handle)
+        if version == (2, 0):
+            return np.lib.format.read_array_header_2_0(handle)
+        raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
+    except Exception as exc:  # noqa: BLE001 - numpy parses the header with tokenize and ast: any error
+        # ValueError, SyntaxError, tokenize errors, EOFError, MemoryError, RecursionError...
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise KernelError(f"{source}: not a valid .npy file: its header cannot be read ({shorten(detail, 80)})"
+                          ) from None
+
+
+def _check_npy_shape(shape: tuple[int, ...], dtype, source: str) -> None:
+    """The shape rules of ``weights`` (1-D to 4-D, not empty, bounded), from the header alone."""
+    if dtype.kind not in "iuf" or dtype.hasobject:
+        raise KernelError(f"{source}: expected a numeric array, got dtype {dtype}")
+    if len(shape) not in (1, 2, 3, 4):
+        raise KernelError(f"{source}: weights must be 1-D to 4-D, got {len(shape)}-D shape {_fmt_size(shape)}")
+    count = math.prod(shape)
+    if count == 0:
+        raise KernelError(f"{source}: the array is empty (shape {_fmt_size(shape)})")
+    if count > MAX_WEIGHTS:
+        raise KernelError(f"{source}: shape {_fmt_size(shape)} holds {count} weights, more than the {MAX_WEIGHTS}"
+                          " allowed")
+    filters = _filter_count(shape, None)
+    if filters > MAX_FILTERS:
+        raise KernelError(f"{source}: shape {_fmt_size(shape)} holds {filters} filters, more than the {MAX_FILTERS}"
+                          " allowed in one layer")
 
 
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -1315,9 +1468,9 @@ def _number(token: str, source: str, where: str) -> float:
         value = float(token)
         if math.isfinite(value) and abs(value) <= _F32_MAX:
             return value
-        raise KernelError(f"{source}: {where} {token!r} does not fit in float32")
+        raise KernelError(f"{source}: {where} {shorten(token, 20)} does not fit in float32")
     if token.lower().lstrip("+-") in ("nan", "inf", "infinity"):
-        raise KernelError(f"{source}: {where} is {token!r}; NaN and Inf are not allowed")
+        raise KernelError(f"{source}: {where} is {shorten(token, 20)}; NaN and Inf are not allowed")
     raise KernelError(f"{source}: {where} {_clip(token, 20)!r} is not a number")
 
 

@@ -8,11 +8,11 @@ option strings travels through the code.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Union
 
+from ._text import shorten
 from .errors import OptionError
 
 Pair = tuple[int, int]
@@ -89,7 +89,7 @@ def _enum_value(enum_type, value, name: str):
         if member.value == text:
             return member
     choices = ", ".join(m.value for m in enum_type if m is not PaddingMode.EXPLICIT)
-    raise OptionError(f"{name}: {value!r} is not one of {choices}")
+    raise OptionError(f"{name}: {shorten(value)} is not one of {choices}")
 
 
 def parse_border(value, name: str = "--border") -> Border:
@@ -104,57 +104,45 @@ def parse_pool_mode(value, name: str = "--pool") -> PoolMode:
     return _enum_value(PoolMode, value, name)
 
 
-#: Largest stride, padding, dilation or pool size accepted: beyond it sizes overflow C integers
-#: (and no image is that large: the pixel limit keeps a side well below it).
-MAX_LAYER_INT = 2**31 - 1
-
-
-def _shown(value, limit: int = 60) -> str:
-    """``value`` as a message shows it: short, and never a huge integer converted whole."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"a {math.floor(value.bit_length() * math.log10(2)) + 1}-digit number"
-    if isinstance(value, (list, tuple)) and any(isinstance(v, int) and v.bit_length() > 64 for v in value
-                                                if not isinstance(v, bool)):
-        return "a list with a number of more than 19 digits"
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit - 1]}… ({len(text):,} characters)"
-
-
-def _checked(numbers: list[int], value, name: str) -> list[int]:
-    for number in numbers:
-        if abs(number) > MAX_LAYER_INT:
-            raise OptionError(f"{name}: {_shown(value)} is out of range (at most {MAX_LAYER_INT:,})")
-    return numbers
+#: Largest whole number a size, stride, dilation or padding may be (Keras and TensorFlow use
+#: 32-bit sizes). Bounding it keeps every count convcli prints a number Python can print.
+MAX_INTEGER = 2**31 - 1
 
 
 def _ints(value, name: str) -> list[int]:
+    parts = _parse_ints(value, name)
+    for part in parts:
+        if abs(part) > MAX_INTEGER:
+            raise OptionError(f"{name}: {shorten(part)} is more than {MAX_INTEGER}")
+    return parts
+
+
+def _parse_ints(value, name: str) -> list[int]:
     if isinstance(value, bool):
-        raise OptionError(f"{name}: expected a whole number or N,M, got {value!r}")
+        raise OptionError(f"{name}: expected a whole number or N,M, got {shorten(value)}")
     if isinstance(value, int):
-        return _checked([value], value, name)
+        return [value]
     if isinstance(value, str):
-        parts = [p for p in value.replace("x", ",").replace("X", ",").split(",")]
+        parts = [p.strip() for p in value.replace("x", ",").replace("X", ",").split(",")]
+        for part in parts:
+            # int() refuses more than 4,300 digits like any non-number; such a number is only too large.
+            if len(part) > 18 and part.lstrip("+-").isdigit():
+                raise OptionError(f"{name}: {shorten(part)} is more than {MAX_INTEGER}")
         try:
-            parsed = [int(p.strip()) for p in parts]
+            return [int(p) for p in parts]
         except ValueError:
-            raise OptionError(f"{name}: expected N or N,M with whole numbers, got {_shown(value)}") from None
-        return _checked(parsed, value, name)
+            raise OptionError(f"{name}: expected N or N,M with whole numbers, got {shorten(value)}") from None
     try:
         items = list(value)
     except TypeError:
-        raise OptionError(f"{name}: expected N or N,M, got {_shown(value)}") from None
+        raise OptionError(f"{name}: expected N or N,M, got {shorten(value)}") from None
     out = []
     for item in items:
-        # Only numbers: a list, a string or a mapping inside the sequence (YAML/JSON pipelines) is refused.
-        if isinstance(item, bool) or not isinstance(item, numbers.Real):
-            raise OptionError(f"{name}: expected whole numbers, got {_shown(value)}")
-        if isinstance(item, numbers.Integral):
-            out.append(int(item))
-        elif math.isfinite(float(item)) and float(item).is_integer():
-            out.append(int(item))
-        else:
-            raise OptionError(f"{name}: expected whole numbers, got {_shown(value)}")
-    return _checked(out, value, name)
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or (
+                isinstance(item, float) and not item.is_integer()):
+            raise OptionError(f"{name}: expected whole numbers, got {shorten(value)}")
+        out.append(int(item))
+    return out
 
 
 def parse_pair(value: PairLike, name: str, *, minimum: int = 1) -> Pair:
@@ -169,7 +157,7 @@ def parse_pair(value: PairLike, name: str, *, minimum: int = 1) -> Pair:
     if len(parts) == 1:
         single, parts = True, parts * 2
     if len(parts) != 2:
-        raise OptionError(f"{name}: expected N or NH,NW, got {len(parts)} numbers ({value!r})")
+        raise OptionError(f"{name}: expected N or NH,NW, got {len(parts)} numbers ({shorten(value)})")
     for part in parts:
         if part < minimum:
             raise OptionError(f"{name}: must be at least {minimum}, got {value if isinstance(value, str) else tuple(parts)}")
@@ -205,10 +193,10 @@ class Padding:
             parts = _ints(value, name)
         except OptionError:
             raise OptionError(
-                f"{name}: {_shown(value)} is not valid, same, full, causal, P, PH,PW or T,B,L,R"
+                f"{name}: {shorten(value)} is not valid, same, full, causal, P, PH,PW or T,B,L,R"
             ) from None
         if any(p < 0 for p in parts):
-            raise OptionError(f"{name}: padding amounts must be >= 0, got {value!r}")
+            raise OptionError(f"{name}: padding amounts must be >= 0, got {shorten(value)}")
         if len(parts) == 1:
             amounts = (parts[0],) * 4
         elif len(parts) == 2:
@@ -216,7 +204,7 @@ class Padding:
         elif len(parts) == 4:
             amounts = tuple(parts)
         else:
-            raise OptionError(f"{name}: expected P, PH,PW or T,B,L,R, got {len(parts)} numbers ({value!r})")
+            raise OptionError(f"{name}: expected P, PH,PW or T,B,L,R, got {len(parts)} numbers ({shorten(value)})")
         return cls(PaddingMode.EXPLICIT, amounts, single=len(parts) == 1)  # type: ignore[arg-type]
 
     def on_signal(self) -> "Padding":
@@ -240,10 +228,10 @@ def parse_slope(value, name: str) -> float:
     """A finite leaky-relu slope (``nan`` or ``inf`` would fill the maps with NaN/Inf)."""
     try:
         slope = float(value)
-    except (TypeError, ValueError):
-        raise OptionError(f"{name}: expected a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise OptionError(f"{name}: expected a number, got {shorten(value)}") from None
     if isinstance(value, bool) or not math.isfinite(slope):
-        raise OptionError(f"{name}: expected a finite number, got {value!r}")
+        raise OptionError(f"{name}: expected a finite number, got {shorten(value)}")
     return slope
 
 
@@ -307,7 +295,7 @@ class PoolSpec:
     def from_options(cls, *, mode, size: PairLike = 2, stride: PairLike | None = None, padding="valid") -> "PoolSpec":
         pad = str(padding.value if isinstance(padding, PaddingMode) else padding).strip().lower()
         if pad not in ("valid", "same"):
-            raise OptionError(f"pool-padding: {padding!r} is not one of valid, same")
+            raise OptionError(f"pool-padding: {shorten(padding)} is not one of valid, same")
         return cls(
             mode=parse_pool_mode(mode, "pool"),
             size=parse_pair(size, "pool-size"),

@@ -46,11 +46,14 @@ least 1, got (0, 0)``; shape errors found later name the layer: ``layers[3] (con
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ._paths import path_text, regular_file_problem
+from ._text import shorten
 from .errors import ConvcliError, GeometryError, KernelError, OptionError
 from .layer import (
     ConvSpec,
@@ -61,6 +64,7 @@ from .layer import (
     parse_border,
     parse_pair,
     parse_pool_mode,
+    MAX_INTEGER,
 )
 from .stack import ConvStep, PoolStep, Stack, Step, keras_names
 
@@ -162,7 +166,7 @@ def parse_pipeline(data: Any, *, base_dir: Path | str = ".", source: str = "pipe
         raise OptionError(f"{where}expected a mapping with a 'layers' list at the top, got {_kind(data)}")
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
-        raise OptionError(f"{where}unknown key {unknown[0]!r} (known: {', '.join(TOP_KEYS)})")
+        raise OptionError(f"{where}unknown key {shorten(unknown[0])} (known: {', '.join(TOP_KEYS)})")
     if "layers" not in data:
         raise OptionError(f"{where}no 'layers' list; give a list of conv and pool layers")
     layers = data["layers"]
@@ -200,7 +204,7 @@ def _entry(item: Any, index: int, where: str) -> tuple[str, dict]:
         raise OptionError(f"{label}: expected one of {{conv: {{...}}}} or {{pool: {{...}}}}, got {got}")
     (kind, options), = item.items()
     if kind not in ("conv", "pool"):
-        raise OptionError(f"{label}: {kind!r} is not a layer type; use conv or pool")
+        raise OptionError(f"{label}: {shorten(kind)} is not a layer type; use conv or pool")
     if options is None and kind == "pool":
         options = {}  # `- pool:` alone: a 2×2 max pool, as Keras' MaxPooling2D()
     if not isinstance(options, dict):
@@ -208,7 +212,7 @@ def _entry(item: Any, index: int, where: str) -> tuple[str, dict]:
     known = CONV_KEYS if kind == "conv" else POOL_KEYS
     for key in options:
         if key not in known:
-            raise OptionError(f"{label}.{kind}: unknown key {key!r} (known: {', '.join(known)})")
+            raise OptionError(f"{label}.{kind}: unknown key {shorten(key)} (known: {', '.join(known)})")
     return kind, options
 
 
@@ -221,18 +225,18 @@ def _check_names(entries: list[tuple[str, dict]], where: str) -> None:
         name = options["name"]
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise OptionError(
-                f"{where}layers[{index}].name: {name!r} is not a layer name (1-64 letters, digits, '_', '-', '.';"
+                f"{where}layers[{index}].name: {shorten(name)} is not a layer name (1-64 letters, digits, '_', '-', '.';"
                 " starting with a letter or digit)"
             )
         if name in given:
-            raise OptionError(f"{where}layers[{index}].name: {name!r} is already the name of layers[{given[name]}]")
+            raise OptionError(f"{where}layers[{index}].name: {shorten(name)} is already the name of layers[{given[name]}]")
         given[name] = index
 
 
 def _bool(options: dict, key: str, label: str) -> bool:
     value = options.get(key, False)
     if not isinstance(value, bool):
-        raise OptionError(f"{label}.{key}: expected true or false, got {value!r}")
+        raise OptionError(f"{label}.{key}: expected true or false, got {shorten(value)}")
     return value
 
 
@@ -253,8 +257,8 @@ def _conv_step(options: dict, label: str, base_dir: Path, files: list[str]) -> C
     depthwise = _bool(options, "depthwise", label)
     flip = _bool(options, "flip", label)
     slope = options.get("negative_slope", 0.3)
-    if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not math.isfinite(slope):
-        raise OptionError(f"{label}.negative_slope: expected a number, got {slope!r}")
+    if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not _finite(slope):
+        raise OptionError(f"{label}.negative_slope: expected a number, got {shorten(slope)}")
     spec = ConvSpec.from_options(
         stride=parse_pair(options.get("stride", 1), f"{label}.stride"),
         padding=Padding.parse(options.get("padding", "valid"), f"{label}.padding"),
@@ -290,7 +294,9 @@ def _conv_step(options: dict, label: str, base_dir: Path, files: list[str]) -> C
         raise OptionError(f"{label}.conv: a shape-only layer needs both filters and kernel_size; {missing} is missing")
     filters = options["filters"]
     if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
-        raise OptionError(f"{label}.filters: expected a whole number of at least 1, got {filters!r}")
+        raise OptionError(f"{label}.filters: expected a whole number of at least 1, got {shorten(filters)}")
+    if filters > MAX_INTEGER:
+        raise OptionError(f"{label}.filters: {shorten(filters)} is more than {MAX_INTEGER}")
     kernel_size = parse_pair(options["kernel_size"], f"{label}.kernel_size")
     if bias_values is not None and len(bias_values) not in (1, filters):
         raise OptionError(f"{label}.bias: {len(bias_values)} values for {filters} filters; give one number or {filters}")
@@ -302,9 +308,17 @@ def _bias_values(bias: Any, label: str) -> list[float]:
     if not items:
         raise OptionError(f"{label}.bias: the list is empty; give true, false, a number or one number per filter")
     for item in items:
-        if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
-            raise OptionError(f"{label}.bias: expected true, false, a number or a list of numbers, got {bias!r}")
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not _finite(item):
+            raise OptionError(f"{label}.bias: expected true, false, a number or a list of numbers, got {shorten(bias)}")
     return [float(v) for v in items]
+
+
+def _finite(number: int | float) -> bool:
+    """A finite number that float32 holds (an int of thousands of digits is not)."""
+    try:
+        return math.isfinite(number) and abs(float(number)) <= 3.4028234663852886e38
+    except OverflowError:
+        return False
 
 
 def _with_biases(bank, values: list[float]):
@@ -323,20 +337,24 @@ def _kernel_source(value: Any, label: str, base_dir: Path):
 
     if not isinstance(value, str) or not value.strip():
         raise OptionError(
-            f"{label}.kernels: expected kernel file paths, built-in names or inline matrices, got {value!r}"
+            f"{label}.kernels: expected kernel file paths, built-in names or inline matrices, got {shorten(value)}"
         )
     if kernels.looks_inline(value):
         return kernels.parse_inline(value)
     candidate = base_dir / Path(value).expanduser()
     path_like = "/" in value or "\\" in value or value.lower().endswith(_KERNEL_SUFFIXES)
-    if candidate.is_file() or (path_like and candidate.exists()):
-        return str(candidate)
+    problem = regular_file_problem(candidate)  # never raises, unlike Path.is_file() on a name too long
+    too_long = problem is not None and not problem.startswith("is ")
+    exists = not too_long and os.path.lexists(candidate)
+    if exists and (problem is None or path_like or not problem.startswith("is a directory")):
+        return str(candidate)  # a regular file; anything else is refused, in one line, by the kernel reader
     if path_like:
-        raise KernelError(f"{value!r}: no such kernel file (looked for {candidate})")
+        why = f"no such kernel file: {problem}" if too_long else "no such kernel file"
+        raise KernelError(f"{shorten(value, 60)}: {why} (looked for {path_text(candidate)})")
     key = value.strip().lower().replace("_", "-")
     if key not in kernels.builtin_names():
         raise KernelError(
-            f"{value!r}: no kernel file {candidate} and no built-in kernel of that name"
+            f"{shorten(value, 60)}: no kernel file {path_text(candidate)} and no built-in kernel of that name"
             f" (built-ins: {', '.join(kernels.builtin_names())})"
         )
     return kernels.load_builtin(key)
@@ -365,7 +383,7 @@ def _pool_step(options: dict, label: str) -> PoolStep:
     padding = options.get("padding", "valid")
     text = padding.strip().lower() if isinstance(padding, str) else None
     if text not in (PaddingMode.VALID.value, PaddingMode.SAME.value):
-        raise OptionError(f"{label}.padding: {padding!r} is not one of valid, same")
+        raise OptionError(f"{label}.padding: {shorten(padding)} is not one of valid, same")
     spec = PoolSpec.from_options(mode=mode, size=size, stride=strides, padding=text)
     return PoolStep(spec=spec)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Union
 
-from .errors import ConvcliError, GeometryError
+from .errors import ConvcliError, GeometryError, OptionError
 from .geometry import LayerGeometry, Shape3, conv_layer, pool_layer
 from .layer import ConvSpec, Pair, PaddingMode, PoolMode, PoolSpec, on_signal
 
@@ -268,6 +268,34 @@ class Stack:
                 depth = None if depth is None else depth * bank.filters
             else:
                 depth = bank.filters
+
+    def check_algorithm(self, algorithm: str) -> None:
+        """Raise OptionError if ``algorithm`` cannot run some conv layer on any input.
+
+        Only ``separable`` can be impossible: it needs every kernel (every 2-D slice of a
+        3-D kernel) to have rank at most ``engine.choose.MAX_RANK``, which the weights alone
+        decide. Found here, it is a usage error before any input is read.
+        """
+        if algorithm != "separable":
+            return
+        import numpy as np
+
+        from .engine import choose, separable
+
+        for index, step in enumerate(self.steps):
+            if not isinstance(step, ConvStep) or step.bank is None:
+                continue
+            for kernel in step.bank:
+                weights = kernel.weights if kernel.weights.ndim == 3 else kernel.weights[:, :, None]
+                for channel in range(weights.shape[2]):
+                    if separable.decompose(weights[:, :, channel], choose.MAX_RANK) is None:
+                        plane = np.asarray(weights[:, :, channel], dtype=np.float64)
+                        values = np.linalg.svd(plane, compute_uv=False)
+                        rank = int(np.sum(values > separable.RANK_TOL * values[0]))
+                        where = f"layers[{index}] ({step.name}): " if len(self.steps) > 1 else ""
+                        raise OptionError(
+                            f"--algorithm separable: {where}kernel {kernel.name!r} has rank {rank}; the separable"
+                            f" path takes kernels of rank at most {choose.MAX_RANK} (use --algorithm auto or direct)")
 
     @property
     def sums_channels_first(self) -> bool:

@@ -644,8 +644,7 @@ def test_npy_object_and_truncated(tmp_path):
     with pytest.raises(InputError, match=r"o\.npy: cannot read \.npy: Object arrays cannot be loaded"):
         cio.read_input(tmp_path / "o.npy")
     data = cio.encode_npy(np.ones((10, 10)))
-    with pytest.raises(InputError, match=r"cut\.npy: truncated or corrupt \.npy: its header declares 10×10 of "
-                                         r"float64 \(800 bytes\), the file holds 793 bytes of data"):
+    with pytest.raises(InputError, match=r"cut\.npy: cannot read \.npy: "):
         cio.read_input(write(tmp_path, "cut.npy", data[:-7]))
     with pytest.raises(InputError, match=r"hdr\.npy: cannot read \.npy header: "):
         cio.read_shape(write(tmp_path, "hdr.npy", data[:20]))

@@ -464,8 +464,16 @@ def test_yaml_alias_bound_counts_expanded_nodes(tmp_path, monkeypatch):
 
 def test_oversized_file_is_refused_before_parsing(tmp_path, monkeypatch):
     monkeypatch.setattr(K, "MAX_FILE_BYTES", 1 << 20)
-    path = write(tmp_path, "huge.yaml", "weights: [" + "1, " * 600_000 + "1]\n")
-    with pytest.raises(KernelError, match=r"huge.yaml: 1.7 MiB, larger than the 1 MiB allowed for a kernel file"):
+    path = write(tmp_path, "huge.json", '{"weights": [' + "1, " * 600_000 + "1]}\n")
+    with pytest.raises(KernelError, match=r"huge.json: 1.7 MiB, larger than the 1 MiB allowed for a kernel file$"):
+        load_kernels(path)
+
+
+def test_oversized_yaml_file_is_refused_before_parsing(tmp_path):
+    # YAML is composed in Python (about a second per MiB of short numbers): its own, smaller bound.
+    path = write(tmp_path, "huge.yaml", "weights: [" + "1, " * 400_000 + "1]\n")
+    with pytest.raises(KernelError, match=r"huge.yaml: 1.1 MiB, larger than the 1 MiB allowed for a YAML kernel"
+                                          r" file; save large banks as .json or .npy"):
         load_kernels(path)
 
 
@@ -479,7 +487,7 @@ def test_file_growing_past_the_bound_while_read_is_refused(tmp_path, monkeypatch
         st_mode = 0o100644  # a regular file
 
     monkeypatch.setattr(Path, "stat", lambda self, **kw: FakeStat())
-    with pytest.raises(KernelError, match=r"k.yaml: larger than the 0 MiB allowed"):
+    with pytest.raises(KernelError, match=r"k.yaml: larger than the 4 bytes allowed"):
         load_kernels(path)
 
 
@@ -614,7 +622,7 @@ def test_npy_errors(tmp_path, monkeypatch):
         load_kernels(tmp_path / "nan.npy")
     np.save(tmp_path / "big.npy", np.ones((4, 4)))
     monkeypatch.setattr(K, "MAX_WEIGHTS", 10)
-    with pytest.raises(KernelError, match=r"big.npy: 16 weights, more than the 10 allowed"):
+    with pytest.raises(KernelError, match=r"big.npy: shape 4x4 holds 16 weights, more than the 10 allowed"):
         load_kernels(tmp_path / "big.npy")
 
 

@@ -61,12 +61,15 @@ def _resolve_source(source: Source) -> tuple[str, str, Path | None, bytes | None
         return "<bytes>", "input", None, bytes(source)
     if os.fspath(source) == STDIN:
         return "<stdin>", "stdin", None, sys.stdin.buffer.read()
+    from .._paths import check_regular_file
+
     path = Path(source)
     name = os.fspath(source)
-    if not path.exists():
+    # A FIFO, device or socket would block or never end: refused before it is opened, as is a
+    # name too long for the file system (Path.exists raises on one).
+    check_regular_file(path, InputError, what="image or array file")
+    if not os.path.exists(path):
         raise InputError(f"{name}: no such file")
-    if path.is_dir():
-        raise InputError(f"{name}: is a directory, not an image or array file")
     return name, path.stem, path, None
 
 

@@ -17,11 +17,13 @@ from ._common import _array_shape, _Raw, _read_bytes
 def _read_npy(name: str, blob: bytes) -> _Raw:
     import numpy as np
 
-    _check_npy_size(name, blob)
+    _check_npy_length(name, blob)
     try:
         array = np.load(io.BytesIO(blob), allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise InputError(f"{name}: cannot read .npy: {err}") from None
+    except Exception as err:  # noqa: BLE001 - numpy parses the header with tokenize and ast
+        raise InputError(f"{name}: cannot read .npy header: {_header_problem(err)}") from None
     kind_char = array.dtype.kind
     if kind_char not in "biuf":
         raise InputError(f"{name}: .npy of dtype {array.dtype}; expected numbers (bool, int, uint or float)")
@@ -30,36 +32,6 @@ def _read_npy(name: str, blob: bytes) -> _Raw:
     if kind_char == "b":
         array = array.astype(np.uint8)
     return _Raw(array.reshape(shape), kind, bit_depth)
-
-
-def _check_npy_size(name: str, blob: bytes) -> None:
-    """Refuse a header whose shape needs more bytes than the file holds, before numpy allocates them.
-
-    numpy sizes its array from the header alone: a 200-byte file claiming 10¹⁸ elements
-    would ask for exabytes (MemoryError) or a huge allocation filled from nothing.
-    """
-    from numpy.lib import format as npformat
-
-    handle = io.BytesIO(blob)
-    try:
-        version = npformat.read_magic(handle)
-        if version not in ((1, 0), (2, 0)):
-            return  # numpy's own reader decides (version 3 headers are rare)
-        reader = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
-        shape, _fortran, dtype = reader(handle)
-    except (ValueError, OSError, EOFError):
-        return  # np.load reports it with its own words
-    if dtype.hasobject:
-        return  # refused by allow_pickle=False
-    count = 1
-    for side in shape:
-        count *= int(side)
-    needed = count * dtype.itemsize
-    held = len(blob) - handle.tell()
-    if needed > held:
-        dims = "×".join(str(int(side)) for side in shape) or "a scalar"
-        raise InputError(f"{name}: truncated or corrupt .npy: its header declares {dims} of {dtype} "
-                         f"({needed:,} bytes), the file holds {held:,} bytes of data")
 
 
 def _npy_header(name: str, path: Path | None, data: bytes | None) -> tuple[tuple[int, int, int], str]:
@@ -78,7 +50,43 @@ def _npy_header(name: str, path: Path | None, data: bytes | None) -> tuple[tuple
                 return tuple(raw.array.shape), raw.kind  # type: ignore[return-value]
     except (ValueError, OSError, EOFError) as err:
         raise InputError(f"{name}: cannot read .npy header: {err}") from None
+    except Exception as err:  # noqa: BLE001 - numpy parses the header with tokenize and ast
+        raise InputError(f"{name}: cannot read .npy header: {_header_problem(err)}") from None
     return _array_shape(name, tuple(shape))
+
+
+def _header_problem(err: Exception) -> str:
+    """One line for an error numpy's header parser raised (SyntaxError, tokenize errors…)."""
+    from .._text import shorten
+
+    detail = " ".join(str(err).split())
+    return f"{type(err).__name__}: {shorten(detail, 80)}" if detail else type(err).__name__
+
+
+def _check_npy_length(name: str, blob: bytes) -> None:
+    """Refuse a ``.npy`` whose header declares more data than the file holds, before numpy allocates it."""
+    import math
+
+    from numpy.lib import format as npformat
+
+    handle = io.BytesIO(blob)
+    try:
+        version = npformat.read_magic(handle)
+        if version not in ((1, 0), (2, 0)):
+            return  # numpy reports it
+        reader = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+        shape, _fortran, dtype = reader(handle)
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"{name}: cannot read .npy header: {err}") from None
+    except Exception as err:  # noqa: BLE001 - numpy parses the header with tokenize and ast
+        raise InputError(f"{name}: cannot read .npy header: {_header_problem(err)}") from None
+    if dtype.hasobject:
+        return  # refused by np.load (allow_pickle=False) with its own message
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > len(blob) - handle.tell():
+        shown = "×".join(str(n) for n in shape)
+        raise InputError(f"{name}: cannot read .npy: truncated: the header declares {shown} {dtype}"
+                         f" ({needed} bytes of data), the file holds {len(blob) - handle.tell()}")
 
 
 def encode_npy(array: Any) -> bytes:

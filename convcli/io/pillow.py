@@ -90,7 +90,39 @@ def _read_image(name: str, path: Path | None, data: bytes | None, *, max_pixels:
         except InputError:
             raise
         except Exception as err:  # noqa: BLE001 - a corrupt file can fail anywhere in a decoder
+            if im.format == "JPEG" and "truncated" in str(err):
+                return _truncated_jpeg(name, path, data, err)
             raise InputError(f"{name}: cannot decode image ({type(err).__name__}: {err})") from None
+
+
+def _truncated_jpeg(name: str, path: Path | None, data: bytes | None, err: Exception) -> _Raw:
+    """A JPEG whose data ends early, decoded as libjpeg completes it, with an InputWarning.
+
+    Pillow raises "image file is truncated" unless ``ImageFile.LOAD_TRUNCATED_IMAGES``
+    is set; then libjpeg ends the scan with a fake end-of-image marker and fills the rows
+    it has no data for, as djpeg, ImageMagick and libvips do (they warn "Premature end of
+    JPEG file"). convcli does the same and says so, in one warning line.
+    """
+    import warnings
+
+    from PIL import ImageFile
+
+    from ..errors import InputWarning
+
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        with _pillow_open(name, path, data) as im:
+            raw = _pillow_array(im, name, path, data)
+    except InputError:
+        raise
+    except Exception as again:  # noqa: BLE001 - not even the start of the scan decodes
+        raise InputError(f"{name}: cannot decode image ({type(again).__name__}: {again})") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+    warnings.warn(InputWarning("truncated JPEG data: the decoder filled in the missing part of the image"),
+                  stacklevel=2)
+    return raw
 
 
 def _pillow_array(im: Any, name: str, path: Path | None, data: bytes | None) -> _Raw:
