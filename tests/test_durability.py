@@ -446,3 +446,48 @@ def test_claim_files_left_by_a_killed_run_are_swept_and_held_ones_kept(tmp_path)
         assert mine
         assert atomic.sweep_stale(tmp_path, {"held.png", "stale.png"}) == 1
         assert atomic.claim_path(held).exists() and not atomic.claim_path(stale).exists()
+
+
+# --- limits that hold ------------------------------------------------------------------------------
+
+_PEAK = """
+import resource, subprocess, sys, time
+started = time.monotonic()
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+print(done.returncode, time.monotonic() - started, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+sys.stderr.write(done.stderr)
+"""
+
+
+def peak_run(*args) -> tuple[int, float, int, str]:
+    """(exit status, seconds, peak resident bytes, stderr) of one convcli process, measured by a fresh parent."""
+    done = subprocess.run([sys.executable, "-c", _PEAK, sys.executable, "-m", "convcli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+    status, seconds, peak = done.stdout.split()
+    return int(status), float(seconds), int(peak), done.stderr
+
+
+def test_a_layer_over_the_memory_budget_is_refused_before_any_work(tmp_path):
+    # 64 float32 maps of a 4K image as one .npy: 2 GiB of maps, twice the 1 GiB budget.
+    Image.new("RGB", (3840, 2160)).save(tmp_path / "uhd.png")
+    np.save(tmp_path / "bank.npy", np.random.default_rng(0).standard_normal((3, 3, 3, 64)).astype(np.float32))
+    status, seconds, peak, stderr = peak_run("apply", tmp_path / "uhd.png", "-k", tmp_path / "bank.npy",
+                                             "--format", "npy", "-o", tmp_path / "out", "-j", "1")
+    assert status == 1
+    assert stderr == (f"convcli: {tmp_path / 'uhd.png'}: needs about 4.0 GiB of memory (64 2158×3838 float32 maps "
+                      "of conv2d: 2.0 GiB), more than the 1 GiB memory limit; use a smaller image or fewer filters "
+                      "per run\n")
+    assert seconds < 20 and peak < 300 << 20, (seconds, peak)  # refused from the header: nothing decoded
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_fuzzers_largest_legal_input_stays_within_the_memory_budget(tmp_path):
+    # The fuzzers' pixel limit (1 Mi pixels) in RGB through 64 filters, maps kept whole as .npy.
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (1024, 1024, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    np.save(tmp_path / "bank.npy", rng.standard_normal((3, 3, 3, 64)).astype(np.float32))
+    status, _seconds, peak, stderr = peak_run("apply", tmp_path / "big.png", "-k", tmp_path / "bank.npy",
+                                              "--format", "npy", "-o", tmp_path / "out", "-j", "1")
+    assert status == 0, stderr
+    assert peak < 1 << 30, f"peak {peak / 2**20:.0f} MiB over the 1 GiB budget"
+    assert np.load(tmp_path / "out" / "big.npy", mmap_mode="r").shape == (1022, 1022, 64)
