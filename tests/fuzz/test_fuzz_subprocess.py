@@ -99,10 +99,13 @@ def test_apply_batch_over_mutated_images_exits_0_or_1_with_one_line_per_failure(
     summary = ours[-1]
     assert re.fullmatch(r"convcli: \d+ done, \d+ failed in .*", summary), summary
     failed = int(re.search(r"(\d+) failed", summary).group(1))
-    assert len(ours) - 1 == failed, "one line per failed input"
+    # An input read with a repair (a truncated JPEG completed by the decoder) has a warning line.
+    warned = [line for line in ours[:-1] if ": warning: " in line]
+    assert len(ours) - 1 - len(warned) == failed, "one line per failed input"
     names = [str(p) for p in cases]
     for line in ours[:-1]:
         assert any(name in line for name in names), line
+    NOISE["convcli warning lines (inputs read with a repair)"] += len(warned)
     # Lines that are not ours come from C libraries printing to the stderr descriptor (libtiff):
     # issue 18 §7 (branch errors). Counted here, not failed on.
     for line in lines:

@@ -273,3 +273,19 @@ def test_file_name_with_a_newline_or_escape_sequence_is_reported_on_one_line(tmp
     assert lines[2].startswith(f"convcli: {folder}/next\\x85line.png: corrupt GIF file")
     assert lines[3].startswith("convcli: 1 done, 3 failed") and len(lines) == 4
     assert b"\x1b" not in done.stderr
+
+
+def test_npy_with_a_negative_size_in_its_shape_is_one_line_as_kernel_and_as_input():
+    # numpy's header reader accepts shape (-1, 5): as a kernel, np.fromfile(count=-5) read the
+    # whole file and reshape raised ValueError; as an input, `shape` reported a negative size.
+    path = CRASHES / "npy-negative-size.npy"
+    from convcli.kernels import load_kernels
+
+    with pytest.raises(KernelError, match=r"npy-negative-size\.npy: not a valid \.npy file: a negative size in its "
+                                          r"shape -1x5"):
+        load_kernels(str(path))
+    with pytest.raises(InputError, match=r"npy-negative-size\.npy: corrupt array header: a negative size in its "
+                                         r"shape \(-1, 5\)"):
+        read_header(path)
+    with pytest.raises(InputError, match=r"npy-negative-size\.npy: "):
+        read_input(path)
