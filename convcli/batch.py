@@ -349,7 +349,7 @@ class _Reporter:
         else:
             self.done += 1
             for note in result.warnings:
-                self.progress.print(f"convcli: {result.input}: warning: {note}")
+                self.progress.print(one_line(f"convcli: {result.input}: warning: {note}"))
         self._json(result)
         self._ordered(outcome.index, result.printed.encode() + result.stdout_bytes)
         self.progress.advance()

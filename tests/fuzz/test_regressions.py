@@ -289,3 +289,16 @@ def test_npy_with_a_negative_size_in_its_shape_is_one_line_as_kernel_and_as_inpu
         read_header(path)
     with pytest.raises(InputError, match=r"npy-negative-size\.npy: "):
         read_input(path)
+
+
+def test_warning_line_of_a_file_named_with_a_newline_stays_one_line(tmp_path):
+    # The "warning: truncated JPEG data" line printed the name raw: the long fuzz run saw its tail
+    # arrive as a line of its own.
+    jpeg = (CORPUS / "images" / "rgb.jpg").read_bytes()
+    path = tmp_path / "cut\nshort.jpg"
+    path.write_bytes(jpeg[:-30])  # the scan cut short, the header whole
+    done = subprocess.run([sys.executable, "-m", "convcli", "apply", str(path), "-k", "edge", "-o", str(tmp_path / "out"),
+                           "-j", "1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith(f"convcli: {tmp_path}/cut\\nshort.jpg: warning: truncated JPEG data")
+    assert len(done.stderr.splitlines()) == 1
