@@ -1,18 +1,22 @@
-"""Whole-command timings of ``convcli`` next to ImageMagick and next to its own floor.
+"""Whole-command timings of ``convcli`` next to libvips, ImageMagick and its own floor.
 
-Cases (issue 4's command-line targets):
+The input is a 1080p photograph: a mosaic of the photographs in ``sample_images/`` at
+their own resolution (``benchmarks/photos.py``). Cases (issues 4 and 15):
 
-1. ``convcli apply`` on a 1080p RGB PNG with one 3×3 kernel, PNG out, against
-   ImageMagick's ``convert IN -morphology Convolve 3x3:… OUT`` (whole process each).
-   convcli is timed twice: the default (a 2-D kernel summed over the channels, one gray
-   map) and ``--depthwise`` (one RGB picture, the same work ImageMagick does).
+1. ``convcli apply photo.png -k edge --padding same -o out/`` (one 3×3 kernel, PNG out)
+   against ``vips conv photo.png out.png edge.mat`` and ImageMagick's ``convert IN
+   -morphology Convolve 3x3:… OUT`` (whole process each; PNG compression level 1 for
+   all). convcli is timed twice: the default (a 2-D kernel summed over the channels, one
+   gray map) and ``--depthwise`` (one RGB picture, the work the peers do).
 2. ``convcli apply`` with a 64-filter 3×3 bank (64 gray PNG maps) against its floor:
    decoding the PNG + the convolution + the fastest parallel PNG encode of the 64 maps
-   (zlib level 1 on all cores), each measured in this process.
+   (convcli's encoder at level 1, ISA-L, on all cores), each measured in this process.
 3. Start-up: ``convcli --help`` and ``convcli shape …`` against
    ``python -c "import click, numpy"``.
 
-Medians of ``--repeat`` runs (commands alternate, so drift hits both sides alike). The
+Medians of ``--repeat`` runs (commands alternate, so drift hits both sides alike), of the
+wall time and of the CPU time (user + system, all threads): on a machine shared with other
+jobs the wall time includes the waits for a core, the CPU time much less. The
 package's bytecode is written first, as an install does (see :func:`compile_package`).
 Run: ``python benchmarks/cli_bench.py`` (writes ``benchmarks/CLI.md``).
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -34,9 +39,11 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from batch_bench import find_imagemagick, imagemagick_version  # noqa: E402
+from batch_bench import find_imagemagick, find_vips, imagemagick_version  # noqa: E402
+from photos import save_photo  # noqa: E402
 
 EDGE = "3x3: -1,-1,-1 -1,8,-1 -1,-1,-1"
+EDGE_MAT = "3 3 1 0\n-1 -1 -1\n-1 8 -1\n-1 -1 -1\n"  # libvips' matrix file: W H scale offset, rows
 
 
 def convcli_command() -> list[str]:
@@ -44,73 +51,71 @@ def convcli_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "convcli"]
 
 
-def make_photo(path: Path, height: int = 1080, width: int = 1920) -> None:
-    from PIL import Image
-
-    rng = np.random.default_rng(1080)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([np.sin(xx / 97.0), np.cos(yy / 61.0), np.sin((xx + yy) / 143.0)], axis=2)
-    block = ((xx // 120).astype(int) + (yy // 120).astype(int)) % 2
-    pixels = 110 + 70 * base + 40 * block[:, :, None] + rng.normal(0, 4, (height, width, 3))
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, compress_level=6)
-
-
 def wall(command: list[str]) -> float:
+    return run_timed(command)[0]
+
+
+def run_timed(command: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system of the process and its children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def medians(commands: dict[str, list[str]], repeat: int) -> dict[str, float]:
-    """Median wall seconds of each command, run in turn (A B A B …) after one warm-up each."""
+def medians(commands: dict[str, list[str]], repeat: int, cpu: dict[str, float] | None = None) -> dict[str, float]:
+    """Median wall seconds of each command, run in turn (A B A B …) after one warm-up each.
+
+    ``cpu``, when given, receives each command's median CPU seconds: on a machine shared
+    with other jobs the wall time includes waiting for a core, the CPU time much less so.
+    """
     for command in commands.values():
         wall(command)
-    times: dict[str, list[float]] = {name: [] for name in commands}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for _ in range(repeat):
         for name, command in commands.items():
-            times[name].append(wall(command))
-    return {name: statistics.median(values) for name, values in times.items()}
+            times[name].append(run_timed(command))
+    if cpu is not None:
+        cpu.update({name: statistics.median(c for _, c in values) for name, values in times.items()})
+    return {name: statistics.median(w for w, _ in values) for name, values in times.items()}
 
 
-def in_process_floor(photo: Path, bank: np.ndarray, repeat: int) -> dict[str, float]:
-    """Decode + convolution + fastest parallel PNG encode of the maps, each a median in this process."""
-    from PIL import Image
-
+def in_process_floor(photo: Path, bank: np.ndarray) -> dict[str, object]:
+    """The floor's parts as callables: decode, convolution, and PNG encodes of the maps (1 and all threads)."""
     import convcli
-    from convcli.io import encode_png, to_display
+    from convcli.io import encode_png, read_input, to_display
 
-    def decode():
-        with Image.open(photo) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.float32)
+    def decode():  # convcli's reader: libspng for an RGB PNG
+        return read_input(photo, keep_integers=True).array
 
-    x = decode()
+    x = decode().astype(np.float32)
     maps = convcli.conv2d(x, bank, padding="same")
     gray = [to_display(maps[:, :, f], normalize="minmax", bits=8) for f in range(maps.shape[2])]
 
-    def encode(level: int, threads: int):
+    def encode(threads: int):
         def one(image):
-            return encode_png(image, bits=8, compress_level=level)
+            return encode_png(image, bits=8, compress_level=1)
         if threads == 1:
             return [one(g) for g in gray]
         with ThreadPoolExecutor(threads) as pool:
             return list(pool.map(one, gray))
 
-    def median_of(func) -> float:
-        func()
-        values = []
-        for _ in range(repeat):
-            started = time.perf_counter()
-            func()
-            values.append(time.perf_counter() - started)
-        return statistics.median(values)
-
     cores = os.cpu_count() or 1
     return {
-        "decode": median_of(decode),
-        "convolution": median_of(lambda: convcli.conv2d(x, bank, padding="same")),
-        "encode (level 1, 1 thread)": median_of(lambda: encode(1, 1)),
-        f"encode (level 1, {cores} threads)": median_of(lambda: encode(1, cores)),
+        "decode": decode,
+        "convolution": lambda: convcli.conv2d(x, bank, padding="same"),
+        "encode (level 1, 1 thread)": lambda: encode(1),
+        f"encode (level 1, {cores} threads)": lambda: encode(cores),
     }
+
+
+def timed(func) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads) of one call."""
+    started, cpu = time.perf_counter(), time.process_time()
+    func()
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def compile_package() -> None:
@@ -125,8 +130,9 @@ def compile_package() -> None:
                    check=True, stdout=subprocess.DEVNULL)
 
 
-#: Issue 4's command-line targets: (case, the most the ratio may be).
-TARGETS = {"one 3×3 kernel vs ImageMagick": 0.5, "64 filters vs floor": 1.2, "start-up vs import click, numpy": 1.5}
+#: Issues 4 and 15's command-line targets: (case, the most the ratio may be).
+TARGETS = {"one 3×3 kernel vs vips conv": 0.5, "one 3×3 kernel vs ImageMagick": 0.5, "64 filters vs floor": 1.2,
+           "start-up vs import click, numpy": 1.5}
 
 
 def main(argv=None) -> int:
@@ -152,40 +158,62 @@ def report(repeat: int) -> tuple[str, list[str]]:
     convcli = convcli_command()
     compile_package()
     magick = find_imagemagick()
+    vips = find_vips()
     verdicts: list[str] = []
 
     def verdict(case: str, ratio: float, detail: str) -> None:
         limit = TARGETS[case]
         verdicts.append(f"- {case}: {detail} = {ratio:.2f}× (target ≤ {limit}×): {'met' if ratio <= limit else 'missed'}")
 
-    lines = [f"Machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; medians of {repeat} runs.", ""]
+    load = os.getloadavg()[0]
+    lines = [f"Machine: {os.cpu_count()} cores shared with other jobs (load average {load:.1f} at the start), "
+             f"Python {sys.version.split()[0]}; medians of {repeat} rounds, the commands of a table "
+             "alternating within each round.", ""]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         photo = tmp / "photo.png"
-        make_photo(photo)
+        save_photo(photo)
         out = tmp / "out"
         out.mkdir()
+        (tmp / "edge.mat").write_text(EDGE_MAT)
 
         # 1. One 3x3 kernel, whole process.
         commands = {
-            "convcli apply -k edge (gray map)": convcli + ["apply", str(photo), "-k", "edge", "-o", str(out), "-q"],
+            "convcli apply -k edge (gray map)": convcli + ["apply", str(photo), "-k", "edge", "--padding", "same",
+                                                           "-o", str(out), "-q"],
             "convcli apply -k edge --depthwise (RGB)": convcli + ["apply", str(photo), "-k", "edge", "--depthwise",
-                                                                  "-o", str(out / "dw"), "-q"],
+                                                                  "--padding", "same", "-o", str(out / "dw"), "-q"],
         }
+        if vips:
+            for precision in ("float", "integer"):
+                commands[f"vips conv --precision {precision}"] = [
+                    vips, "conv", str(photo), str(out / f"vips-{precision}.png[compression=1]"), str(tmp / "edge.mat"),
+                    "--precision", precision]
         if magick:
             commands["ImageMagick convert -morphology Convolve"] = magick + [
                 str(photo), "-define", "png:compression-level=1", "-morphology", "Convolve", EDGE,
                 str(out / "im.png")]
-        one = medians(commands, repeat)
-        lines += ["## One 3×3 kernel on a 1080p RGB PNG, PNG out (whole process)", "",
-                  "| command | median s | ratio to ImageMagick |", "|---|---:|---:|"]
+        one_cpu: dict[str, float] = {}
+        one = medians(commands, repeat, one_cpu)
+        lines += ["## One 3×3 kernel on a 1080p photograph (RGB PNG), PNG out (whole process)", "",
+                  "| command | median s | ratio to vips conv (fastest) | ratio to ImageMagick | median CPU s |",
+                  "|---|---:|---:|---:|---:|"]
         reference = one.get("ImageMagick convert -morphology Convolve")
+        vips_times = [seconds for name, seconds in one.items() if name.startswith("vips")]
+        vips_best = min(vips_times) if vips_times else None
         for name, seconds in one.items():
-            ratio = f"{seconds / reference:.2f}×" if reference else "—"
-            lines.append(f"| {name} | {seconds:.3f} | {ratio} |")
+            to_vips = f"{seconds / vips_best:.2f}×" if vips_best else "—"
+            to_magick = f"{seconds / reference:.2f}×" if reference else "—"
+            lines.append(f"| {name} | {seconds:.3f} | {to_vips} | {to_magick} | {one_cpu[name]:.3f} |")
+        gray = one["convcli apply -k edge (gray map)"]
+        if vips:
+            lines += ["", f"libvips: {subprocess.run([vips, '--version'], capture_output=True, text=True).stdout.strip()}."]
+            verdict("one 3×3 kernel vs vips conv", gray / vips_best,
+                    f"convcli {gray:.3f} s vs vips conv {vips_best:.3f} s")
+        else:
+            lines += ["", "vips not found (`apt-get install libvips-tools`); its rows are skipped."]
         if magick:
             lines += ["", f"ImageMagick: {imagemagick_version(magick)}."]
-            gray = one["convcli apply -k edge (gray map)"]
             verdict("one 3×3 kernel vs ImageMagick", gray / reference,
                     f"convcli {gray:.3f} s vs ImageMagick {reference:.3f} s")
         else:
@@ -196,17 +224,31 @@ def report(repeat: int) -> tuple[str, list[str]]:
         bank = rng.standard_normal((3, 3, 3, 64)).astype(np.float32)
         bank_file = tmp / "bank64.npy"
         np.save(bank_file, bank)
-        many = medians({"convcli": convcli + ["apply", str(photo), "-k", str(bank_file), "--padding", "same",
-                                              "-o", str(out / "bank"), "-q"]}, repeat)["convcli"]
-        floor = in_process_floor(photo, bank, repeat)
+        command = convcli + ["apply", str(photo), "-k", str(bank_file), "--padding", "same", "-o", str(out / "bank"),
+                             "-q"]
+        parts = in_process_floor(photo, bank)
+        wall(command)
+        for func in parts.values():
+            func()
+        rounds: dict[str, list[tuple[float, float]]] = {"convcli": [], **{name: [] for name in parts}}
+        for _ in range(repeat):  # the whole command and the floor's parts alternate
+            rounds["convcli"].append(run_timed(command))
+            for name, func in parts.items():
+                rounds[name].append(timed(func))
+        whole = rounds.pop("convcli")
+        many, many_cpu = statistics.median(w for w, _ in whole), statistics.median(c for _, c in whole)
+        floor = {name: statistics.median(w for w, _ in values) for name, values in rounds.items()}
+        floor_cpu = {name: statistics.median(c for _, c in values) for name, values in rounds.items()}
         encode_best = min(v for k, v in floor.items() if k.startswith("encode"))
         floor_total = floor["decode"] + floor["convolution"] + encode_best
-        lines += ["", "## 64 filters 3×3 on a 1080p RGB PNG, 64 PNG maps out", "",
-                  "| part | median s |", "|---|---:|"]
-        lines += [f"| {name} (in process) | {seconds:.3f} |" for name, seconds in floor.items()]
-        lines += [f"| floor = decode + convolution + fastest encode | {floor_total:.3f} |",
-                  f"| `convcli apply` whole process | {many:.3f} |",
-                  f"| ratio convcli / floor | {many / floor_total:.2f}× |"]
+        cpu_total = floor_cpu["decode"] + floor_cpu["convolution"] + min(
+            v for k, v in floor_cpu.items() if k.startswith("encode"))
+        lines += ["", "## 64 filters 3×3 on the 1080p photograph, 64 PNG maps out", "",
+                  "| part | median s | median CPU s |", "|---|---:|---:|"]
+        lines += [f"| {name} (in process) | {seconds:.3f} | {floor_cpu[name]:.3f} |" for name, seconds in floor.items()]
+        lines += [f"| floor = decode + convolution + fastest encode | {floor_total:.3f} | {cpu_total:.3f} |",
+                  f"| `convcli apply` whole process | {many:.3f} | {many_cpu:.3f} |",
+                  f"| ratio convcli / floor | {many / floor_total:.2f}× | {many_cpu / cpu_total:.2f}× |"]
         verdict("64 filters vs floor", many / floor_total, f"convcli {many:.3f} s vs floor {floor_total:.3f} s")
 
         # 3. Start-up.

@@ -198,8 +198,20 @@ def _build_stack(params: dict, *, shape_only: bool = False):
 
 # --- commands ---------------------------------------------------------------------------------
 
+def _print_version(ctx: click.Context, _param, value: bool) -> None:
+    """``--version``: the version, then the engines this install runs (SPEC §6)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from .engine import engines  # only here: the engine (and cv2's probe) stay out of start-up
+
+    click.echo(f"convcli, version {__version__}")
+    click.echo(f"engines: {', '.join(engines())}")
+    ctx.exit()
+
+
 @click.group(name="convcli", cls=ConvcliGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="convcli")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and the active engines, and exit.")
 def cli():
     """Apply CNN convolution layers to images, with Keras/PyTorch semantics.
 
@@ -236,7 +248,8 @@ def cli():
 @click.option("--normalize", type=_choice("minmax", "clip", "abs", "offset"), default="minmax",
               show_default=True, help="How png/png16 map values to pixels.")
 @click.option("--compress-level", type=click.IntRange(0, 9), default=None,
-              help="PNG zlib level 0-9 (default 1: fast; 3-9 try every PNG filter per row: smaller, 6-15x slower).")
+              help="PNG compression 0-9 on zlib's scale (default 1: fast; 0 stores; 1-5 ISA-L, 6-9 zlib; "
+              "3-9 try every PNG filter per row: smaller, 6-15x slower).")
 @click.option("--print", "print_maps", is_flag=True,
               help="Print each feature map's rows to standard output (files only with -o).")
 @click.option("--json", "json_lines", is_flag=True, help="One JSON object per input on standard output.")

@@ -1,4 +1,7 @@
-"""Regenerate the sample images in this folder (deterministic: no randomness, no downloads).
+"""Regenerate the synthetic sample images in this folder (deterministic: no randomness, no downloads).
+
+The photographs (astronaut.png, coffee.png, chelsea.png) are not made here: they are copies
+of scikit-image's test images, with their sources and licences in LICENSES.md.
 
 Run from the repository root::
 

@@ -213,7 +213,9 @@ def test_opencv_only_where_it_saves_more_than_its_import_risks():
 
 
 def test_auto_reports_each_path(rng):
+    # The numpy paths (the compiled core, when built, serves these layers in auto mode).
     engine.use_opencv(False)
+    engine.use_ccore(False)
     try:
         x = rng.standard_normal((200, 220, 3)).astype(np.float32)
         g = np.exp(-0.5 * ((np.arange(31) - 15) / 5.0) ** 2)
@@ -226,6 +228,7 @@ def test_auto_reports_each_path(rng):
         }
     finally:
         engine.use_opencv(True)
+        engine.use_ccore(True)
     assert seen == {"direct", "separable", "fft"}
 
 
@@ -320,14 +323,17 @@ def test_opencv_in_run_layer_pools_and_reuses_like_numpy(rng):
     pool = PoolSpec.from_options(mode="max", size=2, stride=None, padding="valid")
     original = choose.choose
     try:
-        choose.choose = lambda layer, *, opencv_ok: "opencv" if opencv_ok else original(layer, opencv_ok=False)
+        choose.choose = lambda layer, *, opencv_ok, ccore_ok=False: ("opencv" if opencv_ok
+                                                                      else original(layer, opencv_ok=False))
         for p in (None, pool):
             reuse = np.full((20, 26, 4) if p else (40, 52, 4), np.nan, np.float32)
             got = engine.run_layer(x, bank, spec, p, reuse=reuse)
             assert got.backend == "opencv" and got.output is reuse
             engine.use_opencv(False)
+            engine.use_ccore(False)
             want = engine.run_layer(x, bank, spec, p)
             engine.use_opencv(True)
+            engine.use_ccore(True)
             assert want.backend == "numpy"
             np.testing.assert_allclose(got.output, want.output, rtol=RTOL, atol=ATOL * 256)
     finally:
@@ -419,7 +425,8 @@ def test_opencv_leaves_the_callers_thread_count(rng):
     original = choose.choose
     try:
         cv2.setNumThreads(3)
-        choose.choose = lambda layer, *, opencv_ok: "opencv" if opencv_ok else original(layer, opencv_ok=False)
+        choose.choose = lambda layer, *, opencv_ok, ccore_ok=False: ("opencv" if opencv_ok
+                                                                      else original(layer, opencv_ok=False))
         for spec, p in [(ConvSpec.from_options(padding="same"), None), (ConvSpec.from_options(padding="same"), pool),
                         (ConvSpec.from_options(padding="same", depthwise=True), None)]:
             b = bank if not spec.depthwise else engine.WeightsBank(rng.standard_normal((3, 3)).astype(np.float32))

@@ -468,15 +468,32 @@ def test_seed_inputs_in_sample_images():
     np.testing.assert_array_equal(bump.array.ravel(), [0, 0, 0, 1, 1, 0, 0, 0])
 
 
+PHOTOGRAPHS = ("astronaut.png", "coffee.png", "chelsea.png")
+
+
 def test_sample_images_are_small_and_read():
     pngs = sorted(SAMPLES.glob("*.png"))
-    assert len(pngs) >= 3
+    assert len(pngs) >= 3 + len(PHOTOGRAPHS)
+    total_pixels = 0
     for path in pngs:
-        assert path.stat().st_size < 150_000
+        photo = path.name in PHOTOGRAPHS
+        assert path.stat().st_size < (450_000 if photo else 150_000)
         h, w, _c = cio.read_shape(path)
-        assert h <= 240 and w <= 320
+        assert (h <= 600 and w <= 600) if photo else (h <= 240 and w <= 320)
         assert cio.read_input(path).shape == cio.read_shape(path)
+        total_pixels += h * w
+    # The README's main job reads every PNG here: it must stay a matter of seconds.
+    assert total_pixels < 1_000_000
     assert cio.read_input(SAMPLES / "gradient-16bit.png").bit_depth == 16
+
+
+def test_every_sample_file_has_its_licence():
+    licences = (SAMPLES / "LICENSES.md").read_text(encoding="utf-8")
+    for path in SAMPLES.iterdir():
+        if path.suffix in (".png", ".csv"):
+            assert f"`{path.name}`" in licences, path.name
+    for photo in PHOTOGRAPHS:
+        assert photo in licences and cio.read_shape(SAMPLES / photo)[2] == 3
 
 
 def test_stdin(monkeypatch):
@@ -846,6 +863,7 @@ def test_montage_layout_and_tiles():
     maps[1][2, 3] = 255
     blob = cio.montage(maps, ["vertical-line", "edge", "sobel-x"])
     with Image.open(io.BytesIO(blob)) as im:
+        assert im.mode == "L"  # gray maps make a gray montage (a third of the bytes)
         canvas = np.asarray(im.convert("RGB")).astype(int)
     # 6×6 tiles enlarged 16× to 96×96; ceil(sqrt(3)) = 2 columns, 2 rows; 8-pixel gaps.
     assert canvas.shape[1] == 2 * 96 + 3 * 8
@@ -860,6 +878,13 @@ def test_montage_layout_and_tiles():
     cell_h = (canvas.shape[0] - 3 * 8) // 2
     third = canvas[8 + cell_h + 8:8 + cell_h + 8 + 96, 8:104]
     assert (third == 200).all()
+
+
+def test_montage_of_colour_maps_stays_colour():
+    maps = [np.zeros((6, 6), np.uint8), np.full((6, 6, 3), (250, 10, 20), np.uint8)]
+    with Image.open(io.BytesIO(cio.montage(maps, ["gray", "red"]))) as im:
+        assert im.mode == "RGB"
+        assert np.asarray(im)[8 + 40, 112 + 40].tolist() == [250, 10, 20]
 
 
 def test_montage_errors():

@@ -822,11 +822,33 @@ def test_builtins_include_the_spec_names():
     assert names == sorted(names)
 
 
-def test_builtins_ship_as_package_data_with_matching_names():
+def _shipped_kernel_names() -> list[str]:
+    """The built-in kernel files the installed convcli ships as convcli.kernels_data.
+
+    With an editable install (or a wheel on sys.path) the package data imports. With a
+    regular install run from the checkout, the checkout's convcli/ (first on sys.path)
+    shadows the installed package and has no kernels_data: the installed distribution's
+    file list (its RECORD) says what shipped, and each listed file must be on disk. The
+    build leaves a convcli.egg-info in the checkout too, listing the sources: skipped.
+    """
+    from importlib import metadata
     from importlib.resources import files
 
-    root = files("convcli.kernels_data")
-    shipped = sorted(entry.name[: -len(".yaml")] for entry in root.iterdir() if entry.name.endswith(".yaml"))
+    try:
+        root = files("convcli.kernels_data")
+    except ModuleNotFoundError:
+        for dist in metadata.distributions(name="convcli"):
+            entries = [f for f in dist.files or () if f.parts[:2] == ("convcli", "kernels_data")
+                       and f.suffix == ".yaml"]
+            if entries:
+                assert all(Path(dist.locate_file(f)).is_file() for f in entries)
+                return sorted(Path(f.name).stem for f in entries)
+        pytest.fail("convcli.kernels_data is neither importable nor in an installed distribution")
+    return sorted(entry.name[: -len(".yaml")] for entry in root.iterdir() if entry.name.endswith(".yaml"))
+
+
+def test_builtins_ship_as_package_data_with_matching_names():
+    shipped = _shipped_kernel_names()
     assert shipped == K.builtin_names()
     # The repo's kernels/ folder is what the package ships.
     repo = Path(__file__).resolve().parents[1] / "kernels"

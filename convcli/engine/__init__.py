@@ -23,7 +23,7 @@ import numpy as np
 from .. import geometry
 from ..errors import KernelError, OptionError
 from ..layer import ConvSpec, PoolSpec
-from . import _common, _threads, choose, direct, fft, opencv, separable
+from . import _common, _threads, ccore, choose, direct, fft, opencv, separable
 from ._common import as_image
 from ._threads import get_threads, set_threads
 from .activations import activate
@@ -31,7 +31,7 @@ from .pooling import pool2d
 
 __all__ = [
     "ALGORITHMS", "LayerResult", "WeightsBank", "conv2d", "depthwise_conv2d", "apply_layer", "run_layer",
-    "pool2d", "activate", "set_threads", "get_threads", "use_opencv",
+    "pool2d", "activate", "set_threads", "get_threads", "use_opencv", "use_ccore", "engines",
 ]
 
 #: Names accepted by ``algorithm=`` (and ``--algorithm``).
@@ -42,8 +42,9 @@ ALGORITHMS = ("auto", "direct", "separable", "fft")
 class LayerResult:
     """What :func:`run_layer` computed: the float32 H'×W'×F' output and the path that ran.
 
-    ``algorithm`` is direct, separable or fft; ``backend`` is numpy, or opencv when
-    ``cv2`` computed it (only in ``auto`` mode, when installed).
+    ``algorithm`` is direct, separable or fft; ``backend`` is numpy, opencv when
+    ``cv2`` computed it, or ccore when the compiled core did (both only in ``auto`` mode,
+    when installed).
     """
 
     output: np.ndarray
@@ -126,6 +127,22 @@ def use_opencv(enabled: bool) -> None:
     _use_opencv = bool(enabled)
 
 
+use_ccore = ccore.use_ccore
+
+
+def engines() -> list[str]:
+    """The engines this process can use, fastest first: "compiled core (avx512)", "OpenCV 4.x", "numpy"."""
+    names = []
+    if ccore.active():
+        names.append(f"compiled core ({ccore.isa()})")
+    if _use_opencv and opencv.installed():
+        cv2 = opencv.module()
+        if cv2 is not None:
+            names.append(f"OpenCV {cv2.__version__}")
+    names.append(f"numpy {np.__version__}")
+    return names
+
+
 def _opencv_terms(w: np.ndarray) -> dict:
     """Rank-1 factors of each (kh, kw) slice of ``w`` keyed (channel, filter); slices of higher rank are absent."""
     out = {}
@@ -160,7 +177,9 @@ def _select(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm: s
                                                dilation=spec.dilation, border=spec.border,
                                                depthwise=depthwise, rank1=rank() == 1) is None
         layer = choose.Layer(x.shape, w.shape, tuple(out_hw), spec.stride, spec.dilation, depthwise, rank(), finish)
-        algorithm = choose.choose(layer, opencv_ok=cv_ok)
+        algorithm = choose.choose(layer, opencv_ok=cv_ok, ccore_ok=ccore.active())
+        if algorithm == "ccore":
+            return bind(ccore.correlate), "direct", "ccore"
         if algorithm == "opencv":
             terms = _opencv_terms(w)
             name = "separable" if terms and len(terms) == w.shape[2] * w.shape[3] else "direct"
@@ -292,6 +311,12 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
     try:
         if pool is None:
             out = run(epilogue=epilogue, out=target)
+        elif backend == "ccore" and ccore.can_pool(pool, geom.output_shape[:2]):
+            # Convolution, bias, activation and pooling in one pass: no un-pooled rows in memory.
+            out = ccore.correlate_pooled(x, weights, pool, pads=geom.pads, stride=conv.stride,
+                                         dilation=conv.dilation, border=conv.border,
+                                         out_hw=geom.output_shape[:2], depthwise=conv.depthwise,
+                                         epilogue=epilogue, out=target)
         else:
             # OpenCV's chunks run banded on the engine's threads, with its own pool at one thread.
             cv_pool = opencv.pool_threads(opencv.module(), 1) if backend == "opencv" else contextlib.nullcontext()

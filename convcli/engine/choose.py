@@ -11,6 +11,9 @@ rates measured on a 2-core x86 machine (``benchmarks/run.py`` prints the real ti
 * fft: forward transforms of the input blocks, products with the kernel spectra, inverse
   transforms of every output map, over the blocks ``fft.plan`` cuts (overlap-save's margins
   included);
+* ccore: the compiled direct loop (:mod:`convcli.engine.ccore`), when it is built: its
+  vector multiply-adds (16 lanes each; lanes a layer's maps leave empty cost the same), the
+  expansion of each input row for few-map layers, and the output's first touch;
 * opencv: per-channel filter2D/sepFilter2D calls, when cv2 is importable and can serve it:
   one call on the whole image when it gives the output (one map per channel), otherwise
   a call per (channel, filter) on bands of rows, plus the copies that split and merge planes.
@@ -31,7 +34,7 @@ GEMM_MACS_PER_S = 25e9  # skinny sgemm on tiles, both cores
 COPY_FLOATS_PER_S = 3e9  # the strided copy into the patch matrix
 OUTPUT_BYTES_PER_S = 4e9  # first touch of a fresh output array (page faults), every path
 FINISH_NS_PER_VALUE = 0.25  # one bias or activation pass over an output tile in cache, both cores (W1: 4 ms)
-FIXED_SECONDS = {"direct": 2e-5, "separable": 3e-4, "fft": 5e-4, "opencv": 1e-4}  # set-up per layer
+FIXED_SECONDS = {"direct": 2e-5, "separable": 3e-4, "fft": 5e-4, "opencv": 1e-4, "ccore": 2e-5}  # set-up per layer
 CALL_SECONDS = 1.2e-6  # one numpy call on a small block (the interpreter's share)
 TERM_SECONDS_PER_PIXEL = 3e-9  # separable: the passes' copies and sums, per term and output pixel (W3: 50 ms measured)
 TILE_CHANNEL_SECONDS = 1.5e-4  # separable: fixed work per (tile, channel)
@@ -45,6 +48,17 @@ CV_PLANE_COPY_NS = 0.3  # splitting a band into channel planes, merging maps int
 CV_STRIDED_WRITE_NS = 1.5  # writing a map into every F-th place of a row (numpy)
 CV_MAX_BANDED_MAPS = 4  # beyond this many maps a band's planes spill L2 (8 maps: 36 ms vs direct 26)
 MAX_RANK = 2  # separable path: at most this many rank-1 terms per 2-D kernel
+# The compiled core, both cores (x86-64-v4 build):
+# 16-lane multiply-adds a second, both cores: one pixel × 16 maps (broadcast kernel; W4 45 ms
+# on one core) and 16/L pixels × L maps (expand kernel, a vector load each; W3's 31×31 depthwise
+# 250 ms on one core, so the separable paths keep large separable kernels)
+CC_VECTOR_FMAS_PER_S = {0: 6.5e9, 1: 4e9, 2: 6.5e9}
+# 1 or 2 maps: most of the expand kernel's loads cross a cache line (1080p gray 21×21: the C
+# loop 95 ms, the FFT path 73 ms, in the same loaded run)
+CC_SPLIT_LOAD_FACTOR = {1: 4.0, 2: 2.0}
+CC_EXPAND_NS = 0.25  # expanding one input value into a ring row (per value and map lane block)
+CC_GATHER_FACTOR = 6.0  # depthwise gather kernel: building each vector lane by lane
+CC_WRITE_BYTES_PER_S = 12e9  # storing the output (besides its first touch)
 
 
 @dataclass(frozen=True)
@@ -148,7 +162,29 @@ def cost_opencv(layer: Layer) -> float:
     return seconds * 1e-9 + _output_seconds(layer, finish=min(layer.finish, 1))
 
 
-COSTS = {"direct": cost_direct, "separable": cost_separable, "fft": cost_fft, "opencv": cost_opencv}
+def cost_ccore(layer: Layer) -> float:
+    from . import ccore
+
+    kh, kw, _, f = layer.w_shape
+    h, w, c = layer.in_hwc
+    oh, ow = layer.out_hw
+    mode, vf = ccore.plan(layer.in_hwc, layer.w_shape, layer.out_hw, layer.stride, layer.dilation, layer.depthwise)
+    blocks = -(-layer.n_maps // vf)
+    planes = 1 if layer.depthwise else c
+    if mode == 1:  # expand: a vector is 16 / vf pixels
+        fmas = oh * -(-ow * vf // 16) * kh * kw * planes * blocks
+        fmas *= CC_SPLIT_LOAD_FACTOR.get(vf, 1.0)
+        in_rows = min(h, oh * layer.stride[0] + kh * layer.dilation[0])
+        extra = in_rows * (ow * layer.stride[1] + kw * layer.dilation[1]) * (c if not layer.depthwise else blocks)
+        extra *= CC_EXPAND_NS * 1e-9
+    else:
+        fmas = oh * ow * kh * kw * planes * blocks * (CC_GATHER_FACTOR if mode == 2 else 1)
+        extra = 0.0
+    write = 4 * oh * ow * layer.n_maps / CC_WRITE_BYTES_PER_S
+    return fmas / CC_VECTOR_FMAS_PER_S[mode] + extra + write + _output_seconds(layer, finish=0)
+
+
+COSTS = {"direct": cost_direct, "separable": cost_separable, "fft": cost_fft, "opencv": cost_opencv, "ccore": cost_ccore}
 
 
 def rank_of(w: np.ndarray) -> int:
@@ -168,14 +204,16 @@ def rank_of(w: np.ndarray) -> int:
 OPENCV_MARGIN_SECONDS = 0.015
 
 
-def choose(layer: Layer, *, opencv_ok: bool) -> str:
-    """The cheapest path for ``layer`` (``opencv_ok``: cv2 is importable and can serve it)."""
-    costs = estimates(layer, opencv_ok=opencv_ok)
+def choose(layer: Layer, *, opencv_ok: bool, ccore_ok: bool = False) -> str:
+    """The cheapest path for ``layer`` (``opencv_ok``: cv2 is importable and can serve it;
+    ``ccore_ok``: the compiled core is built and enabled)."""
+    costs = estimates(layer, opencv_ok=opencv_ok, ccore_ok=ccore_ok)
     if "opencv" in costs:
         costs["opencv"] += OPENCV_MARGIN_SECONDS
     return min(costs, key=costs.get)  # ties go to the first: direct (exact sums for small layers)
 
 
-def estimates(layer: Layer, *, opencv_ok: bool = False) -> dict[str, float]:
+def estimates(layer: Layer, *, opencv_ok: bool = False, ccore_ok: bool = False) -> dict[str, float]:
     """Estimated seconds of every path (for ``--explain``-style reports and tests)."""
-    return {name: fn(layer) + FIXED_SECONDS[name] for name, fn in COSTS.items() if name != "opencv" or opencv_ok}
+    allowed = {"opencv": opencv_ok, "ccore": ccore_ok}
+    return {name: fn(layer) + FIXED_SECONDS[name] for name, fn in COSTS.items() if allowed.get(name, True)}

@@ -8,16 +8,18 @@ One module per concern, so a file's name says what it holds:
 :mod:`.npy`               ``.npy`` arrays, read and written
 :mod:`.text`              ``.csv``/``.txt`` tables read; maps printed as rows of numbers
 :mod:`.tiff`              TIFF read through tifffile; float32 TIFF written
+:mod:`.spng`              PNG read through libspng, for the kinds where it beats Pillow
 :mod:`.pillow`            PNG, JPEG, BMP, WebP, GIF read through Pillow (16-bit colour PNG)
 :mod:`.png`               how PNGs are written: the project's own encoder
+:mod:`.deflate`           the deflate library PNG output uses (ISA-L, else zlib)
 :mod:`.modes`             ``--mode`` conversions, layout names, the finite check
 :mod:`.display`           ``--normalize``: float maps to uint8/uint16 pixels
 :mod:`.montage`           ``--montage``: a labelled grid of maps
 :mod:`.atomic`            writes that never leave a partial file; same-file checks
 ========================  ==============================================================
 
-Nothing heavy is imported at module level: numpy, Pillow and tifffile load inside the
-functions that use them, so ``convcli --help`` and ``convcli shape`` stay fast. The names
+Nothing heavy is imported at module level: numpy, Pillow, pyspng, isal and tifffile load
+inside the functions that use them, so ``convcli --help`` and ``convcli shape`` stay fast. The names
 below are the package's public API; underscored names are private to the package.
 """
 

@@ -80,7 +80,10 @@ def montage(maps: Sequence[Any], labels: Sequence[str], *, columns: int | None =
         width = measure.textlength(text, font=font)
         draw.text((x0 + (cell_w - width) / 2, y0 + tile_h + 4 - ascent_box[1]), text, font=font,
                   fill=_MONTAGE_TEXT)
-    return encode_png(np.asarray(canvas), compress_level=compress_level)
+    pixels = np.asarray(canvas)
+    if all(tile.ndim == 2 or tile.shape[2] == 1 for tile in maps):
+        pixels = pixels[:, :, 0]  # gray maps on a gray background, gray text: a gray PNG, a third of the data
+    return encode_png(pixels, compress_level=compress_level)
 
 
 def _fit_label(text: str, font: Any, measure: Any, limit: float) -> str:

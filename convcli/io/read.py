@@ -7,8 +7,9 @@
 (:func:`read_header` also whether it is a 1-D signal).
 
 The format is found from the content (magic numbers), then the suffix; each format is read
-by its own module: :mod:`.npy`, :mod:`.text`, :mod:`.tiff`, :mod:`.pillow` (PNG, JPEG and
-the other Pillow formats). ``--mode`` and ``--scale`` are applied by :mod:`.modes`.
+by its own module: :mod:`.npy`, :mod:`.text`, :mod:`.tiff`, :mod:`.spng` (the PNG kinds
+libspng decodes faster), :mod:`.pillow` (other PNGs, JPEG and the other Pillow formats).
+``--mode`` and ``--scale`` are applied by :mod:`.modes`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ._common import (
     SCALES,
     _IMAGE_MAGICS,
     _NPY_MAGIC,
+    _PNG_MAGIC,
     _TIFF_MAGICS,
     _check_choice,
     _head,
@@ -37,6 +39,8 @@ from ._common import (
 from .modes import _apply_mode, _check_finite, _mode_name
 from .npy import _npy_header, _read_npy
 from .pillow import _pillow_channels, _pillow_open, _read_image
+from .spng import header_shape as png_header_shape
+from .spng import read_png
 from .text import _read_text
 from .tiff import _read_tiff, _tiff_header_shape
 
@@ -187,6 +191,10 @@ def read_header(source: Source) -> tuple[tuple[int, int, int], str]:
             shape = _tiff_header_shape(name, path, data)
             if shape is not None:
                 return shape, "image"
+        if head.startswith(_PNG_MAGIC):  # the kinds libspng reads: no Pillow import
+            shape = png_header_shape(path, data, _head(name, path, data, 33))
+            if shape is not None:
+                return shape, "image"
         with _pillow_open(name, path, data) as im:
             if im is not None:
                 return (im.size[1], im.size[0], _pillow_channels(im)), "image"
@@ -213,6 +221,10 @@ def _read_raw(name: str, path: Path | None, data: bytes | None, *, max_pixels: i
         return _read_text(name, _read_bytes(name, path, data), comma=True if suffix == ".csv" else None)
     if head.startswith(_TIFF_MAGICS):
         raw = _read_tiff(name, path, data, max_pixels=max_pixels)
+        if raw is not None:
+            return raw
+    if head.startswith(_PNG_MAGIC):  # libspng first where it is faster; else Pillow
+        raw = read_png(name, path, data, _head(name, path, data, 33), max_pixels=max_pixels)
         if raw is not None:
             return raw
     raw = _read_image(name, path, data, max_pixels=max_pixels)
