@@ -520,6 +520,7 @@ This file is written by the script; edit the script, not the tables.
 python benchmarks/run.py            # all workloads, every installed peer, and the command-line
                                     # cases (benchmarks/cli_bench.py); rewrites this file and CLI.md
 python benchmarks/run.py -w W3 -r 3 --no-write
+python benchmarks/large_bench.py    # images larger than memory against `vips conv` (LARGE.md)
 ```
 
 scipy is always there. The other peers are optional and skipped when missing. Install them

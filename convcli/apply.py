@@ -20,11 +20,13 @@ from ._text import shorten
 from .errors import ConvcliError, InputError, OptionError, OutputError
 from .stack import Stack
 
-FORMATS = ("png", "png16", "tiff", "npy")
+FORMATS = ("png", "png16", "tiff", "npy", "zarr")
 NORMALIZE_MODES = ("minmax", "clip", "abs", "offset")
 DEFAULT_NAME = "{stem}_{filter}.{ext}"
 STDOUT = "-"
-_EXT = {"png": "png", "png16": "png", "tiff": "tiff", "npy": "npy"}
+_EXT = {"png": "png", "png16": "png", "tiff": "tiff", "npy": "npy", "zarr": "zarr"}
+#: Formats written as one H×W×F array per input (``{stem}.{ext}``), not one file per map.
+ARRAY_FORMATS = ("npy", "zarr")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class OutputSpec:
     montage: str | None = None
     save_all: bool = False
     skip_existing: bool = False
+    tiff_compression: str = "none"
 
     @property
     def to_stdout(self) -> bool:
@@ -88,6 +91,9 @@ class Job:
     algorithm: str = "auto"
     print_maps: bool = False
     reads: tuple[ReadFile, ...] = ()
+    #: ``--memory-limit`` in bytes for one process (a batch divides it among its workers);
+    #: None: no limit, every input is run whole.
+    memory_limit: int | None = None
 
 
 def files_read(stack: Stack, kernel_sources=(), pipeline: str | os.PathLike | None = None) -> tuple[ReadFile, ...]:
@@ -394,7 +400,7 @@ def _map_files(job: Job, names: list[str], stem: str, directory: Path, *, depthw
     """Each output file of a layer and the channels it holds (``channels``: the layer's F')."""
     out = job.output
     ext = _EXT[out.format]
-    if out.format == "npy":  # one H×W×F array per input
+    if out.format in ARRAY_FORMATS:  # one H×W×F array per input
         path = output_path(directory, "{stem}.{ext}" if out.name == DEFAULT_NAME else out.name,
                            stem=stem, filter="all", index=0, ext=ext)
         return [(path, MapGroup("all", 0, tuple(range(channels))))]
@@ -425,14 +431,15 @@ def montage_path(template: str, stem: str) -> Path:
     return Path(template.format(stem=_field(stem)))
 
 
-def encode_group(array, *, fmt: str, normalize: str, compress_level: int | None, workers: int = 1) -> bytes:
+def encode_group(array, *, fmt: str, normalize: str, compress_level: int | None, workers: int = 1,
+                 tiff_compression: str = "none") -> bytes:
     """Encode one output group (H×W or H×W×C float32) in the chosen format (PNG on ``workers`` threads)."""
     from .io import encode_npy, encode_png, encode_tiff, to_display
 
     if fmt == "npy":
         return encode_npy(array)
     if fmt == "tiff":
-        return encode_tiff(array)
+        return encode_tiff(array, compression=tiff_compression)
     bits = 16 if fmt == "png16" else 8
     return encode_png(to_display(array, normalize=normalize, bits=bits), bits=bits,
                       compress_level=compress_level, workers=workers)
@@ -443,7 +450,8 @@ _PLANE_CHUNK = 16
 
 
 def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt: str, normalize: str,
-                      compress_level: int | None, pool=None, pending: list | None = None) -> None:
+                      compress_level: int | None, pool=None, pending: list | None = None,
+                      tiff_compression: str = "none") -> None:
     """Encode each group of ``output`` and write it atomically to its path, in threads.
 
     numpy, zlib and file writes release the GIL, so the maps of a many-filter layer
@@ -469,7 +477,7 @@ def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt:
     def one(item) -> None:
         path, array = item
         write(path, encode_group(array, fmt=fmt, normalize=normalize, compress_level=compress_level,
-                                 workers=workers))
+                                 workers=workers, tiff_compression=tiff_compression))
 
     bits = 16 if fmt == "png16" else 8
 
@@ -479,6 +487,18 @@ def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt:
 
     if fmt == "npy":
         write(paths[0], encode_npy(output))
+        return
+    if fmt == "zarr":
+        from .io.zarr_array import ZarrSink
+
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        sink = ZarrSink(paths[0], output.shape)
+        try:
+            sink.write(output)
+            sink.commit()
+        except BaseException:
+            sink.discard()
+            raise
         return
     own_pool = pool is None
     if own_pool:
@@ -542,7 +562,8 @@ def _write_maps(output, names: list[str], *, job: Job, stem: str, directory: Pat
     for path in paths:
         _refuse_overwrite(path, job, inputs)
     _encode_and_write(paths, output, groups, fmt=out.format, normalize=out.normalize,
-                      compress_level=out.compress_level, pool=pool, pending=pending)
+                      compress_level=out.compress_level, pool=pool, pending=pending,
+                      tiff_compression=out.tiff_compression)
     return [str(p) for p in paths]
 
 
@@ -571,6 +592,17 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
 
     started = time.perf_counter()
     result = InputResult(input=source)
+    if _streams(source, job):
+        from .streaming import stream_input
+
+        directory = Path(job.output.directory) / rel_dir  # type: ignore[arg-type]
+        streamed = stream_input(source, job, directory=directory, stem=input_stem(source), inputs=inputs,
+                                budget=_memory_limit(job))
+        result.input_shape, result.output_shape = streamed.input_shape, streamed.output_shape
+        result.algorithm, result.outputs = streamed.algorithm, streamed.outputs
+        result.filters = job.stack.output_names()
+        result.seconds = time.perf_counter() - started
+        return result
     _check_memory_from_header(job, source)
     max_pixels = job.read.max_pixels if job.read.max_pixels is not None else DEFAULT_MAX_PIXELS
     # uint8/uint16 pixels stay integers when the first layer sums the channels: the engine
@@ -608,7 +640,7 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
         result.stdout_bytes = (encode_npy(output) if out.format == "npy" else
                                encode_group(_group_arrays(output, groups)[0], fmt=out.format,
                                             normalize=out.normalize, compress_level=out.compress_level,
-                                            workers=engine.get_threads()))
+                                            workers=engine.get_threads(), tiff_compression=out.tiff_compression))
         result.outputs = [STDOUT]
     elif out.directory is not None:
         directory = Path(out.directory) / rel_dir
@@ -625,6 +657,76 @@ def process(source: str, job: Job, *, rel_dir: str = "", inputs: frozenset[str] 
         result.printed = _print_maps(output, labels, stem, many)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _memory_limit(job: Job) -> int:
+    from ._budget import memory_limit
+
+    return memory_limit(job)
+
+
+def _streams(source: str, job: Job) -> bool:
+    """Whether ``source`` runs band by band (:mod:`convcli.streaming`) rather than whole.
+
+    It does when a whole-image run would hold more than the memory limit (the estimate of
+    :func:`_check_memory`, from the file's header alone), and when a region-readable file
+    has more pixels than ``--max-pixels`` (for those the memory limit governs, not the
+    decompression-bomb guard). An input that needs the whole image for what is asked
+    (``--print``, ``--montage``, ``--save-all``, ``-o -``) is refused then, with the sizes.
+    Standard input and tables are never streamed (:func:`_check_memory` judges them).
+    """
+    if source == STDOUT or Path(source).suffix.lower() in (".csv", ".txt"):
+        return False
+    return not _whole_fits(source, job, needs=_whole_only_feature(job))
+
+
+def _whole_only_feature(job: Job) -> str | None:
+    out = job.output
+    if out.to_stdout:
+        return "-o -"
+    if job.print_maps:
+        return "--print"
+    if out.montage:
+        return "--montage"
+    if out.save_all:
+        return "--save-all"
+    return None
+
+
+def _whole_fits(source: str, job: Job, *, needs: str | None) -> bool:
+    """True when ``source`` runs whole: it fits the memory limit, or this cannot be judged here.
+
+    Raises InputError when it does not fit and ``needs`` names an option that needs it whole.
+    """
+    from ._budget import format_bytes, working_set
+    from .io import DEFAULT_MAX_PIXELS
+    from .io.bands import region_reader_kind
+    from .io.read import read_header
+
+    try:
+        (h, w, c), kind = read_header(source)
+        stack = job.stack.for_signal() if kind == "signal" else job.stack
+        shape = (h, w, _MODE_CHANNELS.get(job.read.mode, c))
+        out = job.output
+        grouped = _writes_by_filter_group(job)
+        need = working_set(stack, shape, grouped=grouped, keep_all=out.save_all,
+                           encodes_whole=out.format in ("npy", "tiff") and not grouped, group=FILTER_GROUP).total
+    except ConvcliError:
+        return True  # the whole-image path reports what is wrong, as it always has
+    limit = _memory_limit(job)
+    max_pixels = job.read.max_pixels if job.read.max_pixels is not None else DEFAULT_MAX_PIXELS
+    regions = region_reader_kind(source) is not None
+    bomb = kind == "image" and h * w > max_pixels
+    if need <= limit:
+        # A region-readable image over --max-pixels streams (the limit governs it), unless
+        # what is asked needs it whole: then the guard speaks, with its remedy.
+        return not (regions and bomb) or needs is not None
+    if bomb and not regions:
+        return True  # decoded whole: the decompression-bomb guard speaks first, with its remedy
+    if needs is not None:
+        raise InputError(f"{source}: {needs} needs the whole image in memory, about {format_bytes(need)}, more than "
+                         f"the {format_bytes(limit)} memory limit; raise --memory-limit or drop {needs}")
+    return False
 
 
 #: A single layer with more filters than this writes its PNG/TIFF maps a group of filters at a
@@ -838,6 +940,9 @@ def check_job(job: Job, input_count: int, *, json_lines: bool = False) -> None:
         raise OptionError(f"--montage: {shorten(out.montage)} must contain {{stem}} when there are {input_count} inputs")
     if out.save_all and out.to_stdout:
         raise OptionError("--save-all: cannot write every layer to standard output; use -o DIR")
+    if out.to_stdout and out.format == "zarr":
+        raise OptionError("--format zarr: a zarr array is a folder and cannot go to standard output; use -o DIR "
+                          "or --format npy")
 
 
 __all__ = ["ReadSpec", "OutputSpec", "Job", "ReadFile", "InputResult", "PlannedFile", "process", "planned_files",

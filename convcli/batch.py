@@ -19,6 +19,7 @@ loads so that N workers use N cores, not N × cores threads.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -27,9 +28,9 @@ import signal
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, TYPE_CHECKING, Iterator
 
 from .apply import (
     STDOUT,
@@ -45,6 +46,9 @@ from .apply import (
 )
 from .errors import ConvcliError, ExitStatus, OptionError, OutputError, one_line
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .cluster import ClusterSpec, Session
+
 #: File extensions a directory contributes (lower case). Hidden files and folders
 #: (names starting with ``.``) are left out, and so are symbolic links to folders.
 INPUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".npy", ".csv", ".txt")
@@ -59,6 +63,22 @@ TASKS_PER_WORKER = 2
 
 #: Seconds a worker gets to finish its clean-up after SIGTERM before it is killed.
 TERMINATE_GRACE = 2.0
+
+#: Least share of ``--memory-limit`` a worker process gets: -j is lowered to keep it.
+MIN_WORKER_MEMORY = 96 << 20
+
+
+class _restore:
+    """Sets ``obj.name`` back to ``value`` when the block ends."""
+
+    def __init__(self, obj, name: str, value) -> None:
+        self.obj, self.name, self.value = obj, name, value
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        setattr(self.obj, self.name, self.value)
 
 
 @dataclass(frozen=True)
@@ -116,7 +136,8 @@ def expand_inputs(args: list[str], *, recursive: bool = False) -> list[InputItem
         raise OptionError(f"INPUT: '-' (standard input) is given {args.count(STDOUT)} times; it can be read once")
     for arg in args:
         path = Path(arg)
-        if arg != STDOUT and os.path.isdir(path):  # False, not an error, for a name too long
+        # isdir: False, not an error, for a name too long; a zarr array is a folder but one input.
+        if arg != STDOUT and os.path.isdir(path) and not _is_zarr(path):
             items.extend(InputItem(str(path / rel), "" if rel.parent == Path(".") else rel.parent.as_posix())
                          for rel in _folder_files(path, recursive=recursive))
         else:
@@ -129,13 +150,23 @@ def _folder_files(folder: Path, *, recursive: bool) -> list[Path]:
     found: list[Path] = []
     # os.walk does not follow symbolic links to folders, so a link loop cannot trap it.
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
         base = Path(root).relative_to(folder)
+        # A zarr array is a folder, but one input.
+        arrays = [d for d in dirs if d.lower().endswith(".zarr") and not d.startswith(".")
+                  and _is_zarr(Path(root) / d)]
+        found.extend(base / d for d in arrays)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in arrays) if recursive else []
         for name in files:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in INPUT_EXTENSIONS:
                 if os.path.isfile(os.path.join(root, name)):
                     found.append(base / name)
     return sorted(found, key=lambda p: p.parts)
+
+
+def _is_zarr(path: Path) -> bool:
+    from .io.zarr_array import is_zarr
+
+    return is_zarr(path)
 
 
 # --- planning ----------------------------------------------------------------------------------
@@ -440,6 +471,20 @@ class BarProgress(NullProgress):
     def advance(self) -> None:
         self._progress.advance(self._task)
 
+    @contextlib.contextmanager
+    def bands(self, total: int, label: str):
+        """A second bar, over the bands of one large input, while it streams."""
+        task = self._progress.add_task("bands", total=total)
+
+        class _Bar:
+            def advance(bar) -> None:
+                self._progress.advance(task)
+
+        try:
+            yield _Bar()
+        finally:
+            self._progress.remove_task(task)
+
     def print(self, message: str) -> None:
         # Through rich's console, so the line appears above the bar instead of tearing it.
         self._console.print(message, markup=False, highlight=False, soft_wrap=True)
@@ -491,7 +536,7 @@ def default_jobs() -> int:
 
 def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quiet: bool = False,
               json_lines: bool = False, stdout: IO[bytes] | None = None,
-              stderr: IO[str] | None = None) -> BatchSummary:
+              stderr: IO[str] | None = None, cluster: ClusterSpec | None = None) -> BatchSummary:
     """Process every input; a failing input is reported and the others go on.
 
     ``jobs`` worker processes (default: the CPUs; ``1``, a single input or
@@ -499,11 +544,17 @@ def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quie
     ``jobs`` is. ``KeyboardInterrupt`` stops the workers, removes temporary files
     and propagates (the CLI exits 130).
 
+    With ``cluster`` (``--scheduler``) the inputs run as dask.distributed tasks
+    (:mod:`convcli.cluster`; ``jobs`` is then the LocalCluster's worker count for
+    ``local``); standard input is still read here. The scheduler is reached after
+    the batch is planned and before anything is written or reported.
+
     Raises
     ------
     OptionError
-        From :func:`plan_batch` (before any work), or when an input shows a usage
-        error that every input would repeat (the batch then stops).
+        From :func:`plan_batch` (before any work), from :func:`convcli.cluster.connect`
+        (an unreachable scheduler, a worker without convcli), or when an input shows a
+        usage error that every input would repeat (the batch then stops).
     """
     out = stdout if stdout is not None else sys.stdout.buffer
     err = stderr if stderr is not None else sys.stderr
@@ -517,29 +568,54 @@ def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quie
     reporter = _Reporter(items, out=out, progress=progress, json_lines=json_lines)
     many = len(items) > 1
     workers = min(jobs or default_jobs(), len(plan.run))
-    stream = _outcomes(items, job, plan, reporter, workers, many)
+    if job.memory_limit is not None and workers > 1 and (cluster is None or cluster.local):
+        # The workers of this machine share the limit: fewer of them when each would get too little.
+        # (A remote cluster's workers each have their own memory: the limit is then per task.)
+        workers = max(1, min(workers, job.memory_limit // MIN_WORKER_MEMORY))
+        if workers > 1:
+            job = replace(job, memory_limit=job.memory_limit // workers)
+    session = None
+    if cluster is not None and any(items[i].source != STDOUT for i in plan.run):
+        from .cluster import connect
+
+        session = connect(cluster, workers=workers)
     usage: Outcome | None = None
     full: Outcome | None = None
-    with progress:
-        for index, outputs in plan.skipped.items():
-            reporter.skip(index, outputs)
-        try:
-            for outcome in stream:
-                if outcome.usage_error:
-                    # The same for every input: said once, as the command's usage error
-                    # (exit 2), not also as this input's failure.
-                    usage = outcome
-                    break
-                reporter.finish(outcome)
-                if outcome.disk_full:
-                    full = outcome
-                    break
-        except BaseException:
-            stream.close()  # stops the workers now, before the sweep
+    from . import streaming
+
+    # One input in this process: a large one draws a bar over its bands.
+    saved_factory = streaming.band_progress
+    if len(plan.run) == 1 and isinstance(progress, BarProgress):  # on a cluster: its band tasks
+        streaming.band_progress = progress.bands
+    try:
+        stream = _outcomes(items, job, plan, reporter, workers, many, session)
+        with progress, _restore(streaming, "band_progress", saved_factory):
+            for index, outputs in plan.skipped.items():
+                reporter.skip(index, outputs)
+            try:
+                for outcome in stream:
+                    if outcome.usage_error:
+                        # The same for every input: said once, as the command's usage error
+                        # (exit 2), not also as this input's failure.
+                        usage = outcome
+                        break
+                    reporter.finish(outcome)
+                    if outcome.disk_full:
+                        full = outcome
+                        break
+            except BaseException:
+                stream.close()  # stops the workers now, before the sweep
+                if session is not None:
+                    session.close()  # a LocalCluster's workers are gone after this
+                _sweep_temporaries(plan)
+                raise
+            finally:
+                stream.close()
+    finally:
+        if session is not None:
+            session.close()
+            # A worker killed mid-write (its task then ran again elsewhere) left a temporary file.
             _sweep_temporaries(plan)
-            raise
-        finally:
-            stream.close()
     if usage is not None:
         raise OptionError(_without_input(usage.result.error or "usage error", items[usage.index].source))
     not_processed = len(items) - reporter.done - reporter.failed - reporter.skipped
@@ -683,15 +759,22 @@ class _Pool:
 
 
 def _outcomes(items: list[InputItem], job: Job, plan: BatchPlan, reporter: _Reporter, workers: int,
-              many: bool) -> Iterator[Outcome]:
-    """Every planned input's outcome: standard input and ``-j 1`` here, the rest in workers."""
+              many: bool, session: Session | None = None) -> Iterator[Outcome]:
+    """Every planned input's outcome: standard input and ``-j 1`` here, the rest in workers.
+
+    With a cluster ``session``, every input but standard input runs on the cluster.
+    """
     # Standard input belongs to this process: read it here, whatever -j is.
-    local = {i for i in plan.run if items[i].source == STDOUT or workers <= 1}
+    local = {i for i in plan.run if items[i].source == STDOUT or (workers <= 1 and session is None)}
     for index in plan.run:
         if index in local:
             yield run_one(index, items[index], job, plan.inputs, many)
     remote = [i for i in plan.run if i not in local]
-    if remote:
+    if remote and session is not None:
+        from .cluster import cluster_outcomes
+
+        yield from cluster_outcomes(session, remote, items, job, plan, reporter, many)
+    elif remote:
         yield from _run_pool(remote, items, job, plan, reporter, min(workers, len(remote)), many)
 
 
@@ -783,6 +866,8 @@ def _sweep_temporaries(plan: BatchPlan) -> None:
     NAME; those of a process that is gone are removed (and those of the older
     ``.NAME.XXXXXXXX.tmp`` form). Other files in the folder, and the temporary files of
     a live process — another convcli writing into the same folder — are left alone.
+    A zarr array's temporary is such a folder (a band task may still write into it after
+    convcli removed it, until its worker is stopped): removed with what it holds.
     """
     from .io.atomic import process_alive, temporary_owner
 
@@ -793,9 +878,16 @@ def _sweep_temporaries(plan: BatchPlan) -> None:
             continue
         for entry in entries:
             pid = temporary_owner(entry, names)
-            if pid is not None and (pid == 0 or not process_alive(pid)):
+            # Our own leftovers too: by the time of a sweep, this process writes nothing more.
+            if pid is not None and (pid in (0, os.getpid()) or not process_alive(pid)):
+                path = Path(folder) / entry
                 try:
-                    os.unlink(Path(folder) / entry)
+                    if path.is_dir() and not path.is_symlink():  # a zarr array being written
+                        import shutil
+
+                        shutil.rmtree(path)
+                    else:
+                        os.unlink(path)
                 except OSError:
                     pass
 

@@ -6,6 +6,7 @@ line on standard error and the exit status they carry (2 usage, 1 an input faile
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -43,6 +44,15 @@ class LibraryType(click.ParamType):
 PAIR = LibraryType("N|NH,NW", parse_pair, tuple)
 PADDING = LibraryType("valid|same|full|causal|P|PH,PW|T,B,L,R", Padding.parse, Padding)
 SLOPE = LibraryType("FLOAT", parse_slope, float)
+
+
+def _parse_size(value, option):
+    from .io.bands import parse_size
+
+    return parse_size(value, option)
+
+
+SIZE = LibraryType("SIZE", _parse_size, int)
 
 
 def _choice(*values: str) -> click.Choice:
@@ -243,8 +253,11 @@ def cli():
 @click.option("--name", "name_template", default="{stem}_{filter}.{ext}", show_default=True,
               help="Output file name template under -o; fields {stem} {filter} {index} {ext}, each with an "
                    "optional format spec ({index:03d}); may name sub-folders ({stem}/{filter}.{ext}).")
-@click.option("--format", "fmt", type=_choice("png", "png16", "tiff", "npy"), default="png", show_default=True,
-              help="png (8-bit), png16 (16-bit), tiff (float32), npy (one H×W×F float32 array per input).")
+@click.option("--format", "fmt", type=_choice("png", "png16", "tiff", "npy", "zarr"), default="png",
+              show_default=True, help="png (8-bit), png16 (16-bit), tiff (float32), npy or zarr (one H×W×F float32 "
+                                      "array per input).")
+@click.option("--tiff-compression", type=_choice("none", "deflate", "zstd"), default="none", show_default=True,
+              help="Compression of --format tiff files (zstd needs the imagecodecs package).")
 @click.option("--normalize", type=_choice("minmax", "clip", "abs", "offset"), default="minmax",
               show_default=True, help="How png/png16 map values to pixels.")
 @click.option("--compress-level", type=click.IntRange(0, 9), default=None,
@@ -257,11 +270,21 @@ def cli():
               "({stem} in FILE for several inputs).")
 @click.option("--save-all", is_flag=True, help="With --pipeline: write every layer's maps to {stem}/NN-layer/.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
-              help="Worker processes (default: the number of CPUs; 1 runs in this process).")
+              help="Worker processes (default: the number of CPUs; 1 runs in this process); with "
+                   "--scheduler local, the LocalCluster's workers.")
+@click.option("--scheduler", metavar="ADDRESS|local", default=None,
+              help="Run the inputs as dask.distributed tasks: tcp://host:port of a running 'dask scheduler', "
+                   "or local for a LocalCluster of -j processes (needs the cluster extra; outputs on shared "
+                   "storage).")
+@click.option("--scheduler-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              metavar="SECONDS", help="Give up reaching the --scheduler (exit 2) after this long.")
 @click.option("-r", "--recursive", is_flag=True, help="Descend into sub-folders of folder inputs.")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose outputs all exist (resume a batch).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Refuse images with more pixels than this (default: Pillow's 89,478,485).")
+@click.option("--memory-limit", type=SIZE, default="1GiB", show_default=True,
+              help="Memory one run may use (512MiB, 2GiB, bytes); larger images stream through the layers in "
+                   "bands of rows (-j workers share it).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary on standard error.")
 def apply(inputs, **params):
     """Apply a convolution layer (or a --pipeline of layers) to images or arrays.
@@ -297,16 +320,43 @@ def apply(inputs, **params):
         output=OutputSpec(directory=out_dir, name=params["name_template"], format=params["fmt"],
                           normalize=params["normalize"], compress_level=params["compress_level"],
                           montage=params["montage"], save_all=params["save_all"],
-                          skip_existing=params["skip_existing"]),
+                          skip_existing=params["skip_existing"], tiff_compression=params["tiff_compression"]),
         algorithm=params["algorithm"],
         print_maps=params["print_maps"],
         reads=files_read(stack, params["kernels"], params["pipeline"]),
+        memory_limit=params["memory_limit"],
     )
     items = expand_inputs(list(inputs), recursive=params["recursive"])
     if not items:
         raise OptionError(f"INPUT: no image or array files in {', '.join(inputs)}")
-    summary = run_batch(items, job, jobs=params["jobs"], quiet=params["quiet"], json_lines=params["json_lines"])
+    summary = run_batch(items, job, jobs=params["jobs"], quiet=params["quiet"], json_lines=params["json_lines"],
+                        cluster=_cluster_spec(params))
     return summary.exit_status
+
+
+def _cluster_spec(params: dict):
+    """``--scheduler``/``--scheduler-timeout`` as a ClusterSpec, or None (dask is then never imported)."""
+    ctx = click.get_current_context()
+    timeout_given = ctx.get_parameter_source("scheduler_timeout") == click.core.ParameterSource.COMMANDLINE
+    address = params["scheduler"]
+    if address is None:
+        if timeout_given:
+            raise OptionError("--scheduler-timeout: only with --scheduler ADDRESS")
+        return None
+    from .cluster import LOCAL, ClusterSpec
+
+    timeout = params["scheduler_timeout"]
+    if not math.isfinite(timeout):
+        raise OptionError(f"--scheduler-timeout: must be a finite number of seconds, got {timeout}")
+    address = address.strip()
+    if not address:
+        raise OptionError("--scheduler: give tcp://host:port of a running 'dask scheduler', or local")
+    if address.lower() == LOCAL:
+        address = LOCAL
+    elif params["jobs"] is not None:
+        raise OptionError(f"-j: the workers of {address} are set where they start (dask worker --nworkers N);"
+                          " drop -j, or use --scheduler local")
+    return ClusterSpec(address, timeout)
 
 
 @cli.command(short_help="Report shapes, parameters and MACs of a layer or a stack.")

@@ -231,8 +231,10 @@ CASES: list[Case] = [
       ]],
     Case("input-stdin-garbage", _apply("-", "-k", "edge", "-o", "{out}"), 1, errors.InputError, "<stdin>",
          stdin=b"\x00\x01\x02 not an image"),
-    Case("input-too-large-for-memory", _apply("{d}/uhd.png", "-k", "{d}/k-64.npy", "--format", "npy", "-o", "{out}"),
-         1, errors.InputError, r"uhd.png: needs about \S+ GiB of memory .*more than the 1 GiB memory limit"),
+    # Over the memory limit an image streams in bands (tests/test_streaming.py); what needs it whole is refused.
+    Case("input-too-large-for-memory", _apply("{d}/uhd.png", "-k", "{d}/k-64.npy", "--print", "-o", "{out}"),
+         1, errors.InputError, r"uhd.png: --print needs the whole image in memory, about \S+ GiB, more than the 1 GiB"
+                               r" memory limit; raise --memory-limit or drop --print"),
     # OutputError: maps that cannot be written as asked
     Case("output-inf-as-png", _apply("{d}/big-values.npy", "-k", "edge", "-o", "{out}"), 1, errors.OutputError,
          "NaN/Inf values cannot be shown as pixels"),
@@ -323,6 +325,8 @@ STRING_VALUES = {
     ("apply", "output_dir"): ("{d}/not-a-folder", "-o .*not-a-folder: not a directory"),
     ("apply", "name_template"): ("{stem[0]}.png", "--name: '{stem\\[0\\]}': attribute or index access"),
     ("apply", "montage"): ("{filter}.png", "--montage: '{filter}': unknown field"),
+    ("apply", "memory_limit"): ("9" * 5000 + "GiB", r"--memory-limit.*'9{40}…' \(5003 characters\) is too large"),
+    ("apply", "scheduler"): ("nosuch://x:1", r"--scheduler nosuch://x:1: cannot connect: "),
     ("shape", "kernels"): ("9x9: 1", "expected 81 values for 9x9, got 1"),
     ("shape", "pipeline"): ("{d}/fifo-pipeline.yaml", "fifo-pipeline.yaml: is a FIFO"),
     ("shape", "input_shape"): ("0x8x3", "--input: every size must be at least 1"),

@@ -157,9 +157,25 @@ def _opencv_terms(w: np.ndarray) -> dict:
 
 
 def _select(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm: str, finish: int = 0):
-    """Pick the path; returns (run, path name, backend) with ``run(rows=None, epilogue=None, scratch=None, out=None)``."""
+    """Pick the path; returns (run, path name, backend).
+
+    ``run(rows=None, epilogue=None, scratch=None, out=None)`` runs it on ``x``.
+    """
+    path, extra, name, backend = _choose(x.shape, w, pads=pads, spec=spec, depthwise=depthwise, out_hw=out_hw,
+                                         algorithm=algorithm, finish=finish)
+    return _bind(path, x, w, pads=pads, spec=spec, depthwise=depthwise, out_hw=out_hw, **extra), name, backend
+
+
+def _bind(path, x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, **extra):
+    """``run(rows=None, epilogue=None, scratch=None, out=None, **more)``: ``path.correlate`` on ``x``."""
     kwargs = dict(pads=pads, stride=spec.stride, dilation=spec.dilation, border=spec.border,
-                  out_hw=out_hw, depthwise=depthwise)
+                  out_hw=out_hw, depthwise=depthwise, **extra)
+    return lambda rows=None, epilogue=None, scratch=None, out=None, **more: path.correlate(
+        x, w, rows=rows, epilogue=epilogue, scratch=scratch, out=out, **kwargs, **more)
+
+
+def _choose(x_shape, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm: str, finish: int = 0):
+    """The path for a layer on an input of ``x_shape``: (path module, its extra arguments, name, backend)."""
     layer_rank = None
 
     def rank() -> int:
@@ -168,31 +184,28 @@ def _select(x, w, *, pads, spec: ConvSpec, depthwise: bool, out_hw, algorithm: s
             layer_rank = choose.rank_of(w)
         return layer_rank
 
-    def bind(fn, **extra):
-        return lambda rows=None, epilogue=None, scratch=None, out=None: fn(
-            x, w, rows=rows, epilogue=epilogue, scratch=scratch, out=out, **kwargs, **extra)
-
     if algorithm == "auto":
-        cv_ok = _use_opencv and opencv.why_not(x.shape, w.shape, pads=pads, stride=spec.stride,
+        cv_ok = _use_opencv and opencv.why_not(x_shape, w.shape, pads=pads, stride=spec.stride,
                                                dilation=spec.dilation, border=spec.border,
                                                depthwise=depthwise, rank1=rank() == 1) is None
-        layer = choose.Layer(x.shape, w.shape, tuple(out_hw), spec.stride, spec.dilation, depthwise, rank(), finish)
+        layer = choose.Layer(tuple(x_shape), w.shape, tuple(out_hw), spec.stride, spec.dilation, depthwise, rank(),
+                             finish)
         algorithm = choose.choose(layer, opencv_ok=cv_ok, ccore_ok=ccore.active())
         if algorithm == "ccore":
-            return bind(ccore.correlate), "direct", "ccore"
+            return ccore, {}, "direct", "ccore"
         if algorithm == "opencv":
             terms = _opencv_terms(w)
             name = "separable" if terms and len(terms) == w.shape[2] * w.shape[3] else "direct"
-            return bind(opencv.correlate, terms=terms), name, "opencv"
+            return opencv, {"terms": terms}, name, "opencv"
     if algorithm == "separable":
-        terms = separable.terms_of(w, depthwise, x.shape[2], choose.MAX_RANK)
+        terms = separable.terms_of(w, depthwise, x_shape[2], choose.MAX_RANK)
         if terms is None:
             raise OptionError(f"algorithm: 'separable' cannot run this layer: a kernel has rank {rank()}"
                               f" (at most {choose.MAX_RANK} is separable)")
-        return bind(separable.correlate, terms=terms), "separable", "numpy"
+        return separable, {"terms": terms}, "separable", "numpy"
     if algorithm == "fft":
-        return bind(fft.correlate), "fft", "numpy"
-    return bind(direct.correlate), "direct", "numpy"
+        return fft, {}, "fft", "numpy"
+    return direct, {}, "direct", "numpy"
 
 
 def _epilogue(bias: np.ndarray | None, spec: ConvSpec) -> "_common.Epilogue | None":
@@ -203,34 +216,59 @@ def _epilogue(bias: np.ndarray | None, spec: ConvSpec) -> "_common.Epilogue | No
     return _common.Epilogue(bias if has_bias else None, spec.activation, spec.negative_slope)
 
 
-def _pooled(run, conv_hw, n_maps: int, pool: PoolSpec, epilogue, out=None, macs_per_byte: float = 0.0) -> np.ndarray:
+#: Most bytes of pre-pool chunks a pooled layer holds at once (all threads together). A
+#: bound independent of the image, so a layer is cut into the same chunks whether it runs
+#: whole or in bands of rows (:mod:`convcli.engine.bands`), and a huge layer's chunks stay small.
+POOL_CHUNK_MAX_BYTES = 32 << 20
+
+
+def _pool_chunks(conv_hw, n_maps: int, pool: PoolSpec, pooled_bytes: int, macs_per_byte: float) -> tuple[int, int, int]:
+    """(pooled rows per chunk, scratch bytes per thread, parts) of a pooled layer.
+
+    ``pooled_bytes``: the size of the whole pooled output. Chunks are cut from row 0 in
+    steps of the chunk, whatever rows a call computes.
+    """
+    ow = conv_hw[1]
+    poh = geometry.pool_output_hw(conv_hw, pool)[0]
+    conv_row_bytes = 4 * ow * n_maps * pool.strides[0]
+    # The pre-pool chunks (one per thread) share the memory budget with the path's tiles.
+    budget = min(POOL_CHUNK_MAX_BYTES, max(_common.TILE_MIN_BYTES * 16, int(_common.TILE_FRACTION * pooled_bytes) // 2))
+    parts = _threads.threads_for(budget, macs_per_byte)
+    per_thread = budget // parts
+    chunk = max(1, min(poh, per_thread // max(1, conv_row_bytes)))
+    return chunk, per_thread, parts
+
+
+def _pooled(run, conv_hw, n_maps: int, pool: PoolSpec, epilogue, out=None, macs_per_byte: float = 0.0, *,
+            pooled_rows=None, conv_row0: int = 0, pooled_bytes: int | None = None) -> np.ndarray:
     """Convolve and pool in chunks of rows, so the full pre-pool map never exists at once.
 
     ``macs_per_byte``: the multiply-adds per byte of a tile's scratch (whether threads pay).
+    ``pooled_rows=(p0, p1)``: compute only those pooled rows (``p0`` at a chunk boundary);
+    ``run`` then computes conv rows counted from ``conv_row0``, and ``pooled_bytes`` is the
+    size of the whole layer's pooled output (the chunks are planned for it).
     """
     from .pooling import input_rows, pool_rows
 
     oh, ow = conv_hw
     poh, pow_ = geometry.pool_output_hw(conv_hw, pool)
-    out = _common.result_array((poh, pow_, n_maps), out)
-    conv_row_bytes = 4 * ow * n_maps * pool.strides[0]
-    # The pre-pool chunks (one per thread) share the memory budget with the path's tiles.
-    budget = max(_common.TILE_MIN_BYTES * 16, int(_common.TILE_FRACTION * out.nbytes) // 2)
-    parts = _threads.threads_for(budget, macs_per_byte)
-    per_thread = budget // parts
-    chunk = max(1, min(poh, per_thread // max(1, conv_row_bytes)))
+    first, last = pooled_rows if pooled_rows is not None else (0, poh)
+    out = _common.result_array((last - first, pow_, n_maps), out)
+    chunk, per_thread, parts = _pool_chunks(conv_hw, n_maps, pool,
+                                            out.nbytes if pooled_bytes is None else pooled_bytes, macs_per_byte)
 
     def work(p_lo: int, p_hi: int) -> None:
         # Each thread convolves and pools its own chunks; the path inside runs on this
         # thread alone (nested ranges run inline), so chunks need no locking.
         bufs = _common.Buffers()  # this thread's pre-pool chunk, reused (a fresh one per chunk costs its page faults)
-        for p0 in range(p_lo, p_hi, chunk):
-            p1 = min(p_hi, p0 + chunk)
+        for p0 in range(p_lo + first, p_hi + first, chunk):
+            p1 = min(p_hi + first, p0 + chunk)
             a, b = input_rows(pool, conv_hw, (p0, p1))
-            conv = run(rows=(a, b), epilogue=epilogue, scratch=per_thread, out=bufs.get("conv", (b - a, ow, n_maps)))
-            out[p0:p1] = pool_rows(conv, pool, in_h=oh, out_rows=(p0, p1))
+            conv = run(rows=(a - conv_row0, b - conv_row0), epilogue=epilogue, scratch=per_thread,
+                       out=bufs.get("conv", (b - a, ow, n_maps)))
+            out[p0 - first:p1 - first] = pool_rows(conv, pool, in_h=oh, out_rows=(p0, p1))
 
-    _threads.run_ranges(work, _threads.tile_ranges(poh, chunk, parts))
+    _threads.run_ranges(work, _threads.tile_ranges(last - first, chunk, parts))
     return out
 
 
@@ -278,28 +316,12 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
     algo = _parse_algorithm(algorithm)
     # A 2-D kernel sums the channels first: uint8/uint16 pixels are summed as integers.
     x = as_image(x, keep_integers=bank.depth is None and not conv.depthwise)
-    h, w, c = x.shape
-    geom = geometry.conv_layer((h, w, c), kernel_size=tuple(bank.size), filters=bank.filters,
+    geom = geometry.conv_layer(x.shape, kernel_size=tuple(bank.size), filters=bank.filters,
                                spec=conv, kernel_depth=bank.depth)
     if pool is not None:
         geometry.pool_layer(geom.output_shape, pool)  # fail before the work, not after
-    bias = np.asarray(bank.biases(), dtype=np.float32)
-    if conv.depthwise:
-        # (kh, kw, 1, F): the same 2-D kernels for every channel; (kh, kw, C, F): a slice each.
-        weights = bank.weights_hwio(1) if bank.depth in (None, 1) else bank.weights_hwio(c)
-        bias = np.tile(bias, c)  # output c·F + f gets filter f's bias
-    elif bank.depth is None and c > 1:
-        # A 2-D kernel on C channels means np.repeat(kernel, C, axis=2) (SPEC §1). By
-        # linearity, sum_c corr(x_c, k) = corr(sum_c x_c, k) for every border mode (each
-        # is a linear re-indexing), so correlate the channel sum once: C times less work.
-        x = _channel_sum(x)
-        weights = bank.weights_hwio(1)
-    else:
-        weights = bank.weights_hwio(c)
-    x = np.asarray(x, dtype=np.float32)  # integer pixels of a single channel
-    weights = np.asarray(weights, dtype=np.float32)
-    if conv.flip:
-        weights = weights[::-1, ::-1]  # spatial axes only; the channel axis is not flipped
+    weights, bias, sums = _layer_weights(bank, conv, x.shape[2])
+    x = _layer_input(x, sums)
     epilogue = _epilogue(bias, conv)
     run, used, backend = _select(x, weights, pads=geom.pads, spec=conv, depthwise=conv.depthwise,
                                  out_hw=geom.output_shape[:2], algorithm=algo,
@@ -326,6 +348,37 @@ def run_layer(x, bank, conv: ConvSpec, pool: PoolSpec | None = None, *, algorith
     finally:
         _common.release_buffers()
     return LayerResult(out, used, backend)
+
+
+def _layer_weights(bank, conv: ConvSpec, channels: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(float32 HWIO weights as the paths take them, float32 bias per output map, sums channels).
+
+    ``sums``: the layer correlates the channel sum of its input (:func:`_layer_input`).
+    """
+    bias = np.asarray(bank.biases(), dtype=np.float32)
+    sums = False
+    if conv.depthwise:
+        # (kh, kw, 1, F): the same 2-D kernels for every channel; (kh, kw, C, F): a slice each.
+        weights = bank.weights_hwio(1) if bank.depth in (None, 1) else bank.weights_hwio(channels)
+        bias = np.tile(bias, channels)  # output c·F + f gets filter f's bias
+    elif bank.depth is None and channels > 1:
+        # A 2-D kernel on C channels means np.repeat(kernel, C, axis=2) (SPEC §1). By
+        # linearity, sum_c corr(x_c, k) = corr(sum_c x_c, k) for every border mode (each
+        # is a linear re-indexing), so correlate the channel sum once: C times less work.
+        weights, sums = bank.weights_hwio(1), True
+    else:
+        weights = bank.weights_hwio(channels)
+    weights = np.asarray(weights, dtype=np.float32)
+    if conv.flip:
+        weights = weights[::-1, ::-1]  # spatial axes only; the channel axis is not flipped
+    return weights, bias, sums
+
+
+def _layer_input(x: np.ndarray, sums: bool) -> np.ndarray:
+    """The float32 array the path correlates: ``x`` itself, or its channel sum (pixel by pixel)."""
+    if sums:
+        x = _channel_sum(x)
+    return np.asarray(x, dtype=np.float32)  # integer pixels of a single channel
 
 
 def _channel_sum(x: np.ndarray) -> np.ndarray:
@@ -429,3 +482,8 @@ def depthwise_conv2d(x, weights, bias=None, *, stride=1, padding="valid", dilati
     if full_bias is not None:
         out += full_bias
     return out
+
+
+from .bands import LayerPlan, plan_layer  # noqa: E402  (bands uses the helpers above)
+
+__all__ += ["LayerPlan", "plan_layer"]

@@ -171,6 +171,11 @@ class _Layer:
                           RuntimeWarning, stacklevel=3)
 
 
+def row_unit(x_shape, w_shape, **_ignored) -> int:
+    """1: a pixel's sum is formed in one fixed order whatever rows a call computes (see the module docstring)."""
+    return 1
+
+
 def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, out_hw,
               depthwise: bool = False, rows=None, epilogue=None, scratch=None, out=None) -> np.ndarray:
     """The contract of :func:`convcli.engine.direct.correlate`, computed by the C loop.

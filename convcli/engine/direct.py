@@ -54,16 +54,10 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
         wmat = np.ascontiguousarray(w.transpose(2, 3, 0, 1).reshape(cw, f, kh * kw))
     else:
         wmat = np.ascontiguousarray(w.reshape(kh * kw * c, f))  # HWIO rows in (i, j, c) order
-    per_pixel = 4 * (kh * kw * c + n_maps)
     macs_per_row = ow * kh * kw * c * f
     min_rows = max(1, _MIN_MACS_PER_THREAD // max(1, macs_per_row))
-    # Every thread holds one tile's scratch at a time: they share the layer's budget. Tiles
-    # of a few MB: the matmul runs in cache-sized slices anyway (GEMM_CHUNK), and fewer,
-    # larger tiles mean fewer numpy calls and fewer hand-offs of the GIL between threads
-    # (with L2-sized tiles two threads ran slower than one).
     total = scratch if scratch is not None else int(_common.TILE_FRACTION * out.nbytes)
-    parts = _threads.threads_for(total, tile_macs_per_byte(c, w.shape, depthwise))
-    tile_h, tile_w = tile_plan(row_b - row_a, ow, per_pixel, out.nbytes, budget=total // parts)
+    tile_h, tile_w, parts = _plan(c, w.shape, depthwise, (row_b - row_a, ow), total)
     ranges = _threads.tile_ranges(row_b - row_a, tile_h, parts, min_rows)
 
     def work(r_lo: int, r_hi: int) -> None:
@@ -77,6 +71,31 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
 
     _threads.run_ranges(work, ranges)
     return out
+
+
+def _plan(channels: int, w_shape, depthwise: bool, out_hw, total: int) -> tuple[int, int, int]:
+    """(tile rows, tile columns, parts) for ``out_hw`` output pixels sharing ``total`` bytes of scratch.
+
+    Every thread holds one tile's scratch at a time: they share the layer's budget. Tiles
+    of a few MB: the matmul runs in cache-sized slices anyway (GEMM_CHUNK), and fewer,
+    larger tiles mean fewer numpy calls and fewer hand-offs of the GIL between threads
+    (with L2-sized tiles two threads ran slower than one).
+    """
+    kh, kw, _, f = w_shape
+    n_maps = channels * f if depthwise else f
+    per_pixel = 4 * (kh * kw * channels + n_maps)
+    parts = _threads.threads_for(total, tile_macs_per_byte(channels, w_shape, depthwise))
+    tile_h, tile_w = tile_plan(out_hw[0], out_hw[1], per_pixel, 0, budget=total // parts)
+    return tile_h, tile_w, parts
+
+
+def row_unit(x_shape, w_shape, *, out_hw, depthwise: bool = False, scratch: int, **_ignored) -> int:
+    """The rows of the tiles a call over all ``out_hw`` rows with ``scratch`` bytes cuts the output into.
+
+    A call with ``rows=(a, b)`` and the same ``scratch`` computes the same tiles, so the
+    same bits, when ``a`` is a multiple of it and ``b`` is one too or the last row.
+    """
+    return _plan(x_shape[2], w_shape, depthwise, out_hw, scratch)[0]
 
 
 def tile_macs_per_byte(channels: int, w_shape, depthwise: bool) -> float:

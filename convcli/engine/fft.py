@@ -76,9 +76,29 @@ def plan(out_hw, ksize, stride, dilation, channels: int, n_maps: int, budget: in
     return rows, cols, n_h, n_w
 
 
+def row_unit(x_shape, w_shape, *, out_hw, stride, dilation, depthwise: bool = False, scratch: int,
+             **_ignored) -> int:
+    """The rows of the blocks a call over all ``out_hw`` rows with ``scratch`` bytes cuts the output into.
+
+    A call over rows [a, b) with the same ``scratch`` and ``layer_rows=out_hw[0]`` computes
+    the same blocks, with the same transform sizes, when ``a`` is a multiple of it and
+    ``b`` is one too or the last row.
+    """
+    kh, kw, _, f = w_shape
+    c = x_shape[2]
+    n_maps = c * f if depthwise else f
+    return plan(out_hw, (kh, kw), stride, dilation, c, n_maps, scratch // _threads.CPUS)[0]
+
+
 def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, out_hw,
-              depthwise: bool = False, rows=None, epilogue=None, scratch=None, out=None) -> np.ndarray:
-    """Cross-correlate ``x`` (H×W×C) with HWIO ``w`` by FFT; same contract as :func:`direct.correlate`."""
+              depthwise: bool = False, rows=None, epilogue=None, scratch=None, out=None,
+              layer_rows: int | None = None) -> np.ndarray:
+    """Cross-correlate ``x`` (H×W×C) with HWIO ``w`` by FFT; same contract as :func:`direct.correlate`.
+
+    ``layer_rows``: with ``rows``, the output rows of the whole layer the call is a band of;
+    its blocks are then planned for the whole layer (:func:`row_unit`), so the band's bits
+    are those of the whole call. By default they are planned for the rows computed.
+    """
     from scipy import fft as sfft
 
     h, w_in, c = x.shape
@@ -91,7 +111,9 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     out = _common.result_array((row_b - row_a, ow, n_maps), out)
     total = scratch if scratch is not None else int(_common.TILE_FRACTION * out.nbytes)
     parts = _threads.CPUS  # every thread holds one block's spectra at a time (blocks are long calls)
-    tile_rows, tile_cols, n_h, n_w = plan((row_b - row_a, ow), (kh, kw), stride, dilation, c, n_maps, total // parts)
+    planned_rows = layer_rows if layer_rows is not None else row_b - row_a
+    tile_rows, tile_cols, n_h, n_w = plan((planned_rows, ow), (kh, kw), stride, dilation, c, n_maps,
+                                          total // parts)
     padder = Padder(x, pads, border)
     dilated = np.zeros((eh, ew, cw, f), dtype=np.float32)
     dilated[::dh, ::dw] = w

@@ -132,6 +132,11 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
     return out
 
 
+def row_unit(x_shape, w_shape, **_ignored) -> int:
+    """1: each output pixel comes out of OpenCV's filters the same whatever band of rows it is in."""
+    return 1
+
+
 #: Fewest output rows per band: every filter call has a few µs of set-up.
 MIN_BAND_ROWS = 32
 #: Most scratch bytes per band. Larger bands mean fewer calls: on W1 (1080p RGB, 4 filters)

@@ -83,6 +83,42 @@ def _band_matrix(taps: np.ndarray, n_out: int, stride: int, dilation: int) -> np
     return band
 
 
+def _tile_rows(channels: int, w_shape, out_hw, stride, dilation, depthwise: bool, most: int, total: int) -> int:
+    """Output rows per tile when ``total`` bytes of scratch are shared by the machine's threads.
+
+    ``most``: the largest number of terms one input channel has.
+    """
+    kh, kw, _, f = w_shape
+    ow = out_hw[1]
+    (_, sw), (dh, dw) = stride, dilation
+    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    n_maps = channels * f if depthwise else f
+    block = min(BLOCK_COLS, ow)
+    n_blocks = -(-ow // block)
+    span = (block - 1) * sw + ew
+    width = (n_blocks - 1) * block * sw + span
+    # Per output row: vertical results (terms × width), their block copies, and the planar accumulator.
+    per_row = 4 * (most * width * (1 + span / max(1, block * sw)) + n_maps * ow + channels * width * stride[0])
+    parts = _threads.CPUS  # every thread holds one tile's scratch at a time
+    return max(1, min(out_hw[0], max(MIN_TILE_ROWS, 4 * eh),
+                      tile_plan(out_hw[0], 1, int(per_row), 0, max_bytes=4 << 20, budget=total // parts)[0]))
+
+
+def row_unit(x_shape, w_shape, *, out_hw, stride, dilation, depthwise: bool = False, terms=None, scratch: int,
+             **_ignored) -> int:
+    """The rows of the tiles a call over all ``out_hw`` rows with ``scratch`` bytes cuts the output into.
+
+    As :func:`direct.row_unit`: a call over rows [a, b) with the same ``scratch`` computes
+    the same tiles when ``a`` is a multiple of it and ``b`` is one too or the last row.
+    """
+    counts: dict[int, int] = {}
+    for term in terms or ():
+        counts[term[0]] = counts.get(term[0], 0) + 1
+    if not counts:  # no terms: the call writes zeros, in one piece
+        return out_hw[0]
+    return _tile_rows(x_shape[2], w_shape, out_hw, stride, dilation, depthwise, max(counts.values()), scratch)
+
+
 def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, out_hw,
               depthwise: bool = False, terms=None, max_rank: int = 2, rows=None, epilogue=None, scratch=None,
               out=None) -> np.ndarray:
@@ -119,12 +155,9 @@ def correlate(x: np.ndarray, w: np.ndarray, *, pads, stride, dilation, border, o
         by_channel.setdefault(term[0], []).append((k, term))
     h_bands = [_band_matrix(t[3], block, sw, dw).T.copy() for t in terms]  # (span × block) each
     most = max(len(v) for v in by_channel.values())
-    # Per output row: vertical results (terms × width), their block copies, and the planar accumulator.
-    per_row = 4 * (most * width * (1 + span / max(1, block * sw)) + n_maps * ow + c * width * sh)
     total = scratch if scratch is not None else int(_common.TILE_FRACTION * out.nbytes)
+    tile_rows = min(row_b - row_a, _tile_rows(c, w.shape, (oh, ow), stride, dilation, depthwise, most, total))
     parts = _threads.CPUS  # every thread holds one tile's scratch at a time
-    tile_rows = max(1, min(row_b - row_a, max(MIN_TILE_ROWS, 4 * eh),
-                           tile_plan(oh, 1, int(per_row), out.nbytes, max_bytes=4 << 20, budget=total // parts)[0]))
 
     def work(r_lo: int, r_hi: int) -> None:
         for r0, r1, _, _ in tiles(r_hi - r_lo, 1, tile_rows, 1):

@@ -5,12 +5,16 @@ One module per concern, so a file's name says what it holds:
 ========================  ==============================================================
 :mod:`.read`              :func:`read_input`, :func:`read_shape`, :func:`read_header`:
                           any input, dispatched on its content to the format modules
-:mod:`.npy`               ``.npy`` arrays, read and written
+:mod:`.bands`             streaming: sources that read a band of rows, sinks that take
+                          bands and commit atomically; ``--memory-limit`` sizes
+:mod:`.npy`               ``.npy`` arrays, read and written (whole, or by rows)
 :mod:`.text`              ``.csv``/``.txt`` tables read; maps printed as rows of numbers
-:mod:`.tiff`              TIFF read through tifffile; float32 TIFF written
+:mod:`.tiff`              TIFF read through tifffile (whole, or tile by tile); float32 TIFF
+                          written (whole, or as a tiled BigTIFF band by band)
+:mod:`.zarr_array`        zarr arrays read by rows; ``--format zarr`` written by bands
 :mod:`.spng`              PNG read through libspng, for the kinds where it beats Pillow
 :mod:`.pillow`            PNG, JPEG, BMP, WebP, GIF read through Pillow (16-bit colour PNG)
-:mod:`.png`               how PNGs are written: the project's own encoder
+:mod:`.png`               how PNGs are written: the project's own encoder (whole, or row by row)
 :mod:`.deflate`           the deflate library PNG output uses (ISA-L, else zlib)
 :mod:`.modes`             ``--mode`` conversions, layout names, the finite check
 :mod:`.display`           ``--normalize``: float maps to uint8/uint16 pixels

@@ -115,8 +115,14 @@ def sweep_stale(folder: str | os.PathLike[str], names: set[str] | frozenset[str]
     for entry in entries:
         pid = temporary_owner(entry, names)
         if pid and not process_alive(pid):
+            path = os.path.join(folder, entry)
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(folder, entry))
+                if os.path.isdir(path) and not os.path.islink(path):  # a zarr array being written
+                    import shutil
+
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
                 removed += 1
         elif entry.startswith(".") and entry.endswith(".claim") and entry[1:-6] in names:
             # A claim file whose holder was killed: nobody holds its lock, so take it and remove it.

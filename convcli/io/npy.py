@@ -96,3 +96,145 @@ def encode_npy(array: Any) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     return buffer.getvalue()
+
+
+class NpyRegionReader:
+    """A ``.npy`` file read by bands of rows, never whole.
+
+    The header is read by :func:`numpy.load` with ``mmap_mode='r'`` (any version, C or
+    Fortran order). Rows of a C-order array are then read with positioned reads of
+    exactly their bytes: pages of a memory map stay mapped once touched and count in the
+    process's resident memory, positioned reads do not. A Fortran-order array is read
+    through the memory map (its rows are not contiguous in the file).
+    """
+
+    def __init__(self, name: str, path: Path) -> None:
+        import numpy as np
+
+        self.name, self.path = name, path
+        try:
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise InputError(f"{name}: cannot read .npy: {err}") from None
+        kind_char = mapped.dtype.kind
+        if kind_char not in "biuf":
+            raise InputError(f"{name}: .npy of dtype {mapped.dtype}; expected numbers (bool, int, uint or float)")
+        self.shape, self.kind = _array_shape(name, mapped.shape)
+        self.bit_depth = mapped.dtype.itemsize * 8 if kind_char == "u" else None
+        self.dtype = np.dtype(np.uint8) if kind_char == "b" else mapped.dtype
+        self._stored = mapped.dtype
+        self._fortran = mapped.ndim > 1 and not mapped.flags.c_contiguous
+        self._offset = int(mapped.offset)
+        self._mapped = mapped.reshape(self.shape) if self._fortran else None
+        self._file = None if self._fortran else open(path, "rb")  # noqa: SIM115 - closed by close()
+
+    def read(self, start: int, stop: int) -> Any:
+        import numpy as np
+
+        h, w, c = self.shape
+        if self._mapped is not None:
+            block = np.array(self._mapped[start:stop])
+        else:
+            row = w * c * self._stored.itemsize
+            self._file.seek(self._offset + start * row)
+            data = self._file.read((stop - start) * row)
+            if len(data) != (stop - start) * row:
+                raise InputError(f"{self.name}: truncated .npy (rows {start}–{stop} are missing)")
+            block = np.frombuffer(data, dtype=self._stored).reshape(stop - start, w, c)
+        return block.astype(np.uint8) if block.dtype.kind == "b" else block
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._mapped = None
+
+
+class NpySink:
+    """A ``.npy`` H×W×F float32 array written band by band (the bytes :func:`encode_npy` gives).
+
+    The file is laid out by :func:`numpy.lib.format.open_memmap` (header and full size)
+    under a temporary name; the bands are then written at their offsets with plain writes
+    (dirty pages of a memory map would count in the resident memory until it is closed),
+    and :meth:`commit` renames it.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
+        import numpy as np
+        from numpy.lib.format import open_memmap
+
+        from ..errors import OutputError
+        from .bands import temporary_path
+
+        self.path = Path(path)
+        self.shape = tuple(int(v) for v in shape)
+        self._temporary: Path | None = temporary_path(self.path)
+        try:
+            mapped = open_memmap(self._temporary, mode="w+", dtype=np.float32, shape=self.shape)
+            self._offset = int(mapped.offset)
+            del mapped
+            self._file = open(self._temporary, "r+b")  # noqa: SIM115 - closed by commit/discard
+            self._file.seek(self._offset)
+        except OSError as err:
+            self.discard()
+            raise OutputError(f"{self.path}: cannot write: {err.strerror or err}") from None
+        self._rows = 0
+
+    def write(self, band) -> None:
+        import numpy as np
+
+        from ..errors import OutputError
+
+        data = np.ascontiguousarray(band, dtype=np.float32)
+        try:
+            self._file.write(memoryview(data).cast("B"))
+        except OSError as err:
+            raise OutputError(f"{self.path}: cannot write: {err.strerror or err}") from None
+        self._rows += data.shape[0]
+
+    def write_at(self, start: int, band) -> None:
+        """Rows [start, start + len(band)) in any order (a cluster task's band): a positioned write.
+
+        Each row must be written once, by :meth:`write` or here; :meth:`commit` counts them.
+        """
+        import os
+
+        import numpy as np
+
+        from ..errors import OutputError
+
+        data = np.ascontiguousarray(band, dtype=np.float32)
+        row = 4 * int(np.prod(self.shape[1:]))
+        if not 0 <= start <= self.shape[0] - data.shape[0] or data.nbytes != data.shape[0] * row:
+            raise ValueError(f"{self.path}: rows {start}–{start + data.shape[0]} of shape {data.shape} do not fit "
+                             f"{self.shape}")
+        try:
+            self._file.flush()
+            os.pwrite(self._file.fileno(), memoryview(data).cast("B"), self._offset + start * row)
+        except OSError as err:
+            raise OutputError(f"{self.path}: cannot write: {err.strerror or err}") from None
+        self._rows += data.shape[0]
+
+    def commit(self) -> None:
+        from ..errors import OutputError
+        from .bands import put_in_place
+
+        if self._rows != self.shape[0]:
+            raise ValueError(f"{self.path}: {self._rows} rows written of {self.shape[0]}")
+        try:
+            self._file.close()
+        except OSError as err:
+            self.discard()
+            raise OutputError(f"{self.path}: cannot write: {err.strerror or err}") from None
+        put_in_place(self._temporary, self.path)
+        self._temporary = None
+
+    def discard(self) -> None:
+        import contextlib
+
+        from .bands import remove_quietly
+
+        if getattr(self, "_file", None) is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        remove_quietly(self._temporary)
+        self._temporary = None

@@ -171,8 +171,12 @@ def _deflate(data: memoryview, level: int, workers: int = 1) -> bytes:
     return bytes((cmf, flg)) + b"".join(bodies) + struct.pack(">I", deflate.adler32(view))
 
 
-def _adaptive_scanlines(rows: Any, bpp: int) -> Any:
-    """Filter type byte + filtered bytes for each row, libpng's minimum-sum heuristic."""
+def _adaptive_scanlines(rows: Any, bpp: int, previous: Any = None) -> Any:
+    """Filter type byte + filtered bytes for each row, libpng's minimum-sum heuristic.
+
+    ``previous``: the image's row above the first of ``rows`` (None for the first row of
+    the image), so rows filtered band by band come out as those filtered all at once.
+    """
     import numpy as np
 
     height = rows.shape[0]
@@ -182,6 +186,9 @@ def _adaptive_scanlines(rows: Any, bpp: int) -> Any:
     up[1:] = rows[:-1]
     upleft = np.zeros_like(rows)
     upleft[1:, bpp:] = rows[:-1, :-bpp]
+    if previous is not None:
+        up[0] = previous
+        upleft[0, bpp:] = previous[:-bpp]
     # Paeth: the neighbour closest to left + up - upleft; ties prefer left, then up.
     a, b, c = left.astype(np.int16), up.astype(np.int16), upleft.astype(np.int16)
     pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
@@ -205,3 +212,179 @@ def _adaptive_scanlines(rows: Any, bpp: int) -> Any:
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return (struct.pack(">I", len(payload)) + kind + payload
             + struct.pack(">I", deflate.crc32(payload, deflate.crc32(kind))))
+
+
+def _scanline_rows(pixels: Any, bits: int) -> Any:
+    """(H, W·C·bytes) uint8 rows of H×W×C pixels, 16-bit samples big-endian (PNG's byte order)."""
+    import numpy as np
+
+    height, width, channels = pixels.shape
+    if bits == 16:
+        return pixels.astype(">u2").reshape(height, width * channels).view(np.uint8)
+    return np.ascontiguousarray(pixels).reshape(height, width * channels)
+
+
+class PngSink:
+    """How a large PNG is written: row by row through the encoder above, into a temporary file.
+
+    The bytes are exactly those :func:`encode_png` gives for the whole image: the same
+    filters (Sub at levels 0–2; at 3–9 each row's best filter, which looks at the row
+    above, carried across bands), the same deflate parts (:data:`DEFLATE_PART_BYTES` of
+    filtered scanlines, each primed with the 32 KiB before it, compressed on ``workers``
+    threads while the next rows arrive), the same 16 MiB IDAT chunks. At most a part of
+    scanlines, the parts in flight and one IDAT chunk are held. An image whose scanlines
+    fit in one part is deflated as one stream at :meth:`commit`, as the whole-image encoder does.
+    """
+
+    def __init__(self, path: Any, height: int, width: int, channels: int, *, bits: int = 8,
+                 compress_level: int | None = None, workers: int = 1) -> None:
+        import numpy as np
+
+        from .bands import temporary_path
+
+        level = DEFAULT_PNG_COMPRESS_LEVEL if compress_level is None else compress_level
+        if not (isinstance(level, int) and 0 <= level <= 9):
+            raise OptionError(f"--compress-level: expected 0 to 9, got {compress_level!r}")
+        if channels not in (1, 2, 3, 4):
+            raise OutputError(f"cannot write {channels} channels as PNG (gray, gray+alpha, RGB or RGBA only); "
+                              "use --format tiff or npy")
+        from pathlib import Path
+
+        self.path = Path(path)
+        self.height, self.width, self.channels, self.bits, self.level = height, width, channels, bits, level
+        self._dtype = np.uint8 if bits == 8 else np.uint16
+        self._bpp = channels * bits // 8
+        self._line = 1 + width * channels * bits // 8
+        self._size = height * self._line
+        self._single = self._size <= DEFLATE_PART_BYTES
+        self._part = bytearray()  # filtered scanlines of the part being filled
+        self._primer = b""  # the 32 KiB before it
+        self._adler = 1
+        self._offset = 0  # scanline bytes handed to parts so far
+        self._previous = None  # the last row (for the adaptive filters)
+        self._rows = 0
+        self._pending: list = []  # compressed parts in flight, in order
+        self._idat = bytearray()  # compressed bytes not yet in an IDAT chunk
+        self._pool = None
+        self._workers = max(1, workers)
+        self._temporary = temporary_path(self.path)
+        try:
+            self._file = open(self._temporary, "wb")  # noqa: SIM115 - closed by commit/discard
+            header = struct.pack(">IIBBBBB", width, height, bits, {1: 0, 2: 4, 3: 2, 4: 6}[channels], 0, 0, 0)
+            self._file.write(_PNG_MAGIC + _png_chunk(b"IHDR", header))
+            if not self._single:
+                cmf, flg = 0x78, deflate.header_level_hint(level) << 6
+                flg += 31 - ((cmf << 8) + flg) % 31
+                self._idat += bytes((cmf, flg))
+        except OSError as err:
+            self.discard()
+            raise OutputError(f"{self.path}: cannot write: {err.strerror or err}") from None
+
+    def write(self, pixels: Any) -> None:
+        """The next rows: (rows, W) or (rows, W, C) uint8/uint16 pixels."""
+        import numpy as np
+
+        pixels = np.asarray(pixels, dtype=self._dtype).reshape(-1, self.width, self.channels)
+        rows = _scanline_rows(pixels, self.bits)
+        if self.level <= 2:
+            bpp = self._bpp
+            scanlines = np.empty((rows.shape[0], self._line), np.uint8)
+            scanlines[:, 0] = 1  # Sub
+            scanlines[:, 1:1 + bpp] = rows[:, :bpp]
+            np.subtract(rows[:, bpp:], rows[:, :-bpp], out=scanlines[:, 1 + bpp:])
+        else:
+            scanlines = _adaptive_scanlines(rows, self._bpp, self._previous)
+            self._previous = rows[-1].copy()
+        self._rows += rows.shape[0]
+        self._feed(memoryview(np.ascontiguousarray(scanlines)).cast("B"))
+
+    def _feed(self, data: memoryview) -> None:
+        if self._single:
+            self._part += data
+            return
+        taken = 0
+        while taken < len(data):
+            count = min(DEFLATE_PART_BYTES - len(self._part), len(data) - taken)
+            self._part += data[taken:taken + count]
+            taken += count
+            if len(self._part) == DEFLATE_PART_BYTES and self._offset + len(self._part) < self._size:
+                self._submit(final=False)
+
+    def _submit(self, *, final: bool) -> None:
+        part, primer = bytes(self._part), self._primer
+        self._adler = deflate.adler32(part, self._adler)
+        self._offset += len(part)
+        self._primer = part[-_WINDOW:] if len(part) >= _WINDOW else (primer + part)[-_WINDOW:]
+        self._part = bytearray()
+        level = self.level
+
+        def compress() -> bytes:
+            compressor = deflate.compressor(level, raw=True, zdict=primer)
+            return compressor.compress(part) + compressor.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+
+        if self._workers > 1:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="convcli-png")
+            self._pending.append(self._pool.submit(compress))
+        else:
+            self._idat += compress()
+        while self._pending and (len(self._pending) > self._workers or self._pending[0].done()):
+            self._idat += self._pending.pop(0).result()
+        self._flush_idat(final=False)
+
+    def _flush_idat(self, *, final: bool) -> None:
+        step = 1 << 24  # as encode_png: IDAT chunks of 16 MiB, the last one shorter
+        try:
+            while len(self._idat) > step or (final and self._idat):
+                self._file.write(_png_chunk(b"IDAT", bytes(self._idat[:step])))
+                del self._idat[:step]
+        except OSError as err:
+            raise OutputError(f"{self.path}: cannot write: {err.strerror or err}") from None
+
+    def commit(self) -> None:
+        from .bands import put_in_place
+
+        if self._rows != self.height:
+            raise ValueError(f"{self.path}: {self._rows} rows written of {self.height}")
+        try:
+            if self._single:
+                compressor = deflate.compressor(self.level, raw=False)
+                self._idat += compressor.compress(bytes(self._part)) + compressor.flush()
+            else:
+                self._submit(final=True)
+                while self._pending:
+                    self._idat += self._pending.pop(0).result()
+                self._idat += struct.pack(">I", self._adler)
+            if self._idat:
+                self._flush_idat(final=True)
+            else:
+                self._file.write(_png_chunk(b"IDAT", b""))
+            self._file.write(_png_chunk(b"IEND", b""))
+            self._file.close()
+        except BaseException as err:
+            self.discard()
+            if isinstance(err, OSError):
+                raise OutputError(f"{self.path}: cannot write: {err.strerror or err}") from None
+            raise
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+        put_in_place(self._temporary, self.path)
+        self._temporary = None
+
+    def discard(self) -> None:
+        import contextlib
+
+        from .bands import remove_quietly
+
+        if getattr(self, "_file", None) is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        remove_quietly(self._temporary)
+        self._temporary = None

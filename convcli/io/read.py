@@ -144,8 +144,13 @@ def read_input(source: Source, *, mode: str = "keep", scale: str = "raw",
 
     _check_choice("--mode", mode, MODES)
     _check_choice("--scale", scale, SCALES)
-    name, stem, path, data = _resolve_source(source)
-    raw = _read_raw(name, path, data, max_pixels=max_pixels)
+    zarr_raw = _zarr_raw(source)
+    if zarr_raw is not None:
+        name, stem = os.fspath(source), Path(source).stem  # type: ignore[arg-type]
+        raw = zarr_raw
+    else:
+        name, stem, path, data = _resolve_source(source)
+        raw = _read_raw(name, path, data, max_pixels=max_pixels)
     array, bit_depth = _apply_mode(raw.array, raw.bit_depth, mode, name)
     if keep_integers and scale == "raw" and array.dtype in (np.uint8, np.uint16):
         return Loaded(array=array, name=name, stem=stem, kind=raw.kind, bit_depth=bit_depth,
@@ -182,6 +187,14 @@ def read_header(source: Source) -> tuple[tuple[int, int, int], str]:
     The kind is ``signal`` for a 1-D array or a one-row/one-column table (``shape``
     then gives it Keras' Conv1D meaning), ``image`` or ``array`` otherwise.
     """
+    if _is_zarr_source(source):
+        from .zarr_array import ZarrRegionReader
+
+        reader = ZarrRegionReader(os.fspath(source), Path(source))  # type: ignore[arg-type]
+        try:
+            return reader.shape, reader.kind
+        finally:
+            reader.close()
     name, _stem, path, data = _resolve_source(source)
     head = _head(name, path, data)
     if head.startswith(_NPY_MAGIC):
@@ -200,6 +213,27 @@ def read_header(source: Source) -> tuple[tuple[int, int, int], str]:
                 return (im.size[1], im.size[0], _pillow_channels(im)), "image"
     raw = _read_raw(name, path, data, max_pixels=None)
     return tuple(raw.array.shape), raw.kind  # type: ignore[return-value]
+
+
+def _is_zarr_source(source: Source) -> bool:
+    if isinstance(source, (bytes, bytearray, memoryview)) or os.fspath(source) == "-":
+        return False
+    from .zarr_array import is_zarr
+
+    return os.path.isdir(source) and is_zarr(Path(source))  # isdir: False for a name too long
+
+
+def _zarr_raw(source: Source) -> _Raw | None:
+    """A zarr array folder read whole (its rows all at once), or None for any other input."""
+    if not _is_zarr_source(source):
+        return None
+    from .zarr_array import ZarrRegionReader
+
+    reader = ZarrRegionReader(os.fspath(source), Path(source))  # type: ignore[arg-type]
+    try:
+        return _Raw(reader.read(0, reader.shape[0]), reader.kind, reader.bit_depth)
+    finally:
+        reader.close()
 
 
 def is_supported(path: str | os.PathLike[str]) -> bool:
