@@ -467,16 +467,17 @@ def peak_run(*args) -> tuple[int, float, int, str]:
     return int(status), float(seconds), int(peak), done.stderr
 
 
-def test_a_layer_over_the_memory_budget_is_refused_before_any_work(tmp_path):
-    # 64 float32 maps of a 4K image as one .npy: 2 GiB of maps, twice the 1 GiB budget.
+def test_an_input_over_the_memory_limit_is_refused_before_any_work(tmp_path):
+    # A 4K PNG (decoded whole: 23.7 MiB) under --memory-limit 1MiB: refused from its header.
     Image.new("RGB", (3840, 2160)).save(tmp_path / "uhd.png")
     np.save(tmp_path / "bank.npy", np.random.default_rng(0).standard_normal((3, 3, 3, 64)).astype(np.float32))
     status, seconds, peak, stderr = peak_run("apply", tmp_path / "uhd.png", "-k", tmp_path / "bank.npy",
-                                             "--format", "npy", "-o", tmp_path / "out", "-j", "1")
+                                             "--format", "npy", "-o", tmp_path / "out", "-j", "1",
+                                             "--memory-limit", "1MiB")
     assert status == 1
-    assert stderr == (f"convcli: {tmp_path / 'uhd.png'}: needs about 4.0 GiB of memory (64 2158×3838 float32 maps "
-                      "of conv2d: 2.0 GiB), more than the 1 GiB memory limit; use a smaller image or fewer filters "
-                      "per run\n")
+    assert stderr.startswith(f"convcli: {tmp_path / 'uhd.png'}: its 3840×2160×3 pixels take 23.7 MiB decoded, "
+                             "more than the 1 MiB memory limit"), stderr
+    assert len(stderr.splitlines()) == 1
     assert seconds < 20 and peak < 300 << 20, (seconds, peak)  # refused from the header: nothing decoded
     assert not (tmp_path / "out").exists()
 
