@@ -465,10 +465,10 @@ def _encode_and_write(paths: list[Path], output, groups: list[MapGroup], *, fmt:
     from concurrent.futures import ThreadPoolExecutor
 
     from . import engine
-    from .io import channel_extrema, encode_npy, encode_png, to_display_planes, write_atomic
+    from .io import channel_extrema, encode_npy, encode_png, make_folder, to_display_planes, write_atomic
 
     def write(path: Path, blob: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
         write_atomic(path, blob)
 
     # Fewer maps than threads: each map's PNG is deflated in parts on the spare threads.
@@ -864,14 +864,14 @@ def _save_all(intermediates: list, job: Job, *, stem: str, directory: Path, x_sh
 
 def _write_montage(output, names: list[str], job: Job, stem: str, depthwise: bool, in_depth: int,
                    inputs: frozenset[str]) -> str:
-    from .io import montage, to_display, write_atomic
+    from .io import make_folder, montage, to_display, write_atomic
 
     path = montage_path(job.output.montage or "", stem)
     _refuse_overwrite(path, job, inputs, option="--montage")
     groups = map_groups(names, depthwise=depthwise, in_channels=in_depth)
     tiles = [to_display(a, normalize=job.output.normalize, bits=8) for a in _group_arrays(output, groups)]
     blob = montage(tiles, [g.name for g in groups])
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     write_atomic(path, blob)
     return str(path)
 

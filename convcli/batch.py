@@ -20,8 +20,10 @@ loads so that N workers use N cores, not N × cores threads.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -42,7 +44,7 @@ from .apply import (
     planned_files,
     process,
 )
-from .errors import ConvcliError, ExitStatus, OptionError
+from .errors import ConvcliError, ExitStatus, OptionError, OutputError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cluster import ClusterSpec, Session
@@ -100,6 +102,7 @@ class BatchSummary:
     failed: int
     skipped: int
     seconds: float
+    not_processed: int = 0  # left when the batch stopped early (the disk is full)
 
     @property
     def exit_status(self) -> ExitStatus:
@@ -109,7 +112,8 @@ class BatchSummary:
         """The closing line on standard error."""
         rate = f", {self.done / self.seconds:.1f} inputs/s" if self.done and self.seconds > 0 else ""
         skipped = f", {self.skipped} skipped" if self.skipped else ""
-        return f"convcli: {self.done} done, {self.failed} failed{skipped} in {self.seconds:.2f} s{rate}"
+        left = f", {self.not_processed} not processed" if self.not_processed else ""
+        return f"convcli: {self.done} done, {self.failed} failed{skipped}{left} in {self.seconds:.2f} s{rate}"
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -269,10 +273,16 @@ class Outcome:
     index: int
     result: InputResult
     usage_error: bool = False  # an OptionError: the same for every input, so the batch stops
+    disk_full: bool = False  # a write failed for lack of space: nothing more can succeed, the batch stops
 
 
-def _failed(index: int, item: InputItem, message: str, seconds: float, *, usage_error: bool = False) -> Outcome:
-    return Outcome(index, InputResult(input=item.source, seconds=seconds, error=message), usage_error)
+#: numpy's messages for an array too large to exist (np.empty/np.pad of a huge shape).
+_TOO_BIG = re.compile(r"array is too big|Maximum allowed dimension exceeded|maximum possible size")
+
+
+def _failed(index: int, item: InputItem, message: str, seconds: float, *, usage_error: bool = False,
+            disk_full: bool = False) -> Outcome:
+    return Outcome(index, InputResult(input=item.source, seconds=seconds, error=message), usage_error, disk_full)
 
 
 def run_one(index: int, item: InputItem, job: Job, inputs: frozenset[str], many: bool) -> Outcome:
@@ -280,26 +290,59 @@ def run_one(index: int, item: InputItem, job: Job, inputs: frozenset[str], many:
 
     Errors a user can cause keep their message; anything else (a bug) is reported
     with its exception type, so one bad input never stops or hangs the batch.
+
+    With ``--skip-existing`` the input is first *claimed* (:func:`convcli.io.claim`, an
+    exclusive lock on ``.NAME.claim`` next to its first output): an input another convcli
+    process (or worker) is working on right now is skipped, and so is one whose outputs
+    all exist once the claim is held — so two runs into one folder split the work.
     """
     from ._noise import translated
 
     started = time.perf_counter()
     try:
         with translated() as notes:
-            result = process(item.source, job, rel_dir=item.rel_dir, inputs=inputs, many=many)
-        result.warnings = notes  # library warnings that matter, as lines (a failed input has its error only)
-        return Outcome(index, result)
+            if job.output.skip_existing and item.source != STDOUT and not job.output.to_stdout:
+                outcome = _claimed(index, item, job, inputs, many)
+            else:
+                outcome = Outcome(index, process(item.source, job, rel_dir=item.rel_dir, inputs=inputs, many=many))
+        outcome.result.warnings = notes  # library warnings that matter, as lines (a failed input has its error only)
+        return outcome
     except OptionError as err:
         return _failed(index, item, str(err), time.perf_counter() - started, usage_error=True)
+    except OutputError as err:
+        return _failed(index, item, str(err), time.perf_counter() - started, disk_full=err.disk_full)
     except ConvcliError as err:
         return _failed(index, item, str(err), time.perf_counter() - started)
     except MemoryError:
         return _failed(index, item, f"{item.source}: out of memory", time.perf_counter() - started)
+    except ValueError as err:
+        if not _TOO_BIG.search(str(err)):
+            return _failed(index, item, f"{item.source}: internal error: {type(err).__name__}: {err}",
+                           time.perf_counter() - started)
+        # numpy refuses an array larger than the address space before allocating anything.
+        return _failed(index, item, f"{item.source}: out of memory: the layer needs an array larger than this "
+                       "machine can hold", time.perf_counter() - started)
     except OSError as err:
-        return _failed(index, item, f"{item.source}: {err.strerror or err}", time.perf_counter() - started)
+        return _failed(index, item, f"{item.source}: {err.strerror or err}", time.perf_counter() - started,
+                       disk_full=err.errno in (errno.ENOSPC, errno.EDQUOT))
     except Exception as err:  # a bug: report it for this input, go on with the others
         return _failed(index, item, f"{item.source}: internal error: {type(err).__name__}: {err}",
                        time.perf_counter() - started)
+
+
+def _claimed(index: int, item: InputItem, job: Job, inputs: frozenset[str], many: bool) -> Outcome:
+    """:func:`run_one` under ``--skip-existing``: claim the input, re-check its outputs, process."""
+    from .io import claim, make_folder
+
+    planned = [str(p.path) for p in planned_files(job, input_stem(item.source), None, item.rel_dir)]
+    if not planned:
+        return Outcome(index, process(item.source, job, rel_dir=item.rel_dir, inputs=inputs, many=many))
+    make_folder(Path(planned[0]).parent)
+    with claim(planned[0]) as mine:
+        if not mine or all(os.path.exists(p) for p in planned):
+            # Another process is on it now, or finished it since this batch was planned.
+            return Outcome(index, InputResult(input=item.source, outputs=planned, skipped=True))
+        return Outcome(index, process(item.source, job, rel_dir=item.rel_dir, inputs=inputs, many=many))
 
 
 class _Reporter:
@@ -327,32 +370,43 @@ class _Reporter:
 
     def finish(self, outcome: Outcome) -> None:
         result = outcome.result
-        if result.error is not None:
+        if result.skipped:
+            self.skipped += 1
+        elif result.error is not None:
             self.failed += 1
-            message = result.error
-            source = self.items[outcome.index].source
+            message = one_line(result.error)  # a name with a newline stays on its line
+            source = one_line(self.items[outcome.index].source)
             self.progress.print(f"convcli: {message}" if source in message else f"convcli: {source}: {message}")
         else:
             self.done += 1
             for note in result.warnings:
-                self.progress.print(f"convcli: {result.input}: warning: {note}")
+                self.progress.print(one_line(f"convcli: {result.input}: warning: {note}"))
         self._json(result)
         self._ordered(outcome.index, result.printed.encode() + result.stdout_bytes)
         self.progress.advance()
 
     def _json(self, result: InputResult) -> None:
         if self.json_lines:
-            self.out.write((json.dumps(result.as_json()) + "\n").encode())
-            self.out.flush()
+            self._write((json.dumps(result.as_json()) + "\n").encode())
 
     def _ordered(self, index: int, data: bytes) -> None:
         self._held[index] = data
         while self._next in self._held:
             chunk = self._held.pop(self._next)
             if chunk:
-                self.out.write(chunk)
-                self.out.flush()
+                self._write(chunk)
             self._next += 1
+
+    def _write(self, data: bytes) -> None:
+        """Data to standard output; a full disk or an I/O error there is one line, exit 1."""
+        try:
+            self.out.write(data)
+            self.out.flush()
+        except BrokenPipeError:
+            raise  # the reader went away: the CLI ends quietly
+        except OSError as err:
+            silence_stdout(self.out)
+            raise OutputError.from_os("standard output", err) from None
 
 
 # --- progress ----------------------------------------------------------------------------------
@@ -436,6 +490,22 @@ class BarProgress(NullProgress):
         self._console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
+def silence_stdout(stream=None) -> None:
+    """Point file descriptor 1 at the null device after a failed write to standard output.
+
+    Bytes still buffered would otherwise be flushed again at exit, and fail again with
+    an "Exception ignored" message after convcli's own one line.
+    """
+    if stream is not None and stream not in (sys.stdout, getattr(sys.stdout, "buffer", None)):
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def make_progress(total: int, *, stream: IO[str], quiet: bool = False,
                   stdout: IO | None = None) -> NullProgress:
     """A bar when ``stream`` is a terminal and not ``quiet``, else a :class:`NullProgress`.
@@ -491,6 +561,7 @@ def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quie
     started = time.perf_counter()
     check_job(job, len(items), json_lines=json_lines)
     plan = plan_batch(items, job)
+    _sweep_stale(plan)
     writes_stdout = json_lines or job.print_maps or job.output.to_stdout
     progress = make_progress(len(items), stream=err, quiet=quiet,
                              stdout=(sys.stdout if stdout is None else stdout) if writes_stdout else None)
@@ -509,6 +580,7 @@ def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quie
 
         session = connect(cluster, workers=workers)
     usage: Outcome | None = None
+    full: Outcome | None = None
     from . import streaming
 
     # One input in this process: a large one draws a bar over its bands.
@@ -528,6 +600,9 @@ def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quie
                         usage = outcome
                         break
                     reporter.finish(outcome)
+                    if outcome.disk_full:
+                        full = outcome
+                        break
             except BaseException:
                 stream.close()  # stops the workers now, before the sweep
                 if session is not None:
@@ -543,7 +618,14 @@ def run_batch(items: list[InputItem], job: Job, *, jobs: int | None = None, quie
             _sweep_temporaries(plan)
     if usage is not None:
         raise OptionError(_without_input(usage.result.error or "usage error", items[usage.index].source))
-    summary = BatchSummary(reporter.done, reporter.failed, reporter.skipped, time.perf_counter() - started)
+    not_processed = len(items) - reporter.done - reporter.failed - reporter.skipped
+    if full is not None:
+        _sweep_temporaries(plan)  # what workers stopped in the middle of a write may have left
+        reason = (full.result.error or "").rpartition(": ")[2] or "no space left on device"
+        print(f"convcli: stopping: {reason.lower()} — no more outputs can be written there; "
+              f"{not_processed} input{'s' if not_processed != 1 else ''} not processed", file=err, flush=True)
+    summary = BatchSummary(reporter.done, reporter.failed, reporter.skipped, time.perf_counter() - started,
+                           not_processed=not_processed)
     if not quiet and many:
         print(summary.line(), file=err, flush=True)
     return summary
@@ -764,22 +846,40 @@ def _run_alone(index: int, items: list[InputItem], job: Job, plan: BatchPlan, ma
         pool.stop()
 
 
+def _sweep_stale(plan: BatchPlan) -> None:
+    """Before any work: remove temporary files of this batch's outputs left by killed processes.
+
+    Only those whose process is gone (:func:`convcli.io.sweep_stale`): a convcli writing
+    into the same folder right now keeps its files.
+    """
+    from .io import sweep_stale
+
+    for folder, names in plan.outputs.items():
+        sweep_stale(folder, names)
+
+
 def _sweep_temporaries(plan: BatchPlan) -> None:
     """Remove temporary files a killed worker may have left next to this batch's outputs.
 
     A worker killed in the middle of :func:`convcli.io.atomic.write_atomic` cannot run
-    its clean-up. Its temporary file is ``.NAME.XXXXXXXX.tmp`` for a planned output
-    NAME, so only those are removed: other files in the folder are left alone. A zarr
-    array's temporary is such a folder (a band task may still write into it after
+    its clean-up. Its temporary file is ``.NAME.PID-XXXXXXXX.tmp`` for a planned output
+    NAME; those of a process that is gone are removed (and those of the older
+    ``.NAME.XXXXXXXX.tmp`` form). Other files in the folder, and the temporary files of
+    a live process — another convcli writing into the same folder — are left alone.
+    A zarr array's temporary is such a folder (a band task may still write into it after
     convcli removed it, until its worker is stopped): removed with what it holds.
     """
+    from .io.atomic import process_alive, temporary_owner
+
     for folder, names in plan.outputs.items():
         try:
             entries = os.listdir(folder)
         except OSError:
             continue
         for entry in entries:
-            if entry.startswith(".") and entry.endswith(".tmp") and entry[1:-4].rpartition(".")[0] in names:
+            pid = temporary_owner(entry, names)
+            # Our own leftovers too: by the time of a sweep, this process writes nothing more.
+            if pid is not None and (pid in (0, os.getpid()) or not process_alive(pid)):
                 path = Path(folder) / entry
                 try:
                     if path.is_dir() and not path.is_symlink():  # a zarr array being written

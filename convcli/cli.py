@@ -104,6 +104,15 @@ class ConvcliGroup(click.Group):
             # The reader went away (`convcli … | head`): not an error of ours.
             sys.stderr.close()
             status = ExitStatus.OK
+        except OSError as err:
+            # A write to standard output failed (a full disk behind `> file`, /dev/full, EIO):
+            # one line, and no second failure when Python flushes stdout at exit.
+            from .batch import silence_stdout
+
+            silence_stdout()
+            click.echo(f"convcli: error: {err.filename or 'standard output'}: cannot write: {err.strerror or err}",
+                       err=True)
+            status = ExitStatus.INPUT_FAILED
         status = int(status or 0)
         if standalone_mode:
             sys.exit(status)

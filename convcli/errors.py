@@ -19,10 +19,27 @@ class ExitStatus(IntEnum):
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
 
+#: Control characters as a message shows them: a file named ``a\nb.png`` must not break the
+#: one-line contract (nor move a terminal's cursor with ``\r`` or an escape sequence).
+_CONTROL = {**{code: f"\\x{code:02x}" for code in (*range(32), *range(127, 160))},
+            0x2028: "\\u2028", 0x2029: "\\u2029", 9: "\\t", 10: "\\n", 13: "\\r"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\x1b``…): always one line."""
+    return text.translate(_CONTROL)
+
+
 class ConvcliError(Exception):
-    """Base class of every error a user can cause; ``str(err)`` is one line."""
+    """Base class of every error a user can cause; ``str(err)`` is one line.
+
+    Control characters in the message (from a file name, a YAML key…) are shown escaped.
+    """
 
     exit_status: ExitStatus = ExitStatus.USAGE
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class OptionError(ConvcliError, ValueError):
@@ -47,6 +64,22 @@ class OutputError(ConvcliError):
     """An output could not be written (it would overwrite an input, disk full…)."""
 
     exit_status = ExitStatus.INPUT_FAILED
+    #: The ``errno`` of the operating-system error behind it (ENOSPC, EROFS, EACCES…), or None.
+    errno: int | None = None
+
+    @classmethod
+    def from_os(cls, what: str, err: OSError) -> "OutputError":
+        """``WHAT: cannot write: <the OS's reason>``, keeping the OS error's number."""
+        error = cls(f"{what}: cannot write: {err.strerror or err}")
+        error.errno = err.errno
+        return error
+
+    @property
+    def disk_full(self) -> bool:
+        """The file system is full (or the user's quota is): nothing more can be written there."""
+        import errno
+
+        return self.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class InputWarning(UserWarning):

@@ -1447,6 +1447,9 @@ def _check_npy_shape(shape: tuple[int, ...], dtype, source: str) -> None:
         raise KernelError(f"{source}: expected a numeric array, got dtype {dtype}")
     if len(shape) not in (1, 2, 3, 4):
         raise KernelError(f"{source}: weights must be 1-D to 4-D, got {len(shape)}-D shape {_fmt_size(shape)}")
+    if any(side < 0 for side in shape):
+        # numpy's header reader lets (-1, 5) through: -5 weights would read the whole file.
+        raise KernelError(f"{source}: not a valid .npy file: a negative size in its shape {_fmt_size(shape)}")
     count = math.prod(shape)
     if count == 0:
         raise KernelError(f"{source}: the array is empty (shape {_fmt_size(shape)})")

@@ -30,7 +30,7 @@ below are the package's public API; underscored names are private to the package
 from __future__ import annotations
 
 from ._common import ARRAY_SUFFIXES, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, MODES, SCALES, STDIN
-from .atomic import same_file, write_atomic
+from .atomic import claim, make_folder, same_file, sweep_stale, write_atomic
 from .display import NORMALIZE_MODES, channel_extrema, to_display, to_display_planes
 from .montage import montage
 from .npy import encode_npy
@@ -43,5 +43,5 @@ __all__ = [
     "DEFAULT_MAX_PIXELS", "DEFAULT_PNG_COMPRESS_LEVEL", "IMAGE_SUFFIXES", "ARRAY_SUFFIXES",
     "MODES", "SCALES", "NORMALIZE_MODES", "STDIN", "Loaded", "read_input", "read_shape", "read_header",
     "is_supported", "to_display", "to_display_planes", "channel_extrema", "encode_png", "encode_tiff",
-    "encode_npy", "write_atomic", "same_file", "montage", "format_map_rows",
+    "encode_npy", "write_atomic", "make_folder", "sweep_stale", "claim", "same_file", "montage", "format_map_rows",
 ]

@@ -101,6 +101,8 @@ def _array_shape(name: str, shape: tuple[int, ...]) -> tuple[tuple[int, int, int
         hint = "; drop the batch axis (a[0])" if shape[0] == 1 else ""
         raise InputError(f"{name}: {ndim}-D array of shape {shape}; expected 1-D (L), 2-D (H, W) "
                          f"or 3-D (H, W, C){hint}")
+    if any(side < 0 for side in shape):  # a .npy header may say so; numpy's header reader lets it through
+        raise InputError(f"{name}: corrupt array header: a negative size in its shape {shape}")
     if 0 in shape:
         raise InputError(f"{name}: empty array of shape {shape}")
     if ndim == 1:

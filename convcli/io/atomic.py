@@ -7,6 +7,7 @@ import os
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import OutputError
 from ._common import STDIN
@@ -23,22 +24,26 @@ def _umask() -> int:
 def write_atomic(path: str | os.PathLike[str], data: bytes, *, fsync: bool = False) -> None:
     """Write ``data`` to ``path`` so that ``path`` is never partial or corrupt.
 
-    The bytes go to a unique temporary file in the same folder (``.NAME.XXXX.tmp``), which
-    is then renamed over ``path`` (``os.replace``, atomic on POSIX and Windows). On any
-    failure the temporary file is removed. The new file gets the usual permissions
-    (0o666 minus the umask), or those of the file it replaces.
+    The bytes go to a unique temporary file in the same folder (``.NAME.PID-XXXX.tmp``,
+    PID being this process's id), which is then renamed over ``path`` (``os.replace``,
+    atomic on POSIX and Windows). On any failure the temporary file is removed; if the
+    process is killed (``kill -9``, power loss) before the rename, ``path`` keeps its old
+    content or stays absent, and the temporary file is left for :func:`sweep_stale` (a
+    later batch removes those whose process is gone). The new file gets the usual
+    permissions (0o666 minus the umask), or those of the file it replaces.
 
     Raises
     ------
     OutputError
         The folder is missing or not writable, the disk is full, ``path`` is a folder…
+        The message ends with the OS's reason; :attr:`OutputError.errno` keeps its number.
     """
     target = Path(path)
     folder = target.parent
     try:
-        descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+        descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp")
     except OSError as err:
-        raise OutputError(f"{target}: cannot write: {err.strerror or err}") from None
+        raise OutputError.from_os(str(target), err) from None
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
@@ -55,8 +60,140 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, fsync: bool = Fal
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         if isinstance(err, OSError):
-            raise OutputError(f"{target}: cannot write: {err.strerror or err}") from None
+            raise OutputError.from_os(str(target), err) from None
         raise
+
+
+def make_folder(folder: str | os.PathLike[str]) -> None:
+    """Create ``folder`` and its parents if missing; an OS error becomes an :class:`OutputError`."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError.from_os(str(folder), err) from None
+
+
+def temporary_owner(entry: str, names: set[str] | frozenset[str]) -> int | None:
+    """The process id in a temporary file name :func:`write_atomic` made for one of ``names``.
+
+    ``.NAME.PID-XXXXXXXX.tmp`` gives PID; 0 for the older ``.NAME.XXXXXXXX.tmp`` form; None if
+    ``entry`` is not a temporary file of one of ``names``.
+    """
+    if not (entry.startswith(".") and entry.endswith(".tmp")):
+        return None
+    name, _, tail = entry[1:-4].rpartition(".")
+    if name not in names:
+        return None
+    pid, dash, _ = tail.partition("-")
+    return int(pid) if dash and pid.isdigit() else 0
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (signal 0 probes without sending)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, it is someone else's
+        return True
+    return True
+
+
+def sweep_stale(folder: str | os.PathLike[str], names: set[str] | frozenset[str]) -> int:
+    """Remove temporary and claim files for ``names`` in ``folder`` whose process is gone.
+
+    What a ``kill -9`` or a power cut leaves behind. A temporary file of a live process
+    (another convcli writing into the same folder right now), or a claim it holds, is never
+    touched. Returns the number removed.
+    """
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return 0
+    removed = 0
+    for entry in entries:
+        pid = temporary_owner(entry, names)
+        if pid and not process_alive(pid):
+            path = os.path.join(folder, entry)
+            with contextlib.suppress(OSError):
+                if os.path.isdir(path) and not os.path.islink(path):  # a zarr array being written
+                    import shutil
+
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+                removed += 1
+        elif entry.startswith(".") and entry.endswith(".claim") and entry[1:-6] in names:
+            # A claim file whose holder was killed: nobody holds its lock, so take it and remove it.
+            path = Path(folder) / entry
+            descriptor = _lock(path)
+            if descriptor is not None and descriptor >= 0:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                    removed += 1
+                os.close(descriptor)
+    return removed
+
+
+def claim_path(output: str | os.PathLike[str]) -> Path:
+    """The claim file of an output: ``.NAME.claim`` next to it (hidden, so never an input)."""
+    output = Path(output)
+    return output.parent / f".{output.name}.claim"
+
+
+@contextlib.contextmanager
+def claim(output: str | os.PathLike[str]) -> Iterator[bool]:
+    """Hold the claim on producing ``output`` (and the other outputs of its input) while inside.
+
+    Yields True when this process holds the claim, False when another process (or another
+    worker) holds it right now. The claim is an exclusive ``flock`` on :func:`claim_path`:
+    the kernel drops it when its holder exits, however it exits (``kill -9`` included), so a
+    claim is never stale. The file is removed on release; a holder checks after locking that
+    the file it locked is still the one at the path (another holder may have removed it in
+    between), and retries otherwise. Where a claim cannot be taken at all (no ``fcntl``, a
+    read-only or missing folder, a file system without locks) it yields True: the work goes
+    on unclaimed and the write itself reports the folder's problem.
+    """
+    path = claim_path(output)
+    descriptor = _lock(path)
+    if descriptor is None or descriptor < 0:
+        yield descriptor is None
+        return
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(descriptor)
+
+
+def _lock(path: Path) -> int | None:
+    """A descriptor holding the lock on ``path``; -1 if another holds it; None if locks are unavailable."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    while True:
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            return -1
+        except OSError:
+            os.close(descriptor)
+            return None
+        try:
+            mine, there = os.fstat(descriptor), os.stat(path)
+            if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
+                return descriptor
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)  # the holder before us removed the file we locked: lock the new one
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

@@ -332,12 +332,12 @@ def parse_size(text: str, option: str = "--memory-limit") -> int:
 
 
 def temporary_path(path: Path, *, directory: bool = False) -> Path:
-    """A new unique ``.NAME.XXXXXXXX.tmp`` next to ``path`` (the batch sweeps these after a kill)."""
+    """A new unique ``.NAME.PID-XXXXXXXX.tmp`` next to ``path`` (a batch sweeps these once PID is gone)."""
     folder = path.parent
     try:
         if directory:
-            return Path(tempfile.mkdtemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp"))
-        descriptor, name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+            return Path(tempfile.mkdtemp(dir=folder, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp"))
+        descriptor, name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
     except OSError as err:
         raise OutputError(f"{path}: cannot write: {err.strerror or err}") from None
     os.close(descriptor)

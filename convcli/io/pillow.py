@@ -132,6 +132,9 @@ def _pillow_array(im: Any, name: str, path: Path | None, data: bytes | None) -> 
     rawmode = _png_rawmode(im)
     if rawmode in _PNG16_LOW_RAWMODE:
         return _Raw(_png16_colour(im, rawmode, path, data), "image", 16)
+    # What the header said, before decoding: a tRNS chunk after the image data (out of order)
+    # is only seen by load(), and read_shape, which reads the header only, must agree with us.
+    header_transparency = "transparency" in im.info
     im.load()
     mode = im.mode
     if mode.startswith("I;16"):
@@ -139,7 +142,7 @@ def _pillow_array(im: Any, name: str, path: Path | None, data: bytes | None) -> 
     if mode in ("I", "F"):
         return _Raw(np.asarray(im).astype(np.float64 if mode == "I" else np.float32)[:, :, None],
                     "image", None)
-    target = {"1": "L", "L": "L", "P": "RGBA" if "transparency" in im.info else "RGB", "PA": "RGBA",
+    target = {"1": "L", "L": "L", "P": "RGBA" if header_transparency else "RGB", "PA": "RGBA",
               "LA": "LA", "La": "LA", "RGB": "RGB", "RGBA": "RGBA", "RGBa": "RGBA"}.get(mode, "RGB")
     if mode != target:
         im = im.convert(target)

@@ -61,8 +61,15 @@ def _diagnose_text(name: str, text: str, comma: bool) -> None:
             try:
                 float(cell)
             except ValueError:
-                what = "an empty cell" if not cell else f"{cell!r} is not a number"
+                what = "an empty cell" if not cell else f"{_shorten(cell)} is not a number"
                 raise InputError(f"{name}: line {lineno}, column {column}: {what}") from None
+
+
+def _shorten(cell: str, limit: int = 40) -> str:
+    """A cell as a message shows it: whole if short, else its start and its length."""
+    if len(cell) <= limit:
+        return repr(cell)
+    return f"{cell[:limit - 1]!r}… ({len(cell):,} characters)".replace("'…", "…'")
 
 
 def format_map_rows(map2d: Any) -> list[str]:

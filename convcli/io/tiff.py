@@ -7,11 +7,14 @@ to :mod:`.pillow`.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from ..errors import InputError
 from ._common import _check_pixels, _Raw
 
 
@@ -25,19 +28,29 @@ def _read_tiff(name: str, path: Path | None, data: bytes | None, *, max_pixels: 
     page_info = _tiff_page(name, path, data)
     if page_info is None:
         return None
-    page, tiff = page_info
+    page, tiff, shape = page_info
     try:
-        _check_pixels(name, int(page.imagewidth), int(page.imagelength), max_pixels)
+        _check_pixels(name, shape[1], shape[0], max_pixels)
         try:
-            array = page.asarray()
+            with _tifffile_log() as problems:
+                array = page.asarray()
         except Exception:  # noqa: BLE001 - e.g. a codec tifffile lacks (needs imagecodecs)
             return None
     finally:
         tiff.close()
-    if page.axes == "SYX":
+    if problems:
+        # tifffile logs missing or undecodable strips/tiles and returns the array anyway,
+        # with those parts never written (whatever the memory held): refuse the pixels.
+        raise InputError(f"{name}: corrupt TIFF file: {problems[0].split(': ', 1)[-1]} (strips or tiles)")
+    if page.axes == "SYX" and array.ndim == 3:
         array = np.moveaxis(array, 0, -1)
-    elif page.axes == "YX":
+    elif page.axes == "YX" and array.ndim == 2:
         array = array[:, :, None]
+    if array.shape != shape:
+        # A damaged IFD (counts, sample numbers) can make tifffile decode another shape
+        # than the header declares: never use pixels the header does not account for.
+        raise InputError(f"{name}: corrupt TIFF file: the header declares {shape[0]}×{shape[1]}×{shape[2]}, "
+                         f"the data decode to shape {tuple(array.shape)}")
     if array.dtype.kind == "u":
         bit_depth: int | None = array.dtype.itemsize * 8
     elif array.dtype.kind in "if":
@@ -48,33 +61,120 @@ def _read_tiff(name: str, path: Path | None, data: bytes | None, *, max_pixels: 
     return _Raw(array, "image", bit_depth)
 
 
-def _tiff_page(name: str, path: Path | None, data: bytes | None) -> tuple[Any, Any] | None:
-    """(first page, open TiffFile) if tifffile should read it, else None (caller closes)."""
+@contextlib.contextmanager
+def _tifffile_log() -> Iterator[list[str]]:
+    """Collect what tifffile logs (warnings and errors) inside the block, instead of printing it."""
+    logger = logging.getLogger("tifffile")
+    problems: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            problems.append(" ".join(record.getMessage().split()))
+
+    handler = Collect(logging.WARNING)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield problems
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _tiff_page(name: str, path: Path | None, data: bytes | None) -> tuple[Any, Any, tuple[int, int, int]] | None:
+    """(first page, open TiffFile, (H, W, C)) if tifffile should read it, else None (caller closes).
+
+    Anything odd about the first page — tags of the wrong type or count, a missing
+    dimension, a zero size — makes it None, so Pillow gets its chance and reports.
+    """
     try:
         import tifffile
     except ImportError:  # pragma: no cover - scikit-image depends on it
         return None
     try:
-        tiff = tifffile.TiffFile(io.BytesIO(data) if data is not None else path)
+        # Damaged tags are logged by tifffile and skipped; whether the page is usable is decided below.
+        with _tifffile_log() as problems:
+            tiff = tifffile.TiffFile(io.BytesIO(data) if data is not None else path)
     except Exception:  # noqa: BLE001 - Pillow gets its chance and reports the error
         return None
-    page = tiff.pages[0]
-    if (int(page.photometric) not in (1, 2)  # MINISBLACK, RGB; Pillow handles the rest
-            or page.axes not in ("YX", "YXS", "SYX") or page.dtype is None
-            or page.dtype.kind not in "uif" or int(getattr(page, "bitspersample", 8)) < 8):
+    try:
+        with _tifffile_log() as more:
+            page = tiff.pages[0]
+            shape = _page_shape(page)
+            usable = (shape is not None and int(page.photometric) in (1, 2)  # MINISBLACK, RGB; Pillow does the rest
+                      and page.axes in ("YX", "YXS", "SYX") and page.dtype is not None
+                      and page.dtype.kind in "uif" and int(getattr(page, "bitspersample", 8)) >= 8)
+            layout = _layout_problem(page, problems + more)
+    except Exception:  # noqa: BLE001 - a damaged IFD can fail in any tag accessor
+        usable, layout = False, _layout_problem(None, problems)
+    if layout is not None:
+        tiff.close()
+        raise InputError(f"{name}: corrupt TIFF file: {layout}")
+    if not usable:
         tiff.close()
         return None
-    return page, tiff
+    return page, tiff, shape  # type: ignore[return-value]
+
+
+#: Tags that say where a page's pixels are and how they are laid out. When tifffile could not
+#: read one of them, the layout is guesswork — a plane taken as missing, tiles that are never
+#: decoded, their memory left as it was — so the file is refused (Pillow's libtiff guesses too).
+_LAYOUT_TAGS = {256: "ImageWidth", 257: "ImageLength", 258: "BitsPerSample", 259: "Compression",
+                262: "PhotometricInterpretation", 273: "StripOffsets", 277: "SamplesPerPixel",
+                278: "RowsPerStrip", 279: "StripByteCounts", 284: "PlanarConfiguration", 322: "TileWidth",
+                323: "TileLength", 324: "TileOffsets", 325: "TileByteCounts", 338: "ExtraSamples",
+                339: "SampleFormat"}
+
+
+def _layout_problem(page: Any, problems: list[str]) -> str | None:
+    """Why the page's pixel layout cannot be trusted, or None."""
+    import math
+    import re
+
+    for problem in problems:
+        match = re.search(r"TiffTag (\d+)", problem)
+        if match and int(match.group(1)) in _LAYOUT_TAGS:
+            code = int(match.group(1))
+            detail = problem.split(" raised ", 1)[-1]
+            return f"its {_LAYOUT_TAGS[code]} tag ({code}) is damaged: {detail}"
+    if page is None:
+        return None
+    if int(page.planarconfig) not in (1, 2):
+        return f"PlanarConfiguration {int(page.planarconfig)} (1 or 2 are defined)"
+    offsets, counts = page.dataoffsets, page.databytecounts
+    needed = math.prod(page.chunked)
+    if len(offsets) != needed or len(counts) != needed:
+        return (f"{len(offsets)} strip/tile offsets and {len(counts)} byte counts for a page of "
+                f"{needed} strips or tiles")
+    return None
+
+
+def _page_shape(page: Any) -> tuple[int, int, int] | None:
+    """(H, W, C) from the page's tags when they are plain positive integers, else None."""
+    values = []
+    for value in (page.imagelength, page.imagewidth,
+                  getattr(page, "samplesperpixel", 1) if page.axes != "YX" else 1):
+        if isinstance(value, bool) or not isinstance(value, (int, _np_integer())):
+            return None
+        values.append(int(value))
+    if min(values) < 1:
+        return None
+    return tuple(values)  # type: ignore[return-value]
+
+
+def _np_integer() -> type:
+    import numpy as np
+
+    return np.integer
 
 
 def _tiff_header_shape(name: str, path: Path | None, data: bytes | None) -> tuple[int, int, int] | None:
     page_info = _tiff_page(name, path, data)
     if page_info is None:
         return None
-    page, tiff = page_info
+    _page, tiff, shape = page_info
     tiff.close()
-    channels = int(getattr(page, "samplesperpixel", 1)) if page.axes != "YX" else 1
-    return (int(page.imagelength), int(page.imagewidth), channels)
+    return shape
 
 
 def encode_tiff(array: Any, *, compression: str = "none") -> bytes:

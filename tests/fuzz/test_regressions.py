@@ -1,0 +1,307 @@
+"""Every crash the fuzzers found, as a named test (issue 16).
+
+Reproducers the fuzzers wrote are in ``tests/fuzz/crashes/``; the others are built here
+from the seed corpus, so each test says exactly which bytes broke which reader.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from checks import check_image, check_pipeline
+from fuzzlib import CORPUS, png_chunks, png_join
+
+from convcli.cli import cli
+from convcli.errors import InputError, KernelError, OptionError
+from convcli.io import read_header, read_input
+from convcli.pipeline import load_pipeline
+
+CRASHES = Path(__file__).resolve().parent / "crashes"
+
+
+@pytest.fixture()
+def out_dir(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    return folder
+
+
+def one_line_error(args, name) -> str:
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code in (1, 2) and len(lines) == 1 and str(name) in lines[0], (result.exit_code, result.stderr)
+    return lines[0]
+
+
+# --- TIFF: damaged IFDs --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["tiff-width-tag-count-2.tif", "tiff-photometric-tuple.tif",
+                                  "tiff-photometric-as-bytes.tif"])
+def test_tiff_tag_of_the_wrong_count_or_type_is_one_line_not_a_type_error(case, out_dir):
+    # tifffile gives such a tag as a tuple or bytes; int() of it was a TypeError/ValueError.
+    path = CRASHES / case
+    assert check_image(path, out_dir) in ("ok", "error")
+    with pytest.raises(InputError, match="tiff-"):
+        read_input(path)
+
+
+def test_tiff_whose_data_decode_to_another_shape_than_its_header_is_refused(out_dir):
+    # SamplesPerPixel 3 in the header, a 2-D array from the data: an IndexError in --mode.
+    path = CRASHES / "tiff-decodes-2d-for-rgb-header.tif"
+    assert check_image(path, out_dir) == "error"
+    with pytest.raises(InputError, match=r"tiff-decodes-2d-for-rgb-header\.tif: corrupt"):
+        read_input(path)
+
+
+@pytest.mark.parametrize("case", ["tiff-decodes-1d.tif", "tiff-no-pages.tif"])
+def test_tiff_with_a_1d_page_or_no_page_is_one_line(case, out_dir):
+    path = CRASHES / case
+    assert check_image(path, out_dir) == "error"
+    with pytest.raises(InputError, match=case.replace(".", r"\.")):
+        read_input(path)
+    with pytest.raises(InputError, match=case.replace(".", r"\.")):
+        read_header(path)
+
+
+def _patch_tags(blob: bytes, patch) -> bytes:
+    """The classic little-endian TIFF ``blob`` with ``patch(tag, type, count, value)`` applied to each
+    first-IFD entry (it returns the new entry, or None to keep it)."""
+    out = bytearray(blob)
+    ifd = struct.unpack("<I", blob[4:8])[0]
+    for k in range(struct.unpack("<H", blob[ifd:ifd + 2])[0]):
+        at = ifd + 2 + 12 * k
+        new = patch(blob, *struct.unpack("<HHII", blob[at:at + 12]))
+        if new is not None:
+            struct.pack_into("<HHII", out, at, *new)
+    return bytes(out)
+
+
+def _keep_first_tile(blob, tag, kind, count, value):
+    """TileOffsets/TileByteCounts cut to the first tile (count 1, the value inline)."""
+    if tag in (324, 325):
+        return tag, 4, 1, struct.unpack("<I", blob[value:value + 4])[0]
+    return None
+
+
+def _planar_config(number):
+    return lambda blob, tag, kind, count, value: (tag, 3, 1, number) if tag == 284 else None
+
+
+@pytest.mark.parametrize("patch, message", [
+    (_keep_first_tile, r"1 strip/tile offsets and 1 byte counts for a page of 4 strips or tiles"),
+    (_planar_config(0), r"its PlanarConfiguration tag \(284\) is damaged: ValueError\('0 is not a valid PLANARCONFIG'\)"),
+    (_planar_config(65535), r"its PlanarConfiguration tag \(284\) is damaged"),
+], ids=["one-tile-of-four", "planar-config-0", "planar-config-65535"])
+def test_tiff_whose_tiles_would_not_all_be_decoded_is_refused_not_read_as_whatever_memory_held(
+        tmp_path, out_dir, patch, message):
+    # tifffile decoded such pages with parts never written (np.empty): two reads of one file gave
+    # different pixels. A PlanarConfiguration of 0 made it expect 3 planes of tiles where 1 exists.
+    path = tmp_path / "damaged.tif"
+    path.write_bytes(_patch_tags((CORPUS / "images" / "tiled-deflate.tif").read_bytes(), patch))
+    with pytest.raises(InputError, match=r"damaged\.tif: corrupt TIFF file: " + message):
+        read_input(path)
+    assert check_image(path, out_dir) == "error"
+
+
+def test_tifffile_log_lines_while_decoding_refuse_the_pixels(tmp_path, monkeypatch):
+    # tifffile logs "read_segments: expected 4 segments, got 1" and returns the array anyway.
+    import logging
+
+    import tifffile
+
+    real = tifffile.TiffPage.asarray
+
+    def logging_asarray(self, *args, **kwargs):
+        logging.getLogger("tifffile").warning("tifffile.read_segments: expected 4 segments, got 1")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", logging_asarray)
+    with pytest.raises(InputError, match=r"tiled-deflate\.tif: corrupt TIFF file: expected 4 segments, got 1 "
+                                         r"\(strips or tiles\)"):
+        read_input(CORPUS / "images" / "tiled-deflate.tif")
+
+
+# --- PNG ---------------------------------------------------------------------------------------
+
+def test_palette_png_with_trns_after_the_image_data_has_the_channels_its_header_says(tmp_path, out_dir):
+    # Pillow sees a tRNS chunk after IDAT only when decoding: read_shape said 3 channels, read_input 4.
+    chunks = png_chunks((CORPUS / "images" / "palette-trns.png").read_bytes())
+    trns = next(c for c in chunks if c[0] == b"tRNS")
+    chunks.remove(trns)
+    chunks.insert(len(chunks) - 1, trns)  # just before IEND
+    path = tmp_path / "late-trns.png"
+    path.write_bytes(png_join(chunks))
+    assert read_header(path)[0] == read_input(path).array.shape == (5, 7, 3)
+    assert check_image(path, out_dir) == "ok"
+
+
+# --- .npy --------------------------------------------------------------------------------------
+
+def test_npy_header_claiming_more_data_than_the_file_holds_is_refused_before_allocating(tmp_path, out_dir):
+    # A 128-byte file declaring 2**60 bytes: numpy asked for exabytes (MemoryError).
+    header = "{'descr': '|u1', 'fortran_order': False, 'shape': (1073741824, 1073741824), }"
+    header += " " * (-(10 + len(header) + 1) % 64) + "\n"
+    path = tmp_path / "liar.npy"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + b"\x00" * 16)
+    with pytest.raises(InputError, match=r"liar\.npy: cannot read \.npy: truncated: the header declares "
+                                         r"1073741824×1073741824 uint8 \(1152921504606846976 bytes of data\), "
+                                         r"the file holds 16"):
+        read_input(path)
+    assert check_image(path, out_dir) == "error"
+
+
+# --- text ----------------------------------------------------------------------------------------
+
+def test_csv_cell_of_thousands_of_characters_is_shortened_in_the_message(tmp_path):
+    path = tmp_path / "long.csv"
+    path.write_text("1,2\n3," + "[" * 5000 + "\n")
+    with pytest.raises(InputError, match=r"line 2, column 2: '\[{39}…' \(5,000 characters\) is not a number") as err:
+        read_input(path)
+    assert len(str(err.value)) < 200
+
+
+def test_unknown_kernel_of_thousands_of_characters_is_shortened_in_the_message():
+    with pytest.raises(KernelError, match=r"kernel '\\n1,1,1[1,]+…' \(4000 characters\): no such file") as err:
+        from convcli.kernels import load_kernels
+
+        load_kernels("\n" + ",".join(["1"] * 2000))
+    assert len(str(err.value)) < 600
+
+
+# --- pipelines -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["pipeline-kernel-size-list-holds-a-mapping.yaml",
+                                  "pipeline-kernel-size-list-holds-a-string.yaml"])
+def test_pipeline_pair_holding_a_mapping_or_a_string_is_one_line(case):
+    # float({}) was a TypeError, float('') a ValueError: tracebacks.
+    with pytest.raises(OptionError, match=r"layers\[1\]\.kernel_size: expected whole numbers, got \[1, "):
+        load_pipeline(CRASHES / case)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("stride", "[1, 1000000000000000000000000000000000000000000000000000000000000]",
+     r"layers\[0\]\.stride: a 61-digit number is more than 2147483647"),
+    ("dilation", "1000000000000000000000000000000000000000000000000000000000000",
+     r"layers\[0\]\.dilation: a 61-digit number is more than 2147483647"),
+    ("padding", "[2147483648, 0]", r"layers\[0\]\.padding: \[2147483648, 0\] is not valid"),
+])
+def test_pipeline_numbers_beyond_c_integers_are_refused_when_the_file_is_read(tmp_path, key, value, message):
+    # A 61-digit stride was "internal error: OverflowError: Python int too large to convert to C long".
+    path = tmp_path / "huge.yaml"
+    path.write_text(f"layers:\n  - conv: {{kernels: [box-blur], {key}: {value}}}\n")
+    with pytest.raises(OptionError, match=message):
+        load_pipeline(path)
+
+
+def test_layer_whose_arrays_cannot_exist_is_refused_before_work_in_one_line(tmp_path):
+    # Padding 2**31-1 asked numpy for an array larger than the address space: a ValueError
+    # ("Maximum allowed dimension exceeded") reported as an internal error. The memory budget
+    # (issue 18) now refuses it from the shapes, before any work.
+    path = tmp_path / "pad.yaml"
+    path.write_text("layers:\n  - conv: {kernels: [box-blur], padding: 2147483647}\n")
+    image = tmp_path / "small.npy"
+    np.save(image, np.ones((9, 11), np.float32))
+    line = one_line_error(["apply", image, "--pipeline", path, "-o", tmp_path / "out", "-q", "-j", "1"], image)
+    # Refused by the budget from the shapes, or (since row-band streaming landed, the budget counting
+    # one band) failing its allocation: one line either way, never a traceback.
+    assert (re.search(r"needs about [\d.]+ TiB of memory .* more than the 1 GiB memory limit", line)
+            or line == f"convcli: {image}: out of memory"), line
+
+
+def test_array_too_big_for_numpy_is_out_of_memory_in_one_line(tmp_path, monkeypatch):
+    # Whatever still asks numpy for an impossible array fails that input in one line.
+    from convcli import batch
+
+    def impossible(*args, **kwargs):
+        raise ValueError("Maximum allowed dimension exceeded")
+
+    monkeypatch.setattr(batch, "process", impossible)
+    image = tmp_path / "small.npy"
+    np.save(image, np.ones((9, 11), np.float32))
+    line = one_line_error(["apply", image, "-k", "edge", "-o", tmp_path / "out", "-q", "-j", "1"], image)
+    assert line == f"convcli: {image}: out of memory: the layer needs an array larger than this machine can hold"
+
+
+def test_pipeline_naming_a_kernel_longer_than_a_file_name_is_one_line():
+    # An OSError (File name too long) traceback before issue 18 §6 was fixed on main.
+    with pytest.raises(KernelError, match=r"pipeline-kernel-name-too-long\.yaml: layers\[0\]\.kernels: '3x\[+3\]+…' "
+                                          r"\(1084 characters\): no kernel file"):
+        load_pipeline(CRASHES / "pipeline-kernel-name-too-long.yaml")
+
+
+# --- standard output on a full disk ------------------------------------------------------------------
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+@pytest.mark.parametrize("args", [["kernels"], ["shape", "--input", "9x9x3", "-k", "edge"],
+                                  ["apply", "IMAGE", "-k", "edge", "-o", "-"],
+                                  ["apply", "IMAGE", "-k", "edge", "--print"],
+                                  ["apply", "IMAGE", "-k", "edge", "--json", "-o", "OUT"]])
+def test_standard_output_on_a_full_disk_is_one_line_and_exit_1(tmp_path, args):
+    # Writing to /dev/full fails with ENOSPC: a traceback (and an "Exception ignored" at exit) before.
+    args = [str(CORPUS / "images" / "rgb8.png") if a == "IMAGE" else str(tmp_path / "out") if a == "OUT" else a
+            for a in args]
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, "-m", "convcli", *args], stdout=full, stderr=subprocess.PIPE,
+                              timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.decode() == "convcli: error: standard output: cannot write: No space left on device\n"
+
+
+# --- file names --------------------------------------------------------------------------------------
+
+def test_file_name_with_a_newline_or_escape_sequence_is_reported_on_one_line(tmp_path):
+    # 'bad\nname.png' made the message two lines; '\x1b[2J' would clear the user's terminal; U+0085 too.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "bad\nname.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 20)
+    (folder / "clear\x1b[2J.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 20)
+    (folder / "next\x85line.png").write_bytes(b"GIF89a")  # NEL: str.splitlines() breaks there too
+    (folder / "caf\udce9.png").write_bytes((CORPUS / "images" / "rgb8.png").read_bytes())  # Latin-1 bytes
+    done = subprocess.run([sys.executable, "-m", "convcli", "apply", str(folder), "-k", "edge", "-o",
+                           str(tmp_path / "out"), "-j", "1"], capture_output=True, timeout=120)
+    lines = done.stderr.decode("utf-8", "backslashreplace").splitlines()
+    assert done.returncode == 1
+    assert lines[0].startswith(f"convcli: {folder}/bad\\nname.png: corrupt ")
+    assert lines[1].startswith(f"convcli: {folder}/clear\\x1b[2J.png: corrupt ")
+    assert lines[2].startswith(f"convcli: {folder}/next\\x85line.png: corrupt GIF file")
+    assert lines[3].startswith("convcli: 1 done, 3 failed") and len(lines) == 4
+    assert b"\x1b" not in done.stderr
+
+
+def test_npy_with_a_negative_size_in_its_shape_is_one_line_as_kernel_and_as_input():
+    # numpy's header reader accepts shape (-1, 5): as a kernel, np.fromfile(count=-5) read the
+    # whole file and reshape raised ValueError; as an input, `shape` reported a negative size.
+    path = CRASHES / "npy-negative-size.npy"
+    from convcli.kernels import load_kernels
+
+    with pytest.raises(KernelError, match=r"npy-negative-size\.npy: not a valid \.npy file: a negative size in its "
+                                          r"shape -1x5"):
+        load_kernels(str(path))
+    with pytest.raises(InputError, match=r"npy-negative-size\.npy: corrupt array header: a negative size in its "
+                                         r"shape \(-1, 5\)"):
+        read_header(path)
+    with pytest.raises(InputError, match=r"npy-negative-size\.npy: "):
+        read_input(path)
+
+
+def test_warning_line_of_a_file_named_with_a_newline_stays_one_line(tmp_path):
+    # The "warning: truncated JPEG data" line printed the name raw: the long fuzz run saw its tail
+    # arrive as a line of its own.
+    jpeg = (CORPUS / "images" / "rgb.jpg").read_bytes()
+    path = tmp_path / "cut\nshort.jpg"
+    path.write_bytes(jpeg[:-30])  # the scan cut short, the header whole
+    done = subprocess.run([sys.executable, "-m", "convcli", "apply", str(path), "-k", "edge", "-o", str(tmp_path / "out"),
+                           "-j", "1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith(f"convcli: {tmp_path}/cut\\nshort.jpg: warning: truncated JPEG data")
+    assert len(done.stderr.splitlines()) == 1
