@@ -84,4 +84,43 @@ def _lines(caught: list[warnings.WarningMessage]) -> Iterator[str]:
         yield "float32 overflow while computing the maps: they hold Inf or NaN values"
 
 
-__all__ = ["LIBRARY_LOGGERS", "silence_libraries", "translated"]
+@contextlib.contextmanager
+def c_library_stderr(library: str) -> Iterator[None]:
+    """Keep what a C library prints straight to the standard-error descriptor off it.
+
+    libtiff (inside Pillow) writes its diagnostics with ``fprintf(stderr, …)``
+    (``ZIPDecode: Decoding error at scanline 0, …``), below Python's :mod:`warnings` and
+    :mod:`logging`. For the block, descriptor 2 points at a temporary file; afterwards what was
+    written becomes one :class:`~convcli.errors.InputWarning` naming ``library``, so a
+    successful input reports it as its one warning line and a failed input as nothing more
+    than its error line. Lines with terminal control characters (a progress bar redrawn
+    meanwhile) are not the library's and are dropped.
+    """
+    import os
+    import sys
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no descriptor 2 (embedded use): nothing to keep off
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read(1 << 16).decode("utf-8", "replace")
+        lines = [line.strip() for line in text.splitlines()
+                 if line.strip() and "\x1b" not in line and "\r" not in line]
+        if lines:
+            more = f" (and {len(lines) - 1} more lines)" if len(lines) > 1 else ""
+            warnings.warn(InputWarning(f"the {library} decoder reported: {lines[0][:200]}{more}"),
+                          stacklevel=3)
+
+
+__all__ = ["LIBRARY_LOGGERS", "c_library_stderr", "silence_libraries", "translated"]

@@ -658,3 +658,45 @@ def test_memory_estimate_counts_what_process_holds():
     with pytest.raises(errors.InputError, match=r"^x.png: needs about 2.1 GiB of memory \(64 2158×3838 float32 maps"
                                                  r" of conv2d: 2.0 GiB\), more than the 1 GiB memory limit"):
         check_fits("x.png", stack, (2160, 3840, 3), limit=1 << 30)
+
+
+# --- C libraries that print to descriptor 2 themselves (libtiff inside Pillow) -----------------------
+
+def _corrupt_deflate_tiff(path: Path) -> None:
+    """A deflate-compressed TIFF whose data libtiff cannot inflate: it prints 'ZIPDecode: …' itself."""
+    pixels = (np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64)
+    with tempfile.SpooledTemporaryFile() as buffer:
+        Image.fromarray(pixels).save(buffer, format="TIFF", compression="tiff_adobe_deflate")
+        buffer.seek(0)
+        blob = bytearray(buffer.read())
+    for i in range(20, 60):
+        blob[i] ^= 0x55
+    path.write_bytes(bytes(blob))
+
+
+def test_libtiff_printing_to_the_stderr_descriptor_is_kept_off_it(tmp_path):
+    bad, good = tmp_path / "bad.tif", tmp_path / "good.png"
+    _corrupt_deflate_tiff(bad)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(good)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "convcli", "apply", str(bad), str(good), "-k", "edge",
+                           "-o", str(out), "-j", "1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert "ZIPDecode" not in proc.stderr, proc.stderr
+    assert len(lines) == 2 and lines[0].startswith(f"convcli: {bad}: cannot decode image"), lines
+    assert re.fullmatch(r"convcli: 1 done, 1 failed in .*", lines[1]), lines
+    assert sorted(p.name for p in out.iterdir()) == ["good_edge.png"]
+
+
+def test_c_library_stderr_turns_descriptor_output_into_one_input_warning():
+    from convcli._noise import c_library_stderr, translated
+
+    with translated() as notes:
+        with c_library_stderr("TIFF"):
+            os.write(2, b"ZIPDecode: Decoding error at scanline 0\nsecond line\n\x1b[2Ka redrawn bar\n")
+    assert notes == ["the TIFF decoder reported: ZIPDecode: Decoding error at scanline 0 (and 1 more lines)"]
+    with translated() as notes:
+        with c_library_stderr("TIFF"):
+            pass
+    assert notes == []

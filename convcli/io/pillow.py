@@ -135,7 +135,13 @@ def _pillow_array(im: Any, name: str, path: Path | None, data: bytes | None) -> 
     # What the header said, before decoding: a tRNS chunk after the image data (out of order)
     # is only seen by load(), and read_shape, which reads the header only, must agree with us.
     header_transparency = "transparency" in im.info
-    im.load()
+    if im.format == "TIFF":  # libtiff prints its diagnostics to descriptor 2 itself
+        from .._noise import c_library_stderr
+
+        with c_library_stderr("TIFF"):
+            im.load()
+    else:
+        im.load()
     mode = im.mode
     if mode.startswith("I;16"):
         return _Raw(np.asarray(im).astype(np.uint16)[:, :, None], "image", 16)
