@@ -492,3 +492,93 @@ def test_the_fuzzers_largest_legal_input_stays_within_the_memory_budget(tmp_path
     assert status == 0, stderr
     assert peak < 1 << 30, f"peak {peak / 2**20:.0f} MiB over the 1 GiB budget"
     assert np.load(tmp_path / "out" / "big.npy", mmap_mode="r").shape == (1022, 1022, 64)
+
+
+# --- --format zarr: a folder written chunk by chunk, renamed into place ---------------------------
+
+
+class ZarrFault:
+    """Make ``--format zarr`` fail with ``code`` for the second input (im01) on, at ``point``.
+
+    ``folder``: the temporary folder cannot be made; ``create``: zarr cannot write the
+    array's ``zarr.json``; ``write``: a chunk write fails (on the sink's writer thread);
+    ``rename``: the complete temporary folder cannot be renamed into place.
+    """
+
+    def __init__(self, monkeypatch, point: str, code: int) -> None:
+        import zarr.storage._local as local
+
+        from convcli.io import bands
+
+        self.point, self.code, self.calls = point, code, 0
+        real_put, real_mkdtemp, real_replace = local._put, bands.tempfile.mkdtemp, bands.os.replace
+
+        def failing(name: str) -> bool:
+            failing_now = "im00" not in name
+            self.calls += failing_now
+            return failing_now
+
+        def put(path, value, exclusive=False):
+            is_metadata = Path(path).name == "zarr.json"
+            if (self.point == "create") == is_metadata and self.point in ("create", "write") and failing(str(path)):
+                raise self.error()
+            return real_put(path, value, exclusive=exclusive)
+
+        def mkdtemp(*args, **kwargs):
+            if self.point == "folder" and failing(kwargs.get("prefix", "")):
+                raise self.error()
+            return real_mkdtemp(*args, **kwargs)
+
+        def replace(source, target):
+            if self.point == "rename" and failing(str(target)):
+                raise self.error()
+            return real_replace(source, target)
+
+        monkeypatch.setattr(local, "_put", put)
+        monkeypatch.setattr(bands.tempfile, "mkdtemp", mkdtemp)
+        monkeypatch.setattr(bands.os, "replace", replace)
+
+    def error(self) -> OSError:
+        return OSError(self.code, os.strerror(self.code))
+
+
+@pytest.fixture(scope="module")
+def clean_zarr(clean_runs):
+    inputs, _ = clean_runs
+    out = inputs.parent / "zarr"
+    result = CliRunner().invoke(cli, ["apply", str(inputs), "-k", "sobel-x", "-o", str(out), "-j", "1", "-q",
+                                      "--format", "zarr"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    return inputs, files(out)
+
+
+@pytest.mark.parametrize("point", ["folder", "create", "write", "rename"])
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES], ids=errno.errorcode.get)
+def test_injected_zarr_write_failure_reports_the_input_and_leaves_no_folder(tmp_path, monkeypatch, clean_zarr,
+                                                                           point, code):
+    inputs, clean = clean_zarr
+    out = tmp_path / "zarr"
+    fault = ZarrFault(monkeypatch, point, code)
+    result = CliRunner().invoke(cli, ["apply", str(inputs), "-k", "sobel-x", "-o", str(out), "-j", "1",
+                                      "--format", "zarr"], catch_exceptions=False)
+    assert fault.calls >= 1
+    assert result.exit_code == 1, result.stderr
+    lines = result.stderr.splitlines()
+    reason = os.strerror(code)
+    failures = [line for line in lines if reason in line]
+    assert failures and all(line.count(reason) == 1 and "cannot write" in line for line in failures), lines
+    assert all(str(out / "im0") in line and ".zarr: cannot write" in line for line in failures), lines
+    # Only the first input's array, complete (what a clean run writes); no temporary folder.
+    assert sorted(p.name for p in out.iterdir()) == ["im00.zarr"], sorted(p.name for p in out.iterdir())
+    assert files(out) == {k: v for k, v in clean.items() if k.startswith("im00.zarr/")}
+    import zarr
+
+    assert zarr.open_array(str(out / "im00.zarr"), mode="r").shape == (22, 29, 1)
+    if code == errno.ENOSPC:
+        assert len(failures) == 1 and failures[0] == lines[0], lines
+        assert lines[-2] == ("convcli: stopping: no space left on device — no more outputs can be written there; "
+                             "2 inputs not processed"), lines
+        assert lines[-1].startswith("convcli: 1 done, 1 failed, 2 not processed in "), lines
+    else:
+        assert len(failures) == 3 == len(lines) - 1, lines
+        assert lines[-1].startswith("convcli: 1 done, 3 failed in "), lines

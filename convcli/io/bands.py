@@ -339,7 +339,7 @@ def temporary_path(path: Path, *, directory: bool = False) -> Path:
             return Path(tempfile.mkdtemp(dir=folder, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp"))
         descriptor, name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
     except OSError as err:
-        raise OutputError(f"{path}: cannot write: {err.strerror or err}") from None
+        raise OutputError.from_os(str(path), err) from None
     os.close(descriptor)
     return Path(name)
 
@@ -372,7 +372,7 @@ def put_in_place(temporary: Path, path: Path) -> None:
             os.chmod(temporary, mode)
         os.replace(temporary, path)
     except OSError as err:
-        raise OutputError(f"{path}: cannot write: {err.strerror or err}") from None
+        raise OutputError.from_os(str(path), err) from None
 
 
 def remove_quietly(path: Path | None) -> None:

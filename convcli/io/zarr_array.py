@@ -74,6 +74,13 @@ def chunk_rows(shape: tuple[int, ...]) -> int:
     return max(1, min(shape[0], CHUNK_MAX_ROWS, CHUNK_BYTES // max(1, row)))
 
 
+def _write_error(path: Path, err: BaseException) -> OutputError:
+    """The error of a failed zarr write: the OS's reason and number (ENOSPC stops a batch), or zarr's."""
+    if isinstance(err, OSError):
+        return OutputError.from_os(str(path), err)
+    return OutputError(f"{path}: cannot write the zarr array: {err}")
+
+
 #: Most columns of one chunk: a row of chunks is then several chunks, which zarr
 #: compresses on its threads at once.
 CHUNK_MAX_COLUMNS = 4096
@@ -108,7 +115,7 @@ class ZarrSink:
                                             + self.shape[2:], dtype="float32", zarr_format=3, overwrite=True)
         except Exception as err:  # noqa: BLE001
             self.discard()
-            raise OutputError(f"{self.path}: cannot write the zarr array: {err}") from None
+            raise _write_error(self.path, err) from None
         self._buffer = np.empty((self._chunk,) + self.shape[1:], np.float32)
         self._free: queue.Queue = queue.Queue()
         self._free.put(np.empty_like(self._buffer))
@@ -135,9 +142,7 @@ class ZarrSink:
     def _check(self) -> None:
         err = self._error
         if err is not None:
-            if isinstance(err, OSError):
-                raise OutputError(f"{self.path}: cannot write: {err.strerror or err}") from None
-            raise OutputError(f"{self.path}: cannot write the zarr array: {err}") from None
+            raise _write_error(self.path, err) from None
 
     def _store(self, rows: int) -> None:
         self._check()
@@ -177,7 +182,7 @@ class ZarrSink:
         try:
             self._array[start:start + band.shape[0]] = band
         except Exception as err:  # noqa: BLE001
-            raise OutputError(f"{self.path}: cannot write the zarr array: {err}") from None
+            raise _write_error(self.path, err) from None
         self._rows += band.shape[0]
 
     def commit(self) -> None:
