@@ -324,31 +324,62 @@ def test_read_only_folder_fails_every_input_with_the_reason_and_goes_on(tmp_path
 # --- kill -9 at random moments ---------------------------------------------------------------------
 
 
+def _temporary_name(name: str) -> bool:
+    """A temporary file, or a file inside a temporary folder (a zarr array being written)."""
+    return any(part.endswith(".tmp") for part in Path(name).parts)
+
+
+def _check_killed(out: Path, fmt: str, reference: dict[str, bytes], arrays: dict[str, np.ndarray], kill: int) -> None:
+    """Every file under a final name is a clean run's; with zarr, every array opens and holds its maps."""
+    for name, blob in files(out).items():
+        if not _temporary_name(name):
+            assert blob == reference[name], f"{name} is not what a clean run writes ({fmt}, kill {kill})"
+    if fmt == "zarr":
+        import zarr
+
+        for array in sorted(p for p in out.glob("*.zarr")):
+            np.testing.assert_array_equal(zarr.open_array(str(array), mode="r")[:], arrays[array.name],
+                                          err_msg=f"{array.name} (kill {kill})")
+
+
 def test_kill_9_at_random_moments_leaves_only_complete_files_and_resume_finishes(tmp_path):
     """Kill batches (the whole process group, or the main process only) at random moments.
 
-    After every kill, each file under a final name must be byte-identical to a clean run's.
-    The last folders are then finished with ``--skip-existing``, which must give exactly the
-    clean run's files: the dead processes' temporaries swept, nothing redone wrong.
-    The whole test takes about 15 s.
+    Each batch writes PNG16 or zarr arrays (folders renamed into place) at random. After
+    every kill, each file under a final name must be byte-identical to a clean run's and
+    each zarr array must open and hold the clean run's maps. The last folder of each format
+    is then finished with ``--skip-existing``, which must give exactly the clean run's files:
+    the dead processes' temporaries swept, nothing redone wrong.
+    The whole test takes about 16 s.
     """
     make_inputs(tmp_path / "in", 32, 128, 160)
-    args = ["apply", tmp_path / "in", "-k", "sobel-x", "-k", "edge", "--format", "png16", "-q"]
-    started = time.monotonic()
-    clean = convcli(*args, "-o", tmp_path / "clean", "-j", "1")
-    took = time.monotonic() - started  # start-up and work, on this machine now: kills land inside it
-    assert clean.returncode == 0, clean.stderr
-    reference = files(tmp_path / "clean")
+    args = ["apply", tmp_path / "in", "-k", "sobel-x", "-k", "edge", "-q"]
+    formats = ("png16", "zarr")
+    took, reference, arrays = {}, {}, {}
+    for fmt in formats:
+        started = time.monotonic()
+        clean = convcli(*args, "--format", fmt, "-o", tmp_path / f"clean-{fmt}", "-j", "1")
+        took[fmt] = time.monotonic() - started  # start-up and work, on this machine now: kills land inside it
+        assert clean.returncode == 0, clean.stderr
+        reference[fmt] = files(tmp_path / f"clean-{fmt}")
+    import zarr
+
+    arrays = {p.name: zarr.open_array(str(p), mode="r")[:] for p in (tmp_path / "clean-zarr").glob("*.zarr")}
+    assert len(arrays) == 32
     rng = random.Random(16)
-    killed: list[Path] = []
-    deadline = time.monotonic() + 11
+    killed: dict[str, list[Path]] = {fmt: [] for fmt in formats}
+    deadline = time.monotonic() + 13
+    runs = 0
     while time.monotonic() < deadline:
-        out = tmp_path / f"out{len(killed)}"
+        fmt = formats[runs % 2]
+        out = tmp_path / f"out{runs}-{fmt}"
+        runs += 1
         jobs = rng.choice(["1", "2"])
         whole_group = rng.random() < 0.7
-        proc = subprocess.Popen([sys.executable, "-m", "convcli", *map(str, args), "-o", str(out), "-j", jobs],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(rng.uniform(0.3, 1.0) * took)
+        proc = subprocess.Popen([sys.executable, "-m", "convcli", *map(str, args), "--format", fmt, "-o", str(out),
+                                 "-j", jobs], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        time.sleep(rng.uniform(0.3, 1.0) * took[fmt])
         if proc.poll() is not None:
             continue  # finished first: not a kill
         os.killpg(proc.pid, signal.SIGKILL) if whole_group else os.kill(proc.pid, signal.SIGKILL)
@@ -356,15 +387,14 @@ def test_kill_9_at_random_moments_leaves_only_complete_files_and_resume_finishes
         if not whole_group:
             time.sleep(0.5)  # orphaned workers end when their pipe closes
             os.killpg(proc.pid, signal.SIGKILL) if _group_alive(proc.pid) else None
-        killed.append(out)
-        for name, blob in files(out).items():
-            if not name.endswith(".tmp"):
-                assert blob == reference[name], f"{name} is not what a clean run writes (kill {len(killed)})"
-    assert len(killed) >= 3, "the batches finished before they could be killed"
-    for out in killed[-2:]:
-        finish = convcli(*args, "-o", out, "-j", "1", "--skip-existing")
+        killed[fmt].append(out)
+        _check_killed(out, fmt, reference[fmt], arrays, sum(map(len, killed.values())))
+    for fmt in formats:
+        assert len(killed[fmt]) >= 2, f"the {fmt} batches finished before they could be killed"
+        out = killed[fmt][-1]
+        finish = convcli(*args, "--format", fmt, "-o", out, "-j", "1", "--skip-existing")
         assert finish.returncode == 0, finish.stderr
-        assert files(out) == reference, "resume did not finish the job exactly"
+        assert files(out) == reference[fmt], f"resume did not finish the {fmt} job exactly"
 
 
 def _group_alive(group: int) -> bool:
