@@ -14,7 +14,7 @@ import struct
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import InputError
+from ..errors import ConvcliError, InputError
 from ._common import _check_pixels, _Raw
 
 
@@ -334,7 +334,13 @@ class TiffRegionReader:
         first, last = start // self._seg_rows, (stop - 1) // self._seg_rows
         parts = []
         for index in range(first, last + 1):
-            block = self._segment_row(index)
+            try:
+                block = self._segment_row(index)
+            except (ConvcliError, MemoryError):
+                raise
+            except Exception as err:  # noqa: BLE001 - a codec's error on damaged data (zlib.error, …)
+                raise InputError(f"{self.name}: corrupt TIFF file: rows {start}–{stop} do not decode: "
+                                 f"{type(err).__name__}: {err}") from None
             top = index * self._seg_rows
             parts.append(block[max(start, top) - top:min(stop, top + block.shape[0]) - top])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

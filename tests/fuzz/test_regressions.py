@@ -305,3 +305,36 @@ def test_warning_line_of_a_file_named_with_a_newline_stays_one_line(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr.startswith(f"convcli: {tmp_path}/cut\\nshort.jpg: warning: truncated JPEG data")
     assert len(done.stderr.splitlines()) == 1
+
+
+def test_tiff_tile_that_does_not_inflate_when_streamed_is_one_line_not_an_internal_error(tmp_path, monkeypatch):
+    # The row-band reader (an input over --memory-limit) let the codec's zlib.error out of
+    # TiffRegionReader.read: "internal error: error: Error -5 while decompressing data".
+    from convcli import streaming
+
+    blob = bytearray((CORPUS / "images" / "tiled-deflate.tif").read_bytes())
+    offset = 914  # the third tile (second row of 16×16 tiles), 305 deflated bytes
+    blob[offset + 2:offset + 305] = zlib.compress(bytes(2000))[2:][:40] + bytes(263)  # a stream cut short
+    path = tmp_path / "cut-tile.tif"
+    path.write_bytes(bytes(blob))
+    monkeypatch.setattr(streaming, "BAND_TARGET_BYTES", 1)
+    streamed = []
+    real = streaming.stream_input
+    monkeypatch.setattr(streaming, "stream_input", lambda *a, **k: streamed.append(1) or real(*a, **k))
+    result = CliRunner().invoke(cli, ["apply", str(path), "-k", "1x1: 1", "--depthwise", "--format", "npy", "-o",
+                                      str(tmp_path / "out"), "-q", "--memory-limit", "8KiB"])
+    assert streamed, "the limit did not make it stream"
+    assert result.exit_code == 1
+    assert re.fullmatch(rf"convcli: {re.escape(str(path))}: corrupt TIFF file: rows 1[0-9]–\d+ do not decode: "
+                        r"error: Error -[0-9] while decompressing data: [^\n]+\n", result.stderr), result.stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    # The first rows decode: the reader's error comes only once it reaches the damaged tile.
+    from convcli.io.tiff import TiffRegionReader
+
+    reader = TiffRegionReader(str(path), path)
+    try:
+        assert reader.read(0, 16).shape == (16, 32, 3)
+        with pytest.raises(InputError, match=r"cut-tile\.tif: corrupt TIFF file: rows 16–17 do not decode: error: "):
+            reader.read(16, 17)
+    finally:
+        reader.close()
