@@ -270,7 +270,7 @@ class TiffRegionReader:
                 return (int(page.photometric) in (1, 2) and page.axes in ("YX", "YXS")
                         and page.dtype is not None and page.dtype.kind in "uif"
                         and int(getattr(page, "bitspersample", 8)) >= 8 and int(page.imagedepth) == 1
-                        and len(page.dataoffsets) > 0 and _codec_works(page))
+                        and len(page.dataoffsets) > 0 and _segments_match(page) and _codec_works(page))
         except Exception:  # noqa: BLE001 - read_input reports what is wrong with the file
             return False
 
@@ -301,7 +301,17 @@ class TiffRegionReader:
                 out = out.astype(self.dtype)
             self._cache = (index, out)
             return out
-        segments = list(fh.read_segments(offsets, counts, indices=wanted, lock=fh.lock))
+        # One read a segment: tifffile's read_segments, given an empty segment before one that
+        # runs past the end of the file, returned bytes from elsewhere for the latter (tifffile
+        # 2026.3.3), where the whole-image read decodes them from their own offset.
+        segments = []
+        with fh.lock:
+            for offset, count, i in zip(offsets, counts, wanted):
+                if not offset or not count:
+                    segments.append((None, i))
+                    continue
+                fh.seek(offset)
+                segments.append((fh.read(count), i))
 
         def decode(item) -> None:
             data, segment = item
@@ -348,6 +358,32 @@ class TiffRegionReader:
     def close(self) -> None:
         self._cache = None
         self._tiff.close()
+
+
+def _segments_match(page: Any) -> bool:
+    """Whether the page has one integer offset and byte count for each tile or strip its layout has.
+
+    A damaged IFD (a tile width of 0, byte counts stored as bytes, fewer offsets than
+    segments) is read whole, as tifffile makes of it, never by region from entries that
+    do not describe the segments the region reader would read.
+    """
+    offsets, counts = page.dataoffsets, page.databytecounts
+    if not isinstance(offsets, tuple) or not isinstance(counts, tuple):
+        return False
+    if not all(isinstance(v, int) for v in (*offsets, *counts)):
+        return False
+    length, width = int(page.imagelength), int(page.imagewidth)
+    if page.is_tiled:
+        rows, cols = int(page.tilelength), int(page.tilewidth)
+        if rows <= 0 or cols <= 0:
+            return False
+        expected = -(-length // rows) * -(-width // cols)
+    else:
+        rows = int(page.rowsperstrip or length)
+        if rows <= 0:
+            return False
+        expected = -(-length // min(rows, length))
+    return len(offsets) == len(counts) == expected
 
 
 def _codec_works(page: Any) -> bool:

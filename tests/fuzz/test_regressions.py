@@ -338,3 +338,33 @@ def test_tiff_tile_that_does_not_inflate_when_streamed_is_one_line_not_an_intern
             reader.read(16, 17)
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("case, limit", [("tiff-tile-after-empty-runs-past-eof.tif", "3KiB"),
+                                         ("tiff-tile-width-0-one-offset.tif", "5KiB")])
+def test_tiff_streamed_by_rows_gives_the_whole_reads_pixels(case, limit, tmp_path, monkeypatch):
+    # Found by the streamed TIFF fuzzer; both streamed other pixels than the whole run wrote.
+    # past-eof: byte counts (256, 0, 29696) for a row of 3 tiles; tifffile's read_segments
+    # returned the third tile's bytes from the wrong place after the empty one.
+    # width-0: TileWidth 0, one offset and byte counts as bytes for 6 tiles; the region reader
+    # read it as one empty strip (zeros), tifffile's whole read as the data at that offset; it
+    # is now decoded whole and streamed from memory.
+    import tifffile
+
+    from convcli import streaming
+
+    path = CRASHES / case
+    monkeypatch.setattr(streaming, "BAND_TARGET_BYTES", 1)
+    streamed = []
+    real = streaming.stream_input
+    monkeypatch.setattr(streaming, "stream_input", lambda *a, **k: streamed.append(1) or real(*a, **k))
+    maps = {}
+    for run, extra in (("whole", []), ("banded", ["--memory-limit", limit])):
+        result = CliRunner().invoke(cli, ["apply", str(path), "-k", "1x1: 1", "--depthwise", "--format", "npy", "-o",
+                                          str(tmp_path / run), "-q", *extra])
+        assert result.exit_code == 0, result.stderr
+        maps[run] = np.load(tmp_path / run / f"{path.stem}.npy")
+        assert bool(streamed) == (run == "banded"), "the limit did not make it stream"
+    expected = tifffile.imread(path).astype(np.float32)[:, :, None]
+    np.testing.assert_array_equal(maps["whole"], expected)
+    np.testing.assert_array_equal(maps["banded"], expected)
