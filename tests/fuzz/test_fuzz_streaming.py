@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from checks import cli_case
@@ -39,17 +39,17 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz-stream")
 
 
-def _run(path, out, *extra) -> tuple[int, np.ndarray | None]:
+def _run(path, out, *extra) -> tuple[int, np.ndarray | None, str]:
     for stale in out.glob("*") if out.exists() else ():
         stale.unlink()
-    status, _ = cli_case(["apply", str(path), "-k", "1x1: 1", "--depthwise", "--format", "npy", "-o", str(out),
+    status, stderr = cli_case(["apply", str(path), "-k", "1x1: 1", "--depthwise", "--format", "npy", "-o", str(out),
                           "-q", "-j", "1", "--max-pixels", str(MAX_PIXELS), *extra], str(path), statuses=(0, 1, 2))
     written = sorted(out.glob("*.npy")) if out.exists() else []
     if status != 0:
         assert not list(out.glob("*")) if out.exists() else True, f"a failed input left {list(out.glob('*'))}"
-        return status, None
+        return status, None, stderr
     assert len(written) == 1, written
-    return status, np.load(written[0])
+    return status, np.load(written[0]), stderr
 
 
 def test_tiff_region_reader_survives_mutated_seeds_streamed(workdir):
@@ -62,24 +62,24 @@ def test_tiff_region_reader_survives_mutated_seeds_streamed(workdir):
         streamed.append(1)
         return real_stream(*args, **kwargs)
 
-    @FUZZ
+    @settings(FUZZ, max_examples=FUZZ.max_examples * 3)  # cheap cases: 360 in the ci profile, ~5 s
     @given(seed=st.sampled_from(corpus), rng=st.randoms(use_true_random=False), data=st.data())
     def case(seed, rng, data):
         limit = data.draw(st.sampled_from(STREAMING_LIMITS[seed.name]), label="limit")
         path = workdir / "case.tif"
         path.write_bytes(mutate(rng, seed))
-        status, whole = _run(path, workdir / "whole")
+        status, whole, why = _run(path, workdir / "whole")
         streamed.clear()
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(streaming, "BAND_TARGET_BYTES", 1)  # bands of as few rows as the plan allows
             patch.setattr(streaming, "stream_input", spy)
-            banded_status, banded = _run(path, workdir / "banded", "--memory-limit", str(limit))
+            _, banded, _ = _run(path, workdir / "banded", "--memory-limit", str(limit))
         kind = "streamed" if streamed else "whole"
         if banded is not None:
-            assert whole is not None, f"streamed under {limit} bytes, but the whole run failed (exit {status})"
+            assert whole is not None, f"streamed under {limit} bytes, but the whole run failed: {why}"
             np.testing.assert_array_equal(banded, whole, err_msg=f"{kind} under {limit} bytes")
         TALLY[f"tiff-region/{kind}"]["ok" if banded is not None else "error"] += 1
 
     case()
     counts = TALLY["tiff-region/streamed"]
-    assert sum(counts.values()) >= 40 and counts["ok"] >= 10, dict(counts)  # the limits did make it stream
+    assert sum(counts.values()) >= 100 and counts["ok"] >= 30, dict(counts)  # the limits did make it stream
