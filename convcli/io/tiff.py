@@ -361,12 +361,18 @@ class TiffRegionReader:
 
 
 def _segments_match(page: Any) -> bool:
-    """Whether the page has one integer offset and byte count for each tile or strip its layout has.
+    """Whether the page's layout tags are numbers, with one integer offset and byte count for each tile or strip.
 
     A damaged IFD (a tile width of 0, byte counts stored as bytes, fewer offsets than
     segments) is read whole, as tifffile makes of it, never by region from entries that
     do not describe the segments the region reader would read.
     """
+    # Tags the reader takes as numbers (a damaged one may be a tuple or bytes).
+    for name in ("compression", "predictor", "fillorder", "bitspersample", "planarconfig", "samplesperpixel",
+                 "rowsperstrip", "tilelength", "tilewidth"):
+        value = getattr(page, name, 1)
+        if isinstance(value, (tuple, list, bytes, str)):
+            return False
     offsets, counts = page.dataoffsets, page.databytecounts
     if not isinstance(offsets, tuple) or not isinstance(counts, tuple):
         return False

@@ -341,7 +341,8 @@ def test_tiff_tile_that_does_not_inflate_when_streamed_is_one_line_not_an_intern
 
 
 @pytest.mark.parametrize("case, limit", [("tiff-tile-after-empty-runs-past-eof.tif", "3KiB"),
-                                         ("tiff-tile-width-0-one-offset.tif", "5KiB")])
+                                         ("tiff-tile-width-0-one-offset.tif", "5KiB"),
+                                         ("tiff-fill-order-tuple.tif", "5KiB")])
 def test_tiff_streamed_by_rows_gives_the_whole_reads_pixels(case, limit, tmp_path, monkeypatch):
     # Found by the streamed TIFF fuzzer; both streamed other pixels than the whole run wrote.
     # past-eof: byte counts (256, 0, 29696) for a row of 3 tiles; tifffile's read_segments
@@ -349,6 +350,8 @@ def test_tiff_streamed_by_rows_gives_the_whole_reads_pixels(case, limit, tmp_pat
     # width-0: TileWidth 0, one offset and byte counts as bytes for 6 tiles; the region reader
     # read it as one empty strip (zeros), tifffile's whole read as the data at that offset; it
     # is now decoded whole and streamed from memory.
+    # fill-order-tuple: FillOrder with 2 values; int() of the tuple in TiffRegionReader was a
+    # TypeError ("internal error") where the whole read decodes it. Also decoded whole now.
     import tifffile
 
     from convcli import streaming
