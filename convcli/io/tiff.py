@@ -373,6 +373,8 @@ def _segments_match(page: Any) -> bool:
         value = getattr(page, name, 1)
         if isinstance(value, (tuple, list, bytes, str)):
             return False
+    if int(getattr(page, "samplesperpixel", 1)) < 1:  # 0 samples: tifffile's whole read fails on it too
+        return False
     offsets, counts = page.dataoffsets, page.databytecounts
     if not isinstance(offsets, tuple) or not isinstance(counts, tuple):
         return False

@@ -371,3 +371,18 @@ def test_tiff_streamed_by_rows_gives_the_whole_reads_pixels(case, limit, tmp_pat
     expected = tifffile.imread(path).astype(np.float32)[:, :, None]
     np.testing.assert_array_equal(maps["whole"], expected)
     np.testing.assert_array_equal(maps["banded"], expected)
+
+
+def test_tiff_of_zero_samples_per_pixel_is_refused_streamed_as_whole(tmp_path, monkeypatch):
+    # SamplesPerPixel 0 in a gray tiled TIFF: the whole read refuses it, but the row-band reader
+    # took the page's "YX" axes for 1 sample and read it (a streamed run succeeded).
+    from convcli import streaming
+
+    path = CRASHES / "tiff-zero-samples-per-pixel.tif"
+    monkeypatch.setattr(streaming, "BAND_TARGET_BYTES", 1)
+    for run, extra in (("whole", []), ("banded", ["--memory-limit", "3KiB"])):
+        result = CliRunner().invoke(cli, ["apply", str(path), "-k", "1x1: 1", "--depthwise", "--format", "npy", "-o",
+                                          str(tmp_path / run), "-q", *extra])
+        assert result.exit_code == 1, (run, result.stderr)
+        assert result.stderr.startswith(f"convcli: {path}: ") and len(result.stderr.splitlines()) == 1, result.stderr
+        assert not (tmp_path / run).exists() or not list((tmp_path / run).iterdir())
