@@ -388,7 +388,9 @@ def _segments_match(page: Any) -> bool:
         expected = -(-length // rows) * -(-width // cols)
     else:
         rows = int(page.rowsperstrip or length)
-        if rows <= 0:
+        # Half a tile layout (TileLength without TileWidth), or an empty strip: tifffile's whole
+        # read takes such a page otherwise than by its byte counts (or refuses it).
+        if rows <= 0 or int(page.tilelength or 0) or int(page.tilewidth or 0) or 0 in counts:
             return False
         expected = -(-length // min(rows, length))
     return len(offsets) == len(counts) == expected

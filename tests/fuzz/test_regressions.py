@@ -373,12 +373,15 @@ def test_tiff_streamed_by_rows_gives_the_whole_reads_pixels(case, limit, tmp_pat
     np.testing.assert_array_equal(maps["banded"], expected)
 
 
-def test_tiff_of_zero_samples_per_pixel_is_refused_streamed_as_whole(tmp_path, monkeypatch):
-    # SamplesPerPixel 0 in a gray tiled TIFF: the whole read refuses it, but the row-band reader
-    # took the page's "YX" axes for 1 sample and read it (a streamed run succeeded).
+@pytest.mark.parametrize("case", ["tiff-zero-samples-per-pixel.tif", "tiff-tile-length-without-width.tif"])
+def test_tiff_the_whole_read_refuses_is_refused_streamed_as_whole(case, tmp_path, monkeypatch):
+    # zero-samples: SamplesPerPixel 0 in a gray tiled TIFF: the whole read refuses it, but the
+    # row-band reader took the page's "YX" axes for 1 sample and read it (a streamed run succeeded).
+    # tile-length-without-width: TileWidth lost, so tifffile sees one strip of byte count 0; the
+    # whole read fails ("failed to read 1536 bytes"), the row-band reader read zeros.
     from convcli import streaming
 
-    path = CRASHES / "tiff-zero-samples-per-pixel.tif"
+    path = CRASHES / case
     monkeypatch.setattr(streaming, "BAND_TARGET_BYTES", 1)
     for run, extra in (("whole", []), ("banded", ["--memory-limit", "3KiB"])):
         result = CliRunner().invoke(cli, ["apply", str(path), "-k", "1x1: 1", "--depthwise", "--format", "npy", "-o",
