@@ -380,6 +380,8 @@ def _segments_match(page: Any) -> bool:
         return False
     if not all(isinstance(v, int) for v in (*offsets, *counts)):
         return False
+    if 0 in counts and int(page.compression) == 1:
+        return False  # tifffile's whole read of such a page takes segments from elsewhere than their offsets
     length, width = int(page.imagelength), int(page.imagewidth)
     if page.is_tiled:
         rows, cols = int(page.tilelength), int(page.tilewidth)

@@ -340,18 +340,23 @@ def test_tiff_tile_that_does_not_inflate_when_streamed_is_one_line_not_an_intern
         reader.close()
 
 
-@pytest.mark.parametrize("case, limit", [("tiff-tile-after-empty-runs-past-eof.tif", "3KiB"),
+@pytest.mark.parametrize("case, limit", [("tiff-tile-after-empty-runs-past-eof.tif", "5KiB"),
                                          ("tiff-tile-width-0-one-offset.tif", "5KiB"),
-                                         ("tiff-fill-order-tuple.tif", "5KiB")])
+                                         ("tiff-fill-order-tuple.tif", "5KiB"),
+                                         ("tiff-uncompressed-empty-tile.tif", "5KiB")])
 def test_tiff_streamed_by_rows_gives_the_whole_reads_pixels(case, limit, tmp_path, monkeypatch):
     # Found by the streamed TIFF fuzzer; both streamed other pixels than the whole run wrote.
     # past-eof: byte counts (256, 0, 29696) for a row of 3 tiles; tifffile's read_segments
-    # returned the third tile's bytes from the wrong place after the empty one.
+    # returned the third tile's bytes from the wrong place after the empty one (the reader now
+    # reads each segment itself; the page, uncompressed with an empty tile, is also decoded whole).
     # width-0: TileWidth 0, one offset and byte counts as bytes for 6 tiles; the region reader
     # read it as one empty strip (zeros), tifffile's whole read as the data at that offset; it
     # is now decoded whole and streamed from memory.
     # fill-order-tuple: FillOrder with 2 values; int() of the tuple in TiffRegionReader was a
     # TypeError ("internal error") where the whole read decodes it. Also decoded whole now.
+    # uncompressed-empty-tile: byte counts (256, 0, 256, …): the region reader read zeros for the
+    # empty tile, tifffile's whole read other bytes. Uncompressed pages with an empty tile are
+    # now decoded whole.
     import tifffile
 
     from convcli import streaming
