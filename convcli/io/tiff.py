@@ -349,7 +349,11 @@ class TiffRegionReader:
             except (ConvcliError, MemoryError):
                 raise
             except Exception as err:  # noqa: BLE001 - a codec's error on damaged data (zlib.error, …)
-                raise InputError(f"{self.name}: corrupt TIFF file: rows {start}–{stop} do not decode: "
+                # The damaged tile or strip row, not the band asked for: the same line whatever
+                # the bands (a local stream and a cluster's band tasks cut them differently).
+                top = index * self._seg_rows
+                bottom = min(top + self._seg_rows, self.shape[0])
+                raise InputError(f"{self.name}: corrupt TIFF file: rows {top}–{bottom} do not decode: "
                                  f"{type(err).__name__}: {err}") from None
             top = index * self._seg_rows
             parts.append(block[max(start, top) - top:min(stop, top + block.shape[0]) - top])
