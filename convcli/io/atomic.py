@@ -50,11 +50,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, fsync: bool = Fal
             if fsync:
                 handle.flush()
                 os.fsync(handle.fileno())
-        try:
-            mode = target.stat().st_mode & 0o7777
-        except OSError:
-            mode = 0o666 & ~_umask()
-        os.chmod(temporary, mode)
+        give_mode_of(temporary, target)
         os.replace(temporary, target)
     except BaseException as err:
         with contextlib.suppress(OSError):
@@ -62,6 +58,15 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, fsync: bool = Fal
         if isinstance(err, OSError):
             raise OutputError.from_os(str(target), err) from None
         raise
+
+
+def give_mode_of(temporary: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Give the temporary file the mode of the file it replaces, or a new file's (0666 less the umask)."""
+    try:
+        mode = Path(target).stat().st_mode & 0o7777
+    except OSError:
+        mode = 0o666 & ~_umask()
+    os.chmod(temporary, mode)
 
 
 def make_folder(folder: str | os.PathLike[str]) -> None:

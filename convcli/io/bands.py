@@ -352,7 +352,7 @@ def put_in_place(temporary: Path, path: Path) -> None:
     """
     import shutil
 
-    from .atomic import _umask
+    from .atomic import _umask, give_mode_of
 
     try:
         if temporary.is_dir():
@@ -365,11 +365,7 @@ def put_in_place(temporary: Path, path: Path) -> None:
                 shutil.rmtree(aside, ignore_errors=True)
                 return
         else:
-            try:
-                mode = path.stat().st_mode & 0o7777
-            except OSError:
-                mode = 0o666 & ~_umask()
-            os.chmod(temporary, mode)
+            give_mode_of(temporary, path)
         os.replace(temporary, path)
     except OSError as err:
         raise OutputError.from_os(str(path), err) from None
