@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from checks import cli_case
 from conftest import TALLY
-from fuzzlib import FUZZ, MAX_PIXELS, mutate, seeds
+from fuzzlib import FUZZ, MAX_PIXELS, mutate, seeds, streams_with_ccore_bands
 
 from convcli import streaming
 
@@ -52,6 +52,7 @@ def _run(path, out, *extra) -> tuple[int, np.ndarray | None, str]:
     return status, np.load(written[0]), stderr
 
 
+@streams_with_ccore_bands
 def test_tiff_region_reader_survives_mutated_seeds_streamed(workdir):
     corpus = [p for p in seeds("images", (".tif",)) if p.name in STREAMING_LIMITS]
     corpus += [p for p in corpus if p.name in TILED]

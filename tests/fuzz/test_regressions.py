@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from checks import check_image, check_pipeline
-from fuzzlib import CORPUS, png_chunks, png_join
+from fuzzlib import CORPUS, png_chunks, png_join, streams_with_ccore_bands
 
 from convcli.cli import cli
 from convcli.errors import InputError, KernelError, OptionError
@@ -307,6 +307,7 @@ def test_warning_line_of_a_file_named_with_a_newline_stays_one_line(tmp_path):
     assert len(done.stderr.splitlines()) == 1
 
 
+@streams_with_ccore_bands
 def test_tiff_tile_that_does_not_inflate_when_streamed_is_one_line_not_an_internal_error(tmp_path, monkeypatch):
     # The row-band reader (an input over --memory-limit) let the codec's zlib.error out of
     # TiffRegionReader.read: "internal error: error: Error -5 while decompressing data".
@@ -340,6 +341,7 @@ def test_tiff_tile_that_does_not_inflate_when_streamed_is_one_line_not_an_intern
         reader.close()
 
 
+@streams_with_ccore_bands
 @pytest.mark.parametrize("case, limit", [("tiff-tile-after-empty-runs-past-eof.tif", "5KiB"),
                                          ("tiff-tile-width-0-one-offset.tif", "5KiB"),
                                          ("tiff-fill-order-tuple.tif", "5KiB"),
