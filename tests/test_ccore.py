@@ -583,3 +583,62 @@ def test_chooser_takes_the_core_where_it_measured_faster(case, opencv_ok, expect
     assert choose.choose(case, opencv_ok=opencv_ok, ccore_ok=True) == expected
     estimates = choose.estimates(case, opencv_ok=opencv_ok)
     assert "ccore" not in estimates and "ccore-separable" not in estimates  # only when it is there
+
+
+# ----------------------------------------------------------------------------- the planar kernel
+def _planar_case(maps, channels, stride, dilation, width):
+    rng = np.random.default_rng(100 * maps + 10 * channels + stride[1])
+    x = (rng.standard_normal((9, width, channels)) * 4).astype(np.float32)
+    w = rng.standard_normal((3, 3, channels, maps)).astype(np.float32)
+    pad = dilation[1]
+    out_hw = ((9 + 2 * dilation[0] - 2 * dilation[0] - 1) // stride[0] + 1,
+              (width + 2 * pad - 2 * dilation[1] - 1) // stride[1] + 1)
+    kwargs = dict(pads=(dilation[0], dilation[0], pad, pad), stride=stride, dilation=dilation, out_hw=out_hw)
+    return x, w, rng.standard_normal(maps).astype(np.float32), kwargs
+
+
+@built
+@pytest.mark.parametrize("maps", range(1, 9))
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 5])
+def test_planar_kernel_on_wide_rows_matches_the_reference(maps, channels):
+    # Dense layers of at most 8 maps take the planar kernel: rows wide enough for several column
+    # tiles and an odd last vector, channel counts with and without the fast de-interleave,
+    # strides and dilations (column phases), every border.
+    for stride, dilation, border, width in [((1, 1), (1, 1), Border.ZEROS, 1203),
+                                            ((1, 2), (1, 1), Border.REFLECT, 997),
+                                            ((2, 1), (2, 2), Border.REPLICATE, 1001),
+                                            ((1, 3), (1, 2), Border.CIRCULAR, 77)]:
+        x, w, _, kw = _planar_case(maps, channels, stride, dilation, width)
+        assert ccore.plan(x.shape, w.shape, kw["out_hw"], stride, dilation, False) == (ccore._PLANAR, 1)
+        got = ccore.correlate(x, w, border=border, **kw)
+        want = direct.correlate(x, w, border=border, **kw)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * np.abs(want).max())
+
+
+@built
+@pytest.mark.parametrize("activation", ["none", "relu", "leaky-relu", "abs", "sigmoid", "tanh"])
+@pytest.mark.parametrize("maps", [1, 3, 4, 8])
+def test_planar_kernel_gives_the_broadcast_kernels_bits_and_overflow_flag(monkeypatch, activation, maps):
+    # The planar kernel adds the same products in the same order as the broadcast kernel, and
+    # its fused ReLU and abs (integer lane arithmetic) are the scalar pass's expressions: the
+    # two kernels give the same bits, Inf included (inputs of 3e38 overflow float32),
+    # and both report the overflow.
+    from convcli.engine._common import Epilogue
+
+    x, w, bias, kw = _planar_case(maps, 3, (1, 1), (1, 1), 301)
+    x[2, 5:40] = 3e38
+    x[4, 60:90] = -3e38
+    w[0, 0, 0, 0] = -w[0, 0, 0, 0]  # (no NaN: a fused multiply-add of finite values never adds -Inf to Inf)
+    epilogue = Epilogue(bias, activation, 0.2)
+    outs, flagged = [], []
+    for ring in (ccore.RING_MAX_BYTES, 0):  # 0: no room for planes, the broadcast kernel serves
+        monkeypatch.setattr(ccore, "RING_MAX_BYTES", ring)
+        assert ccore.plan(x.shape, w.shape, kw["out_hw"], (1, 1), (1, 1), False)[0] == (3 if ring else 0)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            outs.append(ccore.correlate(x, w, border=Border.ZEROS, epilogue=epilogue, **kw))
+        flagged.append(any("Inf or NaN" in str(s.message) for s in seen))
+    np.testing.assert_array_equal(outs[0].view(np.uint32), outs[1].view(np.uint32))
+    assert flagged[0] == flagged[1] == (not np.isfinite(outs[0]).all())
+    if activation in ("none", "leaky-relu", "abs"):  # these keep the overflow
+        assert flagged[0] and np.isinf(outs[0]).any()

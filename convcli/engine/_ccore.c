@@ -36,6 +36,8 @@ typedef float v4 __attribute__((vector_size(16), aligned(4)));
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
 typedef int vi16 __attribute__((vector_size(64), aligned(4)));
+typedef int vi8 __attribute__((vector_size(32), aligned(4)));
+typedef int vi4 __attribute__((vector_size(16), aligned(4)));
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
 #define MULTI_ISA 1
@@ -46,6 +48,12 @@ typedef int vi16 __attribute__((vector_size(64), aligned(4)));
 #endif
 
 #define INLINE static inline __attribute__((always_inline))
+#if defined(__x86_64__) || defined(__i386__)
+#define STORE_FENCE() __builtin_ia32_sfence()
+#else
+#define STORE_FENCE() __sync_synchronize()
+#endif
+
 /* Largest pixel block of the expand kernel over all builds (columns an expanded row keeps past ow). */
 #define MAX_EXPAND_PIXELS 128
 /* Largest number of vectors in one expand block over all builds. */
@@ -53,7 +61,7 @@ typedef int vi16 __attribute__((vector_size(64), aligned(4)));
 
 enum { ACT_NONE = 0, ACT_RELU, ACT_LEAKY, ACT_SIGMOID, ACT_TANH, ACT_ABS };
 enum { POOL_NONE = 0, POOL_MAX, POOL_AVG };
-enum { MODE_BROADCAST = 0, MODE_EXPAND = 1, MODE_GATHER = 2 };
+enum { MODE_BROADCAST = 0, MODE_EXPAND = 1, MODE_GATHER = 2, MODE_PLANAR = 3 };
 
 typedef struct {
     const float *x;       /* H x W x C */
@@ -261,6 +269,178 @@ INLINE void gather_px(const Conv *k, const float *const *rows, int ox, int b, fl
     memcpy(dst + (size_t)ox * k->nmaps + f0, &acc, (size_t)n * sizeof(float));
 }
 
+
+/* MODE_PLANAR (dense layers of at most 8 maps): the expanded rows hold one plane per channel
+ * and column phase, one value per column (vf = 1), and a vector holds VL consecutive output
+ * pixels of one map. Each input vector loaded (one per tap and channel) is multiplied by NF
+ * broadcast weights, one per map, into NF x PX accumulators: no lane is wasted on maps the
+ * layer does not have, and a load serves NF multiply-adds. The sums run in the order (tap row,
+ * tap column, channel), then the bias, as MODE_EXPAND and MODE_BROADCAST add them. The maps of
+ * a pixel are interleaved (NHWC) on the way out: by shuffles for 16 lanes, else through a
+ * small buffer. Weights are (kh, kw, C, NF) scalars. */
+
+/* 16 pixels x NF maps from NF vectors (map f's 16 pixels) to NF vectors of pixel-major
+ * values. Returns 0 (and stores nothing) where there is no shuffle sequence for NF. */
+INLINE int planar_store_16(const v16 *a, int nf, float *o) {
+    if (nf == 1) {
+        memcpy(o, &a[0], sizeof(v16));
+        return 1;
+    }
+    const vi16 lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
+    const vi16 hi = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    if (nf == 2) {
+        const v16 t0 = __builtin_shuffle(a[0], a[1], lo), t1 = __builtin_shuffle(a[0], a[1], hi);
+        memcpy(o, &t0, sizeof t0);
+        memcpy(o + 16, &t1, sizeof t1);
+        return 1;
+    }
+    if (nf == 4 || nf == 8) {
+        /* pairs of maps interleaved, then pairs of pairs: pixel-major groups of 4 maps */
+        const vi16 q0 = {0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23};
+        const vi16 q1 = {8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31};
+        v16 g[2][4]; /* g[h][k]: pixels 4k..4k+3, maps 4h..4h+3 */
+        for (int h = 0; h < nf / 4; h++) {
+            const v16 *b = a + 4 * h;
+            const v16 s01l = __builtin_shuffle(b[0], b[1], lo), s01h = __builtin_shuffle(b[0], b[1], hi);
+            const v16 s23l = __builtin_shuffle(b[2], b[3], lo), s23h = __builtin_shuffle(b[2], b[3], hi);
+            g[h][0] = __builtin_shuffle(s01l, s23l, q0);
+            g[h][1] = __builtin_shuffle(s01l, s23l, q1);
+            g[h][2] = __builtin_shuffle(s01h, s23h, q0);
+            g[h][3] = __builtin_shuffle(s01h, s23h, q1);
+        }
+        if (nf == 4) {
+            for (int t = 0; t < 4; t++) memcpy(o + 16 * t, &g[0][t], sizeof(v16));
+            return 1;
+        }
+        const vi16 e0 = {0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23};
+        const vi16 e1 = {8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
+        for (int t = 0; t < 4; t++) {
+            const v16 u0 = __builtin_shuffle(g[0][t], g[1][t], e0), u1 = __builtin_shuffle(g[0][t], g[1][t], e1);
+            memcpy(o + 32 * t, &u0, sizeof u0);
+            memcpy(o + 32 * t + 16, &u1, sizeof u1);
+        }
+        return 1;
+    }
+    return 0;
+}
+INLINE int planar_store_8(const v8 *a, int nf, float *o) {
+    if (nf == 1) {
+        memcpy(o, &a[0], sizeof(v8));
+        return 1;
+    }
+    return 0;
+}
+INLINE int planar_store_4(const v4 *a, int nf, float *o) {
+    if (nf == 1) {
+        memcpy(o, &a[0], sizeof(v4));
+        return 1;
+    }
+    return 0;
+}
+
+/* Whether every lane is 0 (the lanes spilled once, ORed as 64-bit words). */
+INLINE int vec_all_zero_16(vi16 v) { uint64_t w[8]; memcpy(w, &v, sizeof w); return !((w[0] | w[1] | w[2] | w[3]) | (w[4] | w[5] | w[6] | w[7])); }
+INLINE int vec_all_zero_8(vi8 v) { uint64_t w[4]; memcpy(w, &v, sizeof w); return !(w[0] | w[1] | w[2] | w[3]); }
+INLINE int vec_all_zero_4(vi4 v) { uint64_t w[2]; memcpy(w, &v, sizeof w); return !(w[0] | w[1]); }
+
+/* Whether the planar kernel applies the activation itself (in registers, before the store,
+ * with the scalar pass's exact expressions) and checks the finished values for Inf/NaN. */
+#define PLANAR_FUSES(act) ((act) == ACT_NONE || (act) == ACT_RELU || (act) == ACT_ABS)
+
+#define PLANAR_BLOCK(VT, VIT, VL, NF, PX, TAG)                                                     \
+    /* Returns whether a stored value is Inf or NaN (when the activation is fused). */           \
+    INLINE int planar_##VL##_##NF##_##TAG(const Conv *k, const float *const *erows, int ox,       \
+                                         float *dst) {                                             \
+        VT acc[NF * PX];                                                                           \
+        for (int q = 0; q < NF * PX; q++) acc[q] = (VT){0};                                        \
+        const int kw = k->kw, C = k->C;                                                            \
+        const size_t plane = k->plane;                                                             \
+        for (int i = 0; i < k->kh; i++) {                                                          \
+            const float *er = erows[i];                                                            \
+            if (!er) continue;                                                                     \
+            for (int j = 0; j < kw; j++) {                                                         \
+                const float *restrict src = er + k->joff[j] + ox;                                  \
+                const float *restrict wt = k->w + (size_t)(i * kw + j) * C * NF;                   \
+                for (int c = 0; c < C; c++) {                                                      \
+                    const float *restrict s = src + (size_t)c * plane;                             \
+                    VT xv[PX];                                                                     \
+                    for (int p = 0; p < PX; p++) memcpy(&xv[p], s + p * VL, sizeof(VT));           \
+                    for (int f = 0; f < NF; f++) {                                                 \
+                        const float wf = wt[c * NF + f];                                           \
+                        for (int p = 0; p < PX; p++) acc[f * PX + p] += xv[p] * wf;                \
+                    }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        for (int f = 0; f < NF; f++) {                                                             \
+            const float bf = k->bias[f];                                                           \
+            for (int p = 0; p < PX; p++) acc[f * PX + p] += bf;                                    \
+        }                                                                                          \
+        /* The activation and the Inf/NaN test in integer lane arithmetic (vector compares     \
+           would be split into scalars by GCC's generic vectors):                             \
+           ReLU (d > 0 ? d : 0) keeps the bits of a value whose sign bit is clear and that is  \
+           not NaN, else gives +0; abs clears the sign bit; a value is Inf/NaN when its        \
+           exponent is all ones: exponent + 1 then sets bit 8. */                              \
+        const int fused = PLANAR_FUSES(k->act);                                                    \
+        if (k->act == ACT_RELU || k->act == ACT_ABS) {                                             \
+            for (int q = 0; q < NF * PX; q++) {                                                    \
+                VIT u;                                                                             \
+                memcpy(&u, &acc[q], sizeof u);                                                     \
+                if (k->act == ACT_ABS) u &= 0x7fffffff;                                            \
+                else u &= ~(u >> 31) & (((u & 0x7fffffff) - 0x7f800001) >> 31);                     \
+                memcpy(&acc[q], &u, sizeof u);                                                     \
+            }                                                                                      \
+        }                                                                                          \
+        const int n = k->ox1 - ox;                                                                 \
+        float *o = dst + (size_t)ox * NF;                                                          \
+        if (n >= PX * VL) {                                                                        \
+            int bad = 0;                                                                           \
+            if (fused) {                                                                           \
+                VIT any = {0};                                                                     \
+                for (int q = 0; q < NF * PX; q++) {                                                \
+                    VIT u;                                                                         \
+                    memcpy(&u, &acc[q], sizeof u);                                                 \
+                    any |= ((u >> 23) & 0xff) + 1;                                                 \
+                }                                                                                  \
+                bad = !vec_all_zero_##VL(any & 0x100);                                             \
+            }                                                                                      \
+            VT part[NF];                                                                           \
+            int done = 1;                                                                          \
+            for (int p = 0; p < PX && done; p++) {                                                 \
+                for (int f = 0; f < NF; f++) part[f] = acc[f * PX + p];                            \
+                done = planar_store_##VL(part, NF, o + (size_t)p * VL * NF);                       \
+            }                                                                                      \
+            if (done) return bad != 0;                                                             \
+        }                                                                                          \
+        float tmp[NF][PX * VL] __attribute__((aligned(64)));                                       \
+        for (int f = 0; f < NF; f++)                                                               \
+            for (int p = 0; p < PX; p++) memcpy(&tmp[f][p * VL], &acc[f * PX + p], sizeof(VT));    \
+        const int m = n < PX * VL ? n : PX * VL;                                                   \
+        uint32_t bad = 0;                                                                          \
+        for (int t = 0; t < m; t++)                                                                \
+            for (int f = 0; f < NF; f++) {                                                         \
+                const float v = tmp[f][t];                                                         \
+                uint32_t u;                                                                        \
+                memcpy(&u, &v, sizeof u);                                                          \
+                bad |= (u & 0x7f800000u) == 0x7f800000u;                                           \
+                o[(size_t)t * NF + f] = v;                                                         \
+            }                                                                                      \
+        return fused && bad;                                                                       \
+    }
+
+/* One output row (columns [ox0, ox1)) of a planar layer of NF maps: blocks of PX vectors,
+ * then one vector at a time (the last one may be partly stored). Returns whether a stored
+ * value is Inf or NaN (fused activations). */
+#define PLANAR_ROW(VT, VIT, VL, NF, PX)                                                            \
+    PLANAR_BLOCK(VT, VIT, VL, NF, PX, body)                                                        \
+    PLANAR_BLOCK(VT, VIT, VL, NF, 1, tail)                                                         \
+    INLINE int planar_row_##VL##_##NF(const Conv *k, const float *const *erows, float *dst) {      \
+        int ox = k->ox0, bad = 0;                                                                  \
+        for (; ox + PX * VL <= k->ox1; ox += PX * VL) bad |= planar_##VL##_##NF##_body(k, erows, ox, dst); \
+        for (; ox < k->ox1; ox += VL) bad |= planar_##VL##_##NF##_tail(k, erows, ox, dst);         \
+        return bad;                                                                                \
+    }
+
 #define DENSE_BLOCKS(PX)                                                                           \
     DENSE_BLOCK(v16, 16, PX, 0)                                                                    \
     DENSE_BLOCK(v16, 16, PX, 1)                                                                    \
@@ -276,6 +456,26 @@ DENSE_EDGE(v16, 16)
 EXPAND_BLOCK(8)
 EXPAND_BLOCK(4)
 EXPAND_BLOCK(2)
+/* pixel blocks per map count: NF x PX accumulators in the 32 (AVX-512) or 16 registers */
+PLANAR_ROW(v16, vi16, 16, 1, 8)
+PLANAR_ROW(v16, vi16, 16, 2, 6)
+PLANAR_ROW(v16, vi16, 16, 3, 4)
+PLANAR_ROW(v16, vi16, 16, 4, 4)
+PLANAR_ROW(v16, vi16, 16, 5, 3)
+PLANAR_ROW(v16, vi16, 16, 6, 3)
+PLANAR_ROW(v16, vi16, 16, 7, 2)
+PLANAR_ROW(v16, vi16, 16, 8, 2)
+#define PLANAR_ROWS_16REG(VT, VIT, VL) \
+    PLANAR_ROW(VT, VIT, VL, 1, 6)      \
+    PLANAR_ROW(VT, VIT, VL, 2, 4)      \
+    PLANAR_ROW(VT, VIT, VL, 3, 3)      \
+    PLANAR_ROW(VT, VIT, VL, 4, 2)      \
+    PLANAR_ROW(VT, VIT, VL, 5, 2)      \
+    PLANAR_ROW(VT, VIT, VL, 6, 2)      \
+    PLANAR_ROW(VT, VIT, VL, 7, 1)      \
+    PLANAR_ROW(VT, VIT, VL, 8, 1)
+PLANAR_ROWS_16REG(v8, vi8, 8)
+PLANAR_ROWS_16REG(v4, vi4, 4)
 
 /* Whether any of n values is Inf or NaN (all exponent bits set). */
 INLINE int any_nonfinite(const float *restrict d, size_t n) {
@@ -351,7 +551,7 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
     if (k->tags[slot] == pr) return e;
     k->tags[slot] = pr;
     const float *xr = k->x + (size_t)r * k->W * k->C;
-    if (r + 1 < k->H) {
+    if (r + 1 < k->H && k->mode == MODE_EXPAND) {
         /* The next input row's part under this tile: a tile's rows are short runs that the
            hardware prefetchers do not follow across rows. */
         int c0 = k->bc0 * k->sw - k->left, c1 = k->bc1 * k->sw - k->left;
@@ -389,6 +589,50 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
                 float *o = e + (size_t)col_k * vf;
                 for (int c = 0; c < C; c++) {
                     const v16 t = __builtin_shuffle(v, idx[c]);
+                    memcpy(o + (size_t)c * plane, &t, sizeof t);
+                }
+            }
+            for (; col_k < k->bc1; col_k++) build_column(k, e, xr, col_k);
+            return e;
+        }
+        if (vf == 1 && sw == 1 && C >= 2 && C <= 4 && k->W >= 16) {
+            /* Planes of one value per column (MODE_PLANAR, or MODE_EXPAND of one map) from
+               2-4 interleaved channels: 16 pixels are C loads, and each channel's 16 values
+               are one to three two-vector permutes of them. */
+            vi16 i1[4], i2[4], i3;
+            for (int c = 0; c < C; c++)
+                for (int l = 0; l < 16; l++) {
+                    const int at = l * C + c;
+                    if (C == 4) {
+                        i1[c][l] = l < 8 ? at : 0;
+                        i2[c][l] = l >= 8 ? at - 32 : 0;
+                    } else {
+                        i1[c][l] = at < 32 ? at : 0;
+                        i2[c][l] = at < 32 ? l : 16 + at - 32;
+                    }
+                }
+            for (int l = 0; l < 16; l++) i3[l] = l < 8 ? l : 16 + l;
+            const int lo = k->left, hi = k->left + k->W < k->bc1 ? k->left + k->W : k->bc1;
+            int col_k = k->bc0;
+            for (; col_k < k->bc1; col_k++) {  /* up to the inside: through the column map */
+                if (col_k >= lo && col_k < hi) break;
+                build_column(k, e, xr, col_k);
+            }
+            for (; col_k + 16 <= hi; col_k += 16) {
+                const float *px = xr + (size_t)(col_k - lo) * C;
+                /* separate loads (one memcpy of C vectors becomes a slow `rep movs`) */
+                v16 v0, v1, v2 = {0}, v3 = {0};
+                memcpy(&v0, px, sizeof v0);
+                memcpy(&v1, px + 16, sizeof v1);
+                if (C >= 3) memcpy(&v2, px + 32, sizeof v2);
+                if (C == 4) memcpy(&v3, px + 48, sizeof v3);
+                float *o = e + col_k;
+                for (int c = 0; c < C; c++) {
+                    v16 t;
+                    if (C == 2) t = __builtin_shuffle(v0, v1, i1[c]);
+                    else if (C == 3) t = __builtin_shuffle(__builtin_shuffle(v0, v1, i1[c]), v2, i2[c]);
+                    else t = __builtin_shuffle(__builtin_shuffle(v0, v1, i1[c]),
+                                               __builtin_shuffle(v2, v3, i2[c]), i3);
                     memcpy(o + (size_t)c * plane, &t, sizeof t);
                 }
             }
@@ -453,7 +697,7 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
 
 /* Output row oy (all columns, all maps) into dst (ow x nmaps), finished with the activation.
  * PXB, PXE: pixel blocks of the broadcast and expand kernels for this instruction set. */
-#define CONV_ROW(SUFFIX, ATTR, PXB, PXE)                                                           \
+#define CONV_ROW(SUFFIX, ATTR, PXB, PXE, VL)                                                           \
     ATTR static void conv_row_##SUFFIX(Conv *k, int oy, float *dst) {                              \
         const float *rows[64];                                                                     \
         const float **rp = rows;                                                                   \
@@ -467,7 +711,7 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
             const int pr = oy * k->sh + i * k->dh;                                                 \
             const int r = k->rowmap[pr];                                                           \
             if (r < 0) rp[i] = NULL;                                                               \
-            else if (k->mode == MODE_EXPAND) rp[i] = expanded_row(k, pr, r);                       \
+            else if (k->mode == MODE_EXPAND || k->mode == MODE_PLANAR) rp[i] = expanded_row(k, pr, r);                       \
             else rp[i] = k->x + (size_t)r * k->W * k->C;                                           \
         }                                                                                          \
         const float *const *rr = (const float *const *)rp;                                         \
@@ -476,6 +720,19 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
             const int step = PXE * (16 / k->vf);                                                   \
             for (int b = 0; b < k->nb; b++)                                                        \
                 for (int ox = k->ox0; ox < k->ox1; ox += step) expand_##PXE(k, rr, ox, b, dst, tail); \
+        } else if (k->mode == MODE_PLANAR) {                                                       \
+            int bad;                                                                               \
+            switch (k->nmaps) {                                                                    \
+            case 1: bad = planar_row_##VL##_1(k, rr, dst); break;                                  \
+            case 2: bad = planar_row_##VL##_2(k, rr, dst); break;                                  \
+            case 3: bad = planar_row_##VL##_3(k, rr, dst); break;                                  \
+            case 4: bad = planar_row_##VL##_4(k, rr, dst); break;                                  \
+            case 5: bad = planar_row_##VL##_5(k, rr, dst); break;                                  \
+            case 6: bad = planar_row_##VL##_6(k, rr, dst); break;                                  \
+            case 7: bad = planar_row_##VL##_7(k, rr, dst); break;                                  \
+            default: bad = planar_row_##VL##_8(k, rr, dst); break;                                 \
+            }                                                                                      \
+            if (bad) k->nonfinite = 1;                                                             \
         } else if (k->mode == MODE_BROADCAST) {                                                    \
             for (int b = 0; b < k->nb; b++) {                                                      \
                 int ox = 0;                                                                        \
@@ -495,9 +752,10 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
             for (int b = 0; b < k->nb; b++)                                                        \
                 for (int ox = 0; ox < k->ow; ox++) gather_px(k, rr, ox, b, dst);                   \
         }                                                                                          \
-        {                                                                                          \
-            float *d0 = k->mode == MODE_EXPAND ? dst + (size_t)k->ox0 * k->nmaps : dst;             \
-            const size_t n = (size_t)(k->mode == MODE_EXPAND ? k->ox1 - k->ox0 : k->ow) * k->nmaps;  \
+        if (!(k->mode == MODE_PLANAR && PLANAR_FUSES(k->act))) {                                   \
+            const int tiled = k->mode == MODE_EXPAND || k->mode == MODE_PLANAR;                    \
+            float *d0 = tiled ? dst + (size_t)k->ox0 * k->nmaps : dst;                             \
+            const size_t n = (size_t)(tiled ? k->ox1 - k->ox0 : k->ow) * k->nmaps;                 \
             activate_row(k, d0, n);                                                                \
             if (!k->nonfinite) k->nonfinite = any_nonfinite(d0, n);                                \
         }                                                                                          \
@@ -524,13 +782,15 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
 
 #define BANDS(SUFFIX, ATTR)                                                                        \
     ATTR static int bands_##SUFFIX(Conv *k, float *out, int r0, int r1, int pmode, int ph, int pw) { \
-        if (!pmode && k->mode == MODE_EXPAND) {                                                    \
+        if (!pmode && (k->mode == MODE_EXPAND || k->mode == MODE_PLANAR)) {                                                    \
             /* Column tiles whose expanded rows stay in L1 while the band's rows pass over them. */ \
             for (int t0 = 0; t0 < k->ow; t0 += k->tile) {                                          \
                 k->ox0 = t0;                                                                       \
                 k->ox1 = t0 + k->tile < k->ow ? t0 + k->tile : k->ow;                              \
                 k->bc0 = t0;                                                                       \
-                k->bc1 = k->ox1 + MAX_EXPAND_VECTORS * 16 / k->vf + (k->kw - 1) * k->dw / k->sw + 1; \
+                /* planar: the last vector of a tile may reach 15 columns past it */               \
+                k->bc1 = k->ox1 + (k->mode == MODE_PLANAR ? 16 : MAX_EXPAND_VECTORS * 16 / k->vf) +  \
+                         (k->kw - 1) * k->dw / k->sw + 1;                                          \
                 if (k->bc1 > k->ncol) k->bc1 = k->ncol;                                            \
                 for (int i = 0; i < k->nslots; i++) k->tags[i] = -1;                               \
                 for (int oy = r0; oy < r1; oy++)                                                   \
@@ -565,14 +825,14 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
         return 0;                                                                                  \
     }
 
-CONV_ROW(base, , 3, 2)
+CONV_ROW(base, , 3, 2, 4)
 POOL_FOLD(base, )
 BANDS(base, )
 #if MULTI_ISA
-CONV_ROW(avx2, TARGET("arch=x86-64-v3"), 6, 4)
+CONV_ROW(avx2, TARGET("arch=x86-64-v3"), 6, 4, 8)
 POOL_FOLD(avx2, TARGET("arch=x86-64-v3"))
 BANDS(avx2, TARGET("arch=x86-64-v3"))
-CONV_ROW(avx512, TARGET("arch=x86-64-v4"), 8, 8)
+CONV_ROW(avx512, TARGET("arch=x86-64-v4"), 8, 8, 16)
 POOL_FOLD(avx512, TARGET("arch=x86-64-v4"))
 BANDS(avx512, TARGET("arch=x86-64-v4"))
 #endif
@@ -596,11 +856,6 @@ BANDS(avx512, TARGET("arch=x86-64-v4"))
 #define SEP_TALL_TILE_BYTES (1 << 20)
 /* Outputs from this size on (bytes per call) are written with non-temporal stores. */
 #define SEP_STREAM_BYTES (4 << 20)
-#if defined(__x86_64__) || defined(__i386__)
-#define STORE_FENCE() __builtin_ia32_sfence()
-#else
-#define STORE_FENCE() __sync_synchronize()
-#endif
 #define SEP_MIN_TILE 1
 
 typedef struct {
@@ -901,18 +1156,19 @@ static PyObject *py_rows(PyObject *self, PyObject *args) {
         return NULL;
     if (k.H < 1 || k.W < 1 || k.C < 1 || k.kh < 1 || k.kw < 1 || k.sh < 1 || k.sw < 1 || k.dh < 1 || k.dw < 1 ||
         k.ow < 1 || k.nmaps < 1 || k.mult < 1 || r0 < 0 || r1 < r0 || k.left < 0 || pmode < 0 || pmode > 2 ||
-        (pmode && (ph < 1 || pw < 1 || pw > k.ow)) || k.mode < 0 || k.mode > 2 || act < 0 || act > 5 ||
-        (k.depthwise && k.nmaps != k.C * k.mult) || (!k.depthwise && k.mode == MODE_GATHER)) {
+        (pmode && (ph < 1 || pw < 1 || pw > k.ow)) || k.mode < 0 || k.mode > 3 || act < 0 || act > 5 ||
+        (k.depthwise && k.nmaps != k.C * k.mult) || (!k.depthwise && k.mode == MODE_GATHER) || (k.mode == MODE_PLANAR && (k.depthwise || k.nmaps > 8))) {
         PyErr_SetString(PyExc_ValueError, "_ccore.rows: bad geometry");
         return NULL;
     }
-    if (k.mode == MODE_EXPAND && k.kw > 64) {
+    if ((k.mode == MODE_EXPAND || k.mode == MODE_PLANAR) && k.kw > 64) {
         PyErr_SetString(PyExc_ValueError, "_ccore.rows: the expand kernel takes at most 64 kernel columns");
         return NULL;
     }
-    if (k.mode == MODE_EXPAND ? (k.vf != 1 && k.vf != 2 && k.vf != 4 && k.vf != 8 && k.vf != 16) ||
-                                    (k.vf < 16 && k.nmaps > k.vf) || (!k.depthwise && k.vf == 16)
-                              : k.vf != 16) {
+    if (k.mode == MODE_PLANAR ? k.vf != 1
+        : k.mode == MODE_EXPAND ? (k.vf != 1 && k.vf != 2 && k.vf != 4 && k.vf != 8 && k.vf != 16) ||
+                                      (k.vf < 16 && k.nmaps > k.vf) || (!k.depthwise && k.vf == 16)
+                                : k.vf != 16) {
         PyErr_SetString(PyExc_ValueError, "_ccore.rows: bad lane count");
         return NULL;
     }
@@ -920,8 +1176,8 @@ static PyObject *py_rows(PyObject *self, PyObject *args) {
     k.slope = slope;
     k.nb = (k.nmaps + k.vf - 1) / k.vf;
     Py_ssize_t wsize;
-    if (k.mode == MODE_EXPAND)
-        wsize = (Py_ssize_t)k.nb * k.kh * k.kw * (k.depthwise ? 1 : k.C) * 16;
+    if (k.mode == MODE_PLANAR) /* (kh, kw, C, nmaps) scalars */
+        wsize = (Py_ssize_t)k.kh * k.kw * k.C * k.nmaps;
     else
         wsize = (Py_ssize_t)k.nb * k.kh * k.kw * (k.depthwise ? 1 : k.C) * 16;
     const int conv_rows = pmode ? r1 * ph : r1;
@@ -960,7 +1216,7 @@ static PyObject *py_rows(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < k.ncolmap; i++) bad |= cm[i] >= k.W || cm[i] < -1;
     float *out = (float *)bo.buf;
     int nomem = 0;
-    if (!bad && k.mode == MODE_EXPAND) {
+    if (!bad && (k.mode == MODE_EXPAND || k.mode == MODE_PLANAR)) {
         k.nplanes = k.depthwise ? k.nb : k.C;
         k.ncol = k.ow + MAX_EXPAND_PIXELS + (k.kw - 1) * k.dw / k.sw + 1;
         /* whole 64-byte lines per phase and plane: with a 64-byte aligned ring, tap column 0's
@@ -984,8 +1240,13 @@ static PyObject *py_rows(PyObject *self, PyObject *args) {
         k.ring = (float *)aligned_alloc(64, (sizeof(float) * k.rowsize * (size_t)k.nslots + 63) / 64 * 64);
         k.tags = (int *)malloc(sizeof(int) * (size_t)k.nslots);
         if (!k.ring || !k.tags) nomem = 1;
-        else
+        else {
+            /* zeroed: the last vector of a row may read columns no row has written yet (its
+               lanes past the row are never stored, but must not be stale heap bits: a
+               denormal there costs a microcode assist per multiply-add) */
+            memset(k.ring, 0, sizeof(float) * k.rowsize * (size_t)k.nslots);
             for (int i = 0; i < k.nslots; i++) k.tags[i] = -1;
+        }
     }
     if (!bad && !nomem) {
         Py_BEGIN_ALLOW_THREADS

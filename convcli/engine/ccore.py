@@ -48,6 +48,8 @@ _POOLS = {"max": 1, "avg": 2}
 
 #: Multiply-adds below which a call runs on one thread (thread hand-off costs ~50 µs).
 MIN_MACS_PER_THREAD = 1_000_000
+#: Row chunks per thread of the direct loop (each recomputes its first kh - 1 input rows' planes).
+CHUNKS_PER_THREAD = 4
 
 
 def built() -> bool:
@@ -76,20 +78,30 @@ def isa() -> str:
 RING_MAX_BYTES = 2 << 20
 #: Columns an expanded row keeps past the output's width (the C loop's largest pixel block).
 _MAX_EXPAND_PIXELS = 128
-_BROADCAST, _EXPAND, _GATHER = 0, 1, 2
+_BROADCAST, _EXPAND, _GATHER, _PLANAR = 0, 1, 2, 3
+#: Largest number of maps of a dense layer the planar kernel takes (its accumulators: maps × pixel vectors).
+PLANAR_MAX_MAPS = 8
 
 
 def plan(in_hwc, w_shape, out_hw, stride, dilation, depthwise: bool) -> tuple[int, int]:
     """(kernel, lanes per pixel) the C loop uses for a layer.
 
-    Kernel 1 (expand) holds 16/lanes pixels × lanes maps per vector, from rows of the input
-    expanded once per row into a ring that fits the cache (few maps, depthwise); kernel 0
+    Kernel 3 (planar, dense layers of at most 8 maps) holds 16 pixels of one map per vector,
+    from rows of the input split into channel planes once per row (a ring that fits the
+    cache), each load multiplied by one broadcast weight per map; kernel 1 (expand, depthwise)
+    holds 16/lanes pixels × lanes maps per vector from rows expanded the same way; kernel 0
     (broadcast) holds one pixel × 16 maps (many maps); kernel 2 (gather) is the depthwise
     fallback when the ring would not fit.
     """
     c = in_hwc[2]
     kh, kw, _, f = w_shape
     n_maps = c * f if depthwise else f
+    (sh, sw), (dh, dw) = stride, dilation
+    if not depthwise and n_maps <= PLANAR_MAX_MAPS:
+        ncol = out_hw[1] + _MAX_EXPAND_PIXELS + (kw - 1) * dw // sw + 1
+        if 4 * ((kh - 1) * dh + 1) * sw * ncol * c <= RING_MAX_BYTES:
+            return _PLANAR, 1
+        return _BROADCAST, 16
     vf = 16
     for lanes in (1, 2, 4, 8):
         if n_maps <= lanes:
@@ -97,7 +109,6 @@ def plan(in_hwc, w_shape, out_hw, stride, dilation, depthwise: bool) -> tuple[in
             break
     if not depthwise and vf == 16:
         return _BROADCAST, 16
-    (sh, sw), (dh, dw) = stride, dilation
     planes = -(-n_maps // vf) if depthwise else c
     ncol = out_hw[1] + _MAX_EXPAND_PIXELS + (kw - 1) * dw // sw + 1
     ring = 4 * ((kh - 1) * dh + 1) * sw * ncol * vf * planes
@@ -123,7 +134,9 @@ class _Layer:
         self.n_maps = c * f if depthwise else f
         mode, vf = plan(x.shape, w.shape, out_hw, stride, dilation, depthwise)
         nb = -(-self.n_maps // vf)
-        if depthwise:
+        if mode == _PLANAR:
+            packed = None  # the HWIO weights themselves: (kh, kw, C, maps) scalars
+        elif depthwise:
             # Lane l of block b is map b·vf + l = (channel, kernel): its own (kh, kw) weights.
             wm = np.broadcast_to(w, (kh, kw, c, f)).reshape(kh, kw, c * f)
             packed = np.zeros((kh, kw, nb * vf), np.float32)
@@ -134,7 +147,10 @@ class _Layer:
             packed[..., :f] = w
             packed = packed.reshape(kh, kw, c, nb, vf).transpose(3, 0, 1, 2, 4)  # (nb, kh, kw, C, vf)
         # A vector holds 16 / vf pixels: the weights repeat for each.
-        self.w = np.ascontiguousarray(np.tile(packed, 16 // vf) if vf < 16 else packed)
+        if mode == _PLANAR:
+            self.w = np.ascontiguousarray(np.broadcast_to(w, (kh, kw, c, f)), dtype=np.float32)
+        else:
+            self.w = np.ascontiguousarray(np.tile(packed, 16 // vf) if vf < 16 else packed)
         bias = np.zeros(nb * vf, np.float32)
         act, slope = 0, 0.0
         if epilogue is not None:
@@ -162,17 +178,21 @@ class _Layer:
         per_row = self.macs_per_row * ph
         n = b - a
         parts = _threads.CPUS if n * per_row >= 2 * MIN_MACS_PER_THREAD else 1
-        ranges = _threads.split_rows(n, max(1, MIN_MACS_PER_THREAD // max(1, per_row)),
-                                     parts=min(parts, _threads.get_threads()))
-
+        workers = min(parts, _threads.get_threads())
+        # More chunks than threads, taken in turn (as the separable loop's): a thread that loses
+        # its core to another process for a while does not hold the call up. W4 with one of the
+        # two cores busy: 36 ms in two halves against 29 ms in eight chunks.
+        chunks = iter(_threads.split_rows(n, max(1, MIN_MACS_PER_THREAD // max(1, per_row)),
+                                          parts=CHUNKS_PER_THREAD * workers if workers > 1 else 1))
         overflow = []
 
-        def work(r0: int, r1: int) -> None:
-            if _ccore.rows(self.x, self.w, self.bias, out[r0:r1], self.rowmap, self.colmap, self.geom,
-                           self.act, self.slope, a + r0, a + r1, (mode, ph, pw)):
-                overflow.append((r0, r1))
+        def work(_w0: int, _w1: int) -> None:
+            for r0, r1 in chunks:  # next() on a list iterator is atomic under the GIL
+                if _ccore.rows(self.x, self.w, self.bias, out[r0:r1], self.rowmap, self.colmap, self.geom,
+                               self.act, self.slope, a + r0, a + r1, (mode, ph, pw)):
+                    overflow.append((r0, r1))
 
-        _threads.run_ranges(work, ranges)
+        _threads.run_ranges(work, [(i, i + 1) for i in range(workers)])
         if overflow:
             # numpy's own words, as its paths warn (convcli._noise turns them into one line).
             warnings.warn("overflow encountered in the compiled convolution: the maps hold Inf or NaN",

@@ -56,11 +56,15 @@ MAX_RANK = 2  # separable path: at most this many rank-1 terms per 2-D kernel
 # 16-lane multiply-adds a second, both cores: one pixel × 16 maps (broadcast kernel; W4 45 ms
 # on one core) and 16/L pixels × L maps (expand kernel, a vector load each; W3's 31×31 depthwise
 # 250 ms on one core, so the separable paths keep large separable kernels)
-CC_VECTOR_FMAS_PER_S = {0: 6.5e9, 1: 4e9, 2: 6.5e9}
+CC_VECTOR_FMAS_PER_S = {0: 6.5e9, 1: 4e9, 2: 6.5e9, 3: 6.5e9}
 # 1 or 2 maps: most of the expand kernel's loads cross a cache line (1080p gray 21×21: the C
 # loop 95 ms, the FFT path 73 ms, in the same loaded run)
 CC_SPLIT_LOAD_FACTOR = {1: 4.0, 2: 2.0}
 CC_EXPAND_NS = 0.25  # expanding one input value into a ring row (per value and map lane block)
+# Splitting one input value into its channel plane (planar kernel, dense layers of ≤ 8 maps:
+# W1 8.3 ms on one core against the expand kernel's 13.5 ms; the FMA term above counts a
+# load's line split as 3 FMAs shared by the maps)
+CC_PLANE_NS = 0.1
 CC_GATHER_FACTOR = 6.0  # depthwise gather kernel: building each vector lane by lane
 CC_WRITE_BYTES_PER_S = 12e9  # storing the output (besides its first touch)
 # The separable loop, both cores: 16-lane multiply-adds a second of its two passes (W3's
@@ -181,7 +185,11 @@ def cost_ccore(layer: Layer) -> float:
     mode, vf = ccore.plan(layer.in_hwc, layer.w_shape, layer.out_hw, layer.stride, layer.dilation, layer.depthwise)
     blocks = -(-layer.n_maps // vf)
     planes = 1 if layer.depthwise else c
-    if mode == 1:  # expand: a vector is 16 / vf pixels
+    if mode == 3:  # planar: a vector is 16 pixels of one map; a load serves one FMA per map
+        fmas = oh * -(-ow // 16) * kh * kw * c * layer.n_maps * (1 + 3 / layer.n_maps)
+        in_rows = min(h, oh * layer.stride[0] + kh * layer.dilation[0])
+        extra = in_rows * (ow * layer.stride[1] + kw * layer.dilation[1]) * c * CC_PLANE_NS * 1e-9
+    elif mode == 1:  # expand: a vector is 16 / vf pixels
         fmas = oh * -(-ow * vf // 16) * kh * kw * planes * blocks
         fmas *= CC_SPLIT_LOAD_FACTOR.get(vf, 1.0)
         in_rows = min(h, oh * layer.stride[0] + kh * layer.dilation[0])
