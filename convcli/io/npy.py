@@ -7,6 +7,7 @@ Arrays follow SPEC §1's shape rules (:func:`._common._array_shape`): 1-D is a s
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +66,15 @@ def _header_problem(err: Exception) -> str:
 
 def _check_npy_length(name: str, blob: bytes) -> None:
     """Refuse a ``.npy`` whose header declares more data than the file holds, before numpy allocates it."""
+    _check_npy_header_size(name, io.BytesIO(blob), len(blob))
+
+
+def _check_npy_header_size(name: str, handle, size: int) -> None:
+    """:func:`_check_npy_length` on an open file of ``size`` bytes, positioned at its start."""
     import math
 
     from numpy.lib import format as npformat
 
-    handle = io.BytesIO(blob)
     try:
         version = npformat.read_magic(handle)
         if version not in ((1, 0), (2, 0)):
@@ -83,10 +88,10 @@ def _check_npy_length(name: str, blob: bytes) -> None:
     if dtype.hasobject:
         return  # refused by np.load (allow_pickle=False) with its own message
     needed = math.prod(shape) * dtype.itemsize
-    if needed > len(blob) - handle.tell():
+    if needed > size - handle.tell():
         shown = "×".join(str(n) for n in shape)
         raise InputError(f"{name}: cannot read .npy: truncated: the header declares {shown} {dtype}"
-                         f" ({needed} bytes of data), the file holds {len(blob) - handle.tell()}")
+                         f" ({needed} bytes of data), the file holds {size - handle.tell()}")
 
 
 def encode_npy(array: Any) -> bytes:
@@ -113,8 +118,10 @@ class NpyRegionReader:
 
         self.name, self.path = name, path
         try:
+            with open(path, "rb") as fh:  # sizes numpy's memory map would overflow on, refused first
+                _check_npy_header_size(name, fh, os.fstat(fh.fileno()).st_size)
             mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
+        except (ValueError, OSError, EOFError, OverflowError) as err:
             raise InputError(f"{name}: cannot read .npy: {err}") from None
         kind_char = mapped.dtype.kind
         if kind_char not in "biuf":

@@ -396,3 +396,19 @@ def test_tiff_the_whole_read_refuses_is_refused_streamed_as_whole(case, tmp_path
         assert result.exit_code == 1, (run, result.stderr)
         assert result.stderr.startswith(f"convcli: {path}: ") and len(result.stderr.splitlines()) == 1, result.stderr
         assert not (tmp_path / run).exists() or not list((tmp_path / run).iterdir())
+
+
+def test_npy_size_that_overflows_numpys_memory_map_is_one_line(tmp_path, out_dir):
+    # A bool .npy declaring 2**63 - 1 values: numpy's memory map computed a negative length
+    # ("internal error: OverflowError: memory mapped length must be positive"). Found by the
+    # long run of test_array_readers_survive_mutated_seeds; now refused from the header.
+    from convcli.io.npy import NpyRegionReader
+
+    path = CRASHES / "npy-size-overflows-the-memory-map.npy"
+    with pytest.raises(InputError, match=r"cannot read \.npy: truncated: the header declares "
+                                         r"9223372036854775807 bool \(9223372036854775807 bytes of data\), "
+                                         r"the file holds 10"):
+        NpyRegionReader(path.name, path)
+    line = one_line_error(["apply", path, "-k", "edge", "-o", out_dir], path.name)
+    assert "internal error" not in line
+    assert check_image(path, out_dir) == "error"
