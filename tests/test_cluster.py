@@ -281,6 +281,43 @@ def test_a_large_input_whose_band_fails_is_named_once_and_leaves_nothing(cluster
     assert sorted(os.listdir(tmp_path / "out")) == ["gray.zarr"]  # the failed array's temporary is gone
 
 
+def test_band_tasks_writing_zarr_onto_a_full_disk_name_the_input_and_leave_nothing(cluster, tiled, tmp_path):
+    """The workers' band tasks write chunks through ZarrSink.write_at; on a real full disk (a 2 MiB
+    tmpfs, each array 8.8 MB) a task's ENOSPC fails its input in one line with the OS's reason,
+    the batch stops, and no array or temporary folder is left (issue 16, on the cluster)."""
+    import shutil
+
+    from test_durability import _mount
+
+    point = tmp_path / "small"
+    point.mkdir()
+    problem = _mount("-t", "tmpfs", "-o", "size=2m", "tmpfs", str(point))
+    if problem:
+        pytest.skip(problem)
+    try:
+        (tmp_path / "in").mkdir()
+        for name in ("a", "b", "c"):
+            shutil.copy(tiled / "gray.tif", tmp_path / "in" / f"{name}.tif")
+        address, client = cluster
+        found: list = []
+        counts = _band_tasks(client, lambda: found.append(run(
+            "apply", tmp_path / "in", *LARGE_LAYER, "--format", "zarr", "-o", point / "out", "--scheduler",
+            address, status=1)))
+        assert counts.get("zarr_band_task", 0) >= 1, counts
+        lines = found[0].stderr.splitlines()
+        assert "Traceback" not in found[0].stderr
+        full = [line for line in lines if "No space left on device" in line]
+        assert full and all(line.count("No space left on device") == 1 and ".zarr: cannot write" in line
+                            for line in full), lines
+        named = [line.split(": ")[1] for line in full]
+        assert len(named) == len(set(named)), lines  # each failed input once
+        stop = [line for line in lines if line.startswith("convcli: stopping: no space left on device")]
+        assert len(stop) == 1 or len(full) == 3, lines
+        assert not list((point / "out").iterdir())  # no array, no temporary folder
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_a_large_input_whose_maps_overflow_cannot_be_a_png(cluster, tmp_path):
     """Finite pixels, infinite maps (8 × 3e38): the range pass says so, as the local stream does."""

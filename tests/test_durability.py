@@ -306,6 +306,34 @@ def test_full_tmpfs_stops_the_batch_with_exit_1_and_only_complete_files(tmp_path
     assert len(inputs) == 12
 
 
+def test_full_tmpfs_stops_a_zarr_batch_and_leaves_only_whole_arrays(tmp_path, small_tmpfs):
+    # --format zarr on a real full disk: each array is a folder written under a temporary name,
+    # chunk by chunk on a writer thread, then renamed; ENOSPC from a chunk stops the batch.
+    make_inputs(tmp_path / "in", 12, 64, 64)  # 64×64×2 float32 maps: 32 KiB of chunks each
+    import zarr
+
+    clean = convcli("apply", tmp_path / "in", "-k", "sobel-x", "-k", "sobel-y", "-o", tmp_path / "clean",
+                    "--format", "zarr", "-j", "1")
+    assert clean.returncode == 0, clean.stderr
+    out = small_tmpfs / "out"
+    done = convcli("apply", tmp_path / "in", "-k", "sobel-x", "-k", "sobel-y", "-o", out, "--format", "zarr",
+                   "-j", "1")
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    full = [line for line in lines if "No space left on device" in line]
+    assert len(full) == 1 and ".zarr: cannot write" in full[0], lines
+    stop = [line for line in lines if line.startswith("convcli: stopping: no space left on device")]
+    assert len(stop) == 1 and int(stop[0].rsplit(";", 1)[1].split()[0]) > 0, lines
+    written = sorted(p.name for p in out.iterdir())
+    assert written and all(name.endswith(".zarr") and not name.startswith(".") for name in written), written
+    assert not [name for name in files(out) if _temporary_name(name)]
+    reference = files(tmp_path / "clean")
+    for name in written:  # every array under a final name is a clean run's, whole
+        assert zarr.open_array(str(out / name), mode="r").shape == (62, 62, 2)  # valid padding
+        assert {k: v for k, v in files(out).items() if k.startswith(name + "/")} == \
+            {k: v for k, v in reference.items() if k.startswith(name + "/")}, name
+
+
 def test_read_only_folder_fails_every_input_with_the_reason_and_goes_on(tmp_path, read_only_folder):
     make_inputs(tmp_path / "in", 3)
     done = convcli("apply", tmp_path / "in", "-k", "sobel-x", "-o", read_only_folder, "-j", "1")
