@@ -710,7 +710,8 @@ def _whole_fits(source: str, job: Job, *, needs: str | None) -> bool:
         out = job.output
         grouped = _writes_by_filter_group(job)
         need = working_set(stack, shape, grouped=grouped, keep_all=out.save_all,
-                           encodes_whole=out.format in ("npy", "tiff") and not grouped, group=FILTER_GROUP).total
+                           encodes_whole=out.format in ("npy", "tiff") and not grouped, group=FILTER_GROUP,
+                           group_format=out.format if grouped else None).total
     except ConvcliError:
         return True  # the whole-image path reports what is wrong, as it always has
     limit = _memory_limit(job)
@@ -745,7 +746,8 @@ def _check_memory(job: Job, name: str, shape: tuple[int, int, int]) -> None:
     out = job.output
     grouped = _writes_by_filter_group(job)
     check_fits(name, job.stack, shape, limit=memory_limit(job), grouped=grouped, keep_all=out.save_all,
-               encodes_whole=out.format in ("npy", "tiff") and not grouped, group=FILTER_GROUP)
+               encodes_whole=out.format in ("npy", "tiff") and not grouped, group=FILTER_GROUP,
+               group_format=out.format if grouped else None)
 
 
 def _check_memory_from_header(job: Job, source: str) -> None:

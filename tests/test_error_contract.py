@@ -651,6 +651,11 @@ def test_memory_estimate_counts_what_process_holds():
     maps = 2158 * 3838 * 64 * 4
     assert whole.total == 2160 * 3840 * 3 * 4 + maps and whole.largest == maps
     assert working_set(stack, (2160, 3840, 3), grouped=True).total == 2160 * 3840 * 3 * 4 + maps // 4
+    # What the PNG encodes in flight hold besides (two groups' 8-bit planes, three of 16 bits)
+    group = maps // 4
+    for fmt, extra in (("png", 2 * group // 4), ("png16", 3 * group // 2), ("tiff", 0)):
+        assert (working_set(stack, (2160, 3840, 3), grouped=True, group_format=fmt).total
+                == 2160 * 3840 * 3 * 4 + group + extra), fmt
     assert working_set(stack, (2160, 3840, 3), encodes_whole=True).total == 2160 * 3840 * 3 * 4 + 2 * maps
     pooled = Stack.single(bank, ConvSpec(), PoolSpec.from_options(mode="max", size=2, stride=None, padding="valid"))
     assert working_set(pooled, (2160, 3840, 3)).largest == 1079 * 1919 * 64 * 4
