@@ -386,6 +386,8 @@ def _segments_match(page: Any) -> bool:
         return False
     if 0 in counts and int(page.compression) == 1:
         return False  # tifffile's whole read of such a page takes segments from elsewhere than their offsets
+    if any(offset == 0 and count for offset, count in zip(offsets, counts)):
+        return False  # data "at" offset 0, the file's header: damaged (the whole read refuses it)
     length, width = int(page.imagelength), int(page.imagewidth)
     if page.is_tiled:
         rows, cols = int(page.tilelength), int(page.tilewidth)
@@ -399,7 +401,19 @@ def _segments_match(page: Any) -> bool:
         if rows <= 0 or int(page.tilelength or 0) or int(page.tilewidth or 0) or 0 in counts:
             return False
         expected = -(-length // min(rows, length))
-    return len(offsets) == len(counts) == expected
+        cols = width
+    if not len(offsets) == len(counts) == expected:
+        return False
+    if int(page.compression) == 1:
+        # Uncompressed segments shorter than their pixels are truncated (a 708-byte file whose
+        # one strip of 420 bytes declared 5×8323079 RGB floats was read as 500 MB of zeros):
+        # read whole, where the decoder refuses them.
+        sample = int(getattr(page, "samplesperpixel", 1)) * (int(page.bitspersample) // 8)
+        for index, count in enumerate(counts):
+            seg_rows = rows if page.is_tiled else min(rows, length - index * rows)
+            if count < seg_rows * cols * sample:
+                return False
+    return True
 
 
 def _codec_works(page: Any) -> bool:

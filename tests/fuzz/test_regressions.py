@@ -412,3 +412,19 @@ def test_npy_size_that_overflows_numpys_memory_map_is_one_line(tmp_path, out_dir
     line = one_line_error(["apply", path, "-k", "edge", "-o", out_dir], path.name)
     assert "internal error" not in line
     assert check_image(path, out_dir) == "error"
+
+
+def test_uncompressed_tiff_strip_shorter_than_its_rows_is_not_read_by_region(out_dir):
+    # A 708-byte TIFF whose one uncompressed strip (420 bytes, at offset 0) declared 5×8323079
+    # RGB floats: Pillow refuses it, but the row-band reader (it is over --max-pixels, so it
+    # streamed) read an empty segment and wrote 500 MB of zeros. Found by the long run of
+    # test_image_reader_survives_mutated_seeds[tiff]; such a page is now read whole only.
+    from convcli.io.tiff import TiffRegionReader
+
+    path = CRASHES / "tiff-uncompressed-strip-shorter-than-its-rows.tif"
+    assert not TiffRegionReader.supports(path)
+    line = one_line_error(["apply", path, "-k", "1x1: 1", "--depthwise", "--format", "npy", "-o", out_dir,
+                           "--max-pixels", 1 << 20], path.name)
+    assert "decompression-bomb guard" in line
+    assert not list(out_dir.iterdir())
+    assert check_image(path, out_dir) == "error"
