@@ -640,3 +640,28 @@ def test_injected_zarr_write_failure_reports_the_input_and_leaves_no_folder(tmp_
     else:
         assert len(failures) == 3 == len(lines) - 1, lines
         assert lines[-1].startswith("convcli: 1 done, 3 failed in "), lines
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are read from /proc (Linux)")
+def test_a_killed_process_not_yet_reaped_counts_as_dead_for_the_sweep():
+    # A -j worker killed after its parent is reparented; where the container's first process
+    # does not reap, it stays a zombie that signal 0 still finds, and its temporary was never
+    # swept (the kill -9 test's resume failed on it once in a while).
+    from convcli.io.atomic import process_alive
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # ended, not reaped: a zombie of this process
+            state = Path(f"/proc/{ended.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+            if state == b"Z":
+                break
+            time.sleep(0.05)
+        assert state == b"Z"
+        assert process_alive(alive.pid) and not process_alive(ended.pid)
+    finally:
+        alive.kill()
+        alive.wait()
+        ended.wait()
+    assert not process_alive(ended.pid) and not process_alive(alive.pid)

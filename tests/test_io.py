@@ -319,6 +319,24 @@ def test_tiff_planar_and_pillow_fallback(tmp_path):
     assert loaded.mode == "RGB" and loaded.array[0, 1].tolist() == [250, 251, 252]
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("mode", ["RGB", "L", "I;16"])
+def test_tiff_with_an_orientation_tag_is_read_in_stored_order_by_either_decoder(tmp_path, orientation, mode):
+    # convcli applies no orientation (README). tifffile reads TIFFs in stored order; Pillow
+    # (which decodes the LZW ones: tifffile needs imagecodecs for LZW) turns them by their
+    # Orientation tag, which the reader undoes: both decoders give the stored pixels.
+    stored = rng(orientation).integers(0, 256 if mode != "I;16" else 65536, (5, 7, 3) if mode == "RGB" else (5, 7))
+    stored = stored.astype(np.uint16 if mode == "I;16" else np.uint8)
+    for compression in ("tiff_lzw", "tiff_deflate", None):
+        path = tmp_path / f"o{orientation}-{compression}.tif"
+        image = Image.fromarray(stored)
+        assert image.mode == mode
+        image.save(path, compression=compression, tiffinfo={274: orientation})
+        got = cio.read_input(path).array
+        assert cio.read_header(path)[0] == got.shape == (5, 7, 3 if mode == "RGB" else 1), (compression, got.shape)
+        np.testing.assert_array_equal(got.reshape(stored.shape), stored)
+
+
 def test_encode_tiff_round_trip():
     one = rng(6).normal(size=(7, 8)).astype(np.float32)
     with Image.open(io.BytesIO(cio.encode_tiff(one))) as im:

@@ -102,7 +102,22 @@ def process_alive(pid: int) -> bool:
         return False
     except OSError:  # EPERM: it exists, it is someone else's
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has ended but not been reaped (Linux: state Z or X in /proc/PID/stat).
+
+    A ``-j`` worker killed after its parent is reparented; in a container whose first process
+    does not reap, it stays a zombie, which signal 0 still finds: it writes nothing more.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False  # no /proc (macOS): trust signal 0
+    state = stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3]  # the field after "(comm)"
+    return state in (b"Z", b"X")
 
 
 def sweep_stale(folder: str | os.PathLike[str], names: set[str] | frozenset[str]) -> int:

@@ -126,7 +126,42 @@ def _truncated_jpeg(name: str, path: Path | None, data: bytes | None, err: Excep
 
 
 def _pillow_array(im: Any, name: str, path: Path | None, data: bytes | None) -> _Raw:
-    """Decode every pixel (``load`` forces it, so truncation is caught here)."""
+    """Decode every pixel (``load`` forces it, so truncation is caught here).
+
+    A TIFF comes back in its stored order, as tifffile reads it and the header says: Pillow
+    turns it by its Orientation tag while loading, which is undone here (convcli applies no
+    orientation; an LZW TIFF with Orientation 5 decoded 7×5 where its header said 5×7).
+    """
+    # (read before loading: Pillow drops the tag once it has turned the pixels)
+    orientation = getattr(im, "tag_v2", {}).get(274) if im.format == "TIFF" else None
+    raw = _pillow_pixels(im, name, path, data)
+    if isinstance(orientation, int) and 2 <= orientation <= 8:
+        raw = _Raw(_unturn(raw.array, orientation), raw.kind, raw.bit_depth)
+    return raw
+
+
+def _unturn(array: Any, orientation: int) -> Any:
+    """The inverse of the transpose Pillow applies to a TIFF of this Orientation (2-8)."""
+    import numpy as np
+
+    if orientation == 2:  # Pillow: FLIP_LEFT_RIGHT
+        out = array[:, ::-1]
+    elif orientation == 3:  # ROTATE_180
+        out = array[::-1, ::-1]
+    elif orientation == 4:  # FLIP_TOP_BOTTOM
+        out = array[::-1]
+    elif orientation == 5:  # TRANSPOSE
+        out = array.transpose(1, 0, 2)
+    elif orientation == 6:  # ROTATE_270 (clockwise), undone counter-clockwise
+        out = np.rot90(array, 1)
+    elif orientation == 7:  # TRANSVERSE
+        out = array[::-1, ::-1].transpose(1, 0, 2)
+    else:  # 8: ROTATE_90 (counter-clockwise), undone clockwise
+        out = np.rot90(array, -1)
+    return np.ascontiguousarray(out)
+
+
+def _pillow_pixels(im: Any, name: str, path: Path | None, data: bytes | None) -> _Raw:
     import numpy as np
 
     rawmode = _png_rawmode(im)

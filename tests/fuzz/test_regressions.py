@@ -428,3 +428,12 @@ def test_uncompressed_tiff_strip_shorter_than_its_rows_is_not_read_by_region(out
     assert "decompression-bomb guard" in line
     assert not list(out_dir.iterdir())
     assert check_image(path, out_dir) == "error"
+
+
+def test_tiff_that_pillow_turns_by_its_orientation_tag_is_read_in_stored_order(out_dir):
+    # An LZW RGB TIFF (tifffile needs imagecodecs for LZW, so Pillow decodes it) with
+    # Orientation 5: Pillow transposed it to 7×5 while its header says 5×7 (read_header and
+    # read_input disagreed). Found by the long run of test_image_reader_survives_mutated_seeds[tiff].
+    path = CRASHES / "tiff-lzw-orientation-5.tif"
+    assert read_header(path)[0] == read_input(path).array.shape == (5, 7, 3)
+    assert check_image(path, out_dir) == "ok"
