@@ -49,10 +49,17 @@ def _check_choice(option: str, value: str, choices: Sequence[str]) -> None:
         raise OptionError(f"{option}: {value!r} is not one of {', '.join(choices)}")
 
 
-def _check_pixels(name: str, width: int, height: int, max_pixels: int | None) -> None:
+def _check_pixels(name: str, width: int, height: int, max_pixels: int | None, channels: int = 1) -> None:
+    """The decompression-bomb guard: at most ``max_pixels`` pixels, and of more than 4 channels
+    (a TIFF's SamplesPerPixel) at most the samples of ``max_pixels`` RGBA pixels."""
     if max_pixels is not None and width * height > max_pixels:
         raise InputError(f"{name}: {width}×{height} = {width * height:,} pixels is more than the limit "
                          f"of {max_pixels:,} (decompression-bomb guard); raise it with --max-pixels")
+    samples = width * height * channels
+    if max_pixels is not None and channels > 4 and samples > 4 * max_pixels:
+        raise InputError(f"{name}: {width}×{height} pixels of {channels:,} samples = {samples:,} samples is more "
+                         f"than the {4 * max_pixels:,} of the pixel limit's RGBA pixels (decompression-bomb "
+                         "guard); raise it with --max-pixels")
 
 
 def _resolve_source(source: Source) -> tuple[str, str, Path | None, bytes | None]:

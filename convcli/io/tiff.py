@@ -30,7 +30,7 @@ def _read_tiff(name: str, path: Path | None, data: bytes | None, *, max_pixels: 
         return None
     page, tiff, shape = page_info
     try:
-        _check_pixels(name, shape[1], shape[0], max_pixels)
+        _check_pixels(name, shape[1], shape[0], max_pixels, shape[2])
         try:
             with _tifffile_log() as problems:
                 array = page.asarray()

@@ -437,3 +437,14 @@ def test_tiff_that_pillow_turns_by_its_orientation_tag_is_read_in_stored_order(o
     path = CRASHES / "tiff-lzw-orientation-5.tif"
     assert read_header(path)[0] == read_input(path).array.shape == (5, 7, 3)
     assert check_image(path, out_dir) == "ok"
+
+
+def test_tiff_of_thousands_of_samples_per_pixel_is_held_by_the_bomb_guard(out_dir):
+    # A 32×48 gray TIFF declaring 65,279 samples per pixel in six mostly empty tiles: read_input
+    # returned 401 MB of zeros under a 1 Mi-pixel limit (the guard counted pixels only). Found by
+    # tests/fuzz/atheris_fuzz.py tiff. The guard now also bounds the samples of > 4 channels.
+    path = CRASHES / "tiff-65279-samples-per-pixel.tif"
+    with pytest.raises(InputError, match=r"48×32 pixels of 65,279 samples = 100,268,544 samples is more than the "
+                                         r"4,194,304 of the pixel limit's RGBA pixels \(decompression-bomb guard\)"):
+        read_input(path, max_pixels=1 << 20)
+    assert check_image(path, out_dir) == "error"
