@@ -495,9 +495,24 @@ def main(argv=None) -> int:
         print("\n".join(cli_verdicts))
         if not args.no_write:
             cli_bench.write(cli_text, cli_verdicts)
+    elif not args.no_write:
+        cli_text, cli_verdicts = kept_cli_section()
     if not args.no_write:
         write_readme(table, verdicts + cli_verdicts, args.repeats, args.rounds, cli_text)
     return 0
+
+
+def kept_cli_section() -> tuple[str, list[str]]:
+    """The command-line tables of ``benchmarks/CLI.md`` (its last run), for a README written
+    without running them (``--no-cli``): they are kept, marked as from that run."""
+    path = HERE / "CLI.md"
+    if not path.exists():
+        return "", []
+    text = path.read_text()
+    body = text.split("\n", 1)[1] if text.startswith("# ") else text
+    body, _, targets = body.partition("\n## Targets\n")
+    note = "(Not re-run with the engine table above: the last run of `benchmarks/cli_bench.py`, from CLI.md.)\n\n"
+    return note + body.strip() + "\n", [line for line in targets.strip().splitlines() if line.strip()]
 
 
 def write_readme(table: str, verdicts: list[str], repeats: int, rounds: int = 1, cli_text: str = "") -> None:
