@@ -320,13 +320,16 @@ def test_tiff_planar_and_pillow_fallback(tmp_path):
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
-@pytest.mark.parametrize("mode", ["RGB", "L", "I;16"])
+@pytest.mark.parametrize("mode", ["RGB", "L", "I;16", "1"])
 def test_tiff_with_an_orientation_tag_is_read_in_stored_order_by_either_decoder(tmp_path, orientation, mode):
     # convcli applies no orientation (README). tifffile reads TIFFs in stored order; Pillow
-    # (which decodes the LZW ones: tifffile needs imagecodecs for LZW) turns them by their
-    # Orientation tag, which the reader undoes: both decoders give the stored pixels.
+    # (which decodes the LZW ones, tifffile needing imagecodecs for LZW, and 1-bit ones) turns
+    # them by their Orientation tag, and reports the turned size when it opens them: the reader
+    # undoes both, so the header and the pixels are the stored ones whichever decoder reads them.
     stored = rng(orientation).integers(0, 256 if mode != "I;16" else 65536, (5, 7, 3) if mode == "RGB" else (5, 7))
     stored = stored.astype(np.uint16 if mode == "I;16" else np.uint8)
+    if mode == "1":
+        stored = stored > 127
     for compression in ("tiff_lzw", "tiff_deflate", None):
         path = tmp_path / f"o{orientation}-{compression}.tif"
         image = Image.fromarray(stored)
@@ -334,7 +337,7 @@ def test_tiff_with_an_orientation_tag_is_read_in_stored_order_by_either_decoder(
         image.save(path, compression=compression, tiffinfo={274: orientation})
         got = cio.read_input(path).array
         assert cio.read_header(path)[0] == got.shape == (5, 7, 3 if mode == "RGB" else 1), (compression, got.shape)
-        np.testing.assert_array_equal(got.reshape(stored.shape), stored)
+        np.testing.assert_array_equal(got.reshape(stored.shape), stored * 255 if mode == "1" else stored)
 
 
 def test_encode_tiff_round_trip():

@@ -140,6 +140,13 @@ def _pillow_array(im: Any, name: str, path: Path | None, data: bytes | None) -> 
     return raw
 
 
+def _stored_size(im: Any) -> tuple[int, int]:
+    """(width, height) as stored: an opened TIFF whose Orientation is 5-8 reports them swapped."""
+    orientation = getattr(im, "tag_v2", {}).get(274) if im.format == "TIFF" else None
+    width, height = im.size
+    return (height, width) if isinstance(orientation, int) and 5 <= orientation <= 8 else (width, height)
+
+
 def _unturn(array: Any, orientation: int) -> Any:
     """The inverse of the transpose Pillow applies to a TIFF of this Orientation (2-8)."""
     import numpy as np

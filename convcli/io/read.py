@@ -38,7 +38,7 @@ from ._common import (
 )
 from .modes import _apply_mode, _check_finite, _mode_name
 from .npy import _npy_header, _read_npy
-from .pillow import _pillow_channels, _pillow_open, _read_image
+from .pillow import _pillow_channels, _pillow_open, _read_image, _stored_size
 from .spng import header_shape as png_header_shape
 from .spng import read_png
 from .text import _read_text
@@ -210,7 +210,8 @@ def read_header(source: Source) -> tuple[tuple[int, int, int], str]:
                 return shape, "image"
         with _pillow_open(name, path, data) as im:
             if im is not None:
-                return (im.size[1], im.size[0], _pillow_channels(im)), "image"
+                width, height = _stored_size(im)
+                return (height, width, _pillow_channels(im)), "image"
     raw = _read_raw(name, path, data, max_pixels=None)
     return tuple(raw.array.shape), raw.kind  # type: ignore[return-value]
 

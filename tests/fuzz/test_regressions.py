@@ -448,3 +448,12 @@ def test_tiff_of_thousands_of_samples_per_pixel_is_held_by_the_bomb_guard(out_di
                                          r"4,194,304 of the pixel limit's RGBA pixels \(decompression-bomb guard\)"):
         read_input(path, max_pixels=1 << 20)
     assert check_image(path, out_dir) == "error"
+
+
+def test_tiff_whose_size_pillow_reports_turned_has_the_header_of_its_stored_pixels(out_dir):
+    # A 1-bit 5×7 TIFF with Orientation 8 (tifffile leaves 1-bit pages to Pillow): Pillow opens
+    # it as 7×5, so read_header said 7×5 once read_input gave the stored 5×7. Found by the long
+    # run of test_image_reader_survives_mutated_seeds[tiff] after the Orientation fix above.
+    path = CRASHES / "tiff-1-bit-orientation-8.tif"
+    assert read_header(path)[0] == read_input(path).array.shape == (5, 7, 1)
+    assert check_image(path, out_dir) == "ok"
