@@ -320,7 +320,7 @@ def test_tiff_planar_and_pillow_fallback(tmp_path):
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
-@pytest.mark.parametrize("mode", ["RGB", "L", "I;16", "1"])
+@pytest.mark.parametrize("mode", ["RGB", "L", "I;16", "1", "P"])
 def test_tiff_with_an_orientation_tag_is_read_in_stored_order_by_either_decoder(tmp_path, orientation, mode):
     # convcli applies no orientation (README). tifffile reads TIFFs in stored order; Pillow
     # (which decodes the LZW ones, tifffile needing imagecodecs for LZW, and 1-bit ones) turns
@@ -332,12 +332,26 @@ def test_tiff_with_an_orientation_tag_is_read_in_stored_order_by_either_decoder(
         stored = stored > 127
     for compression in ("tiff_lzw", "tiff_deflate", None):
         path = tmp_path / f"o{orientation}-{compression}.tif"
-        image = Image.fromarray(stored)
+        image = Image.fromarray(stored) if mode != "P" else Image.fromarray(stored).convert("L")
+        if mode == "P":
+            image = Image.frombytes("P", image.size, image.tobytes())  # a gray palette: index i is colour (i, i, i)
+            image.putpalette([v for i in range(256) for v in (i, i, i)])
         assert image.mode == mode
         image.save(path, compression=compression, tiffinfo={274: orientation})
-        got = cio.read_input(path).array
-        assert cio.read_header(path)[0] == got.shape == (5, 7, 3 if mode == "RGB" else 1), (compression, got.shape)
-        np.testing.assert_array_equal(got.reshape(stored.shape), stored * 255 if mode == "1" else stored)
+        try:
+            got = cio.read_input(path).array
+        except InputError as err:
+            # Pillow 13 turns uncompressed palette pixels of Orientation 5-8 but keeps the stored
+            # size: refused in one line (the compressed ones, decoded by libtiff, are read).
+            assert mode == "P" and orientation >= 5 and compression is None, (compression, str(err))
+            assert "which Pillow decodes turned in a way that cannot be undone" in str(err)
+            continue
+        assert cio.read_header(path)[0] == got.shape == (5, 7, 3 if mode in ("RGB", "P") else 1), (compression,
+                                                                                                got.shape)
+        if mode == "P":
+            np.testing.assert_array_equal(got, np.repeat(stored[:, :, None], 3, axis=2))
+        else:
+            np.testing.assert_array_equal(got.reshape(stored.shape), stored * 255 if mode == "1" else stored)
 
 
 def test_encode_tiff_round_trip():

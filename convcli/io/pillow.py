@@ -134,9 +134,18 @@ def _pillow_array(im: Any, name: str, path: Path | None, data: bytes | None) -> 
     """
     # (read before loading: Pillow drops the tag once it has turned the pixels)
     orientation = getattr(im, "tag_v2", {}).get(274) if im.format == "TIFF" else None
+    turned = isinstance(orientation, int) and 2 <= orientation <= 8
+    stored = _stored_size(im)[::-1] if turned else None  # (height, width)
+    mode = im.mode
     raw = _pillow_pixels(im, name, path, data)
-    if isinstance(orientation, int) and 2 <= orientation <= 8:
+    if turned:
         raw = _Raw(_unturn(raw.array, orientation), raw.kind, raw.bit_depth)
+        if raw.array.shape[:2] != stored:
+            # Pillow 13 turns palette TIFFs of Orientation 5-8 but keeps the unturned size:
+            # pixels that cannot be put back in their stored order are refused.
+            raise InputError(f"{name}: a {mode} TIFF with Orientation {orientation}, which Pillow decodes turned "
+                             f"in a way that cannot be undone ({raw.array.shape[0]}×{raw.array.shape[1]} for "
+                             f"{stored[0]}×{stored[1]}); save it without the Orientation tag")
     return raw
 
 

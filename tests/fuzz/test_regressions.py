@@ -457,3 +457,14 @@ def test_tiff_whose_size_pillow_reports_turned_has_the_header_of_its_stored_pixe
     path = CRASHES / "tiff-1-bit-orientation-8.tif"
     assert read_header(path)[0] == read_input(path).array.shape == (5, 7, 1)
     assert check_image(path, out_dir) == "ok"
+
+
+def test_palette_tiff_that_pillow_turns_but_keeps_unturned_is_refused(out_dir):
+    # A palette TIFF with Orientation 5: Pillow 13 transposes its pixels but keeps the stored
+    # size, so no order of them is the stored one; header 5×7, pixels 7×5 before. Found by a
+    # second long run of test_image_reader_survives_mutated_seeds[tiff]; now one line.
+    path = CRASHES / "tiff-palette-orientation-5.tif"
+    with pytest.raises(InputError, match=r"a P TIFF with Orientation 5, which Pillow decodes turned in a way that "
+                                         r"cannot be undone \(7×5 for 5×7\); save it without the Orientation tag"):
+        read_input(path)
+    assert check_image(path, out_dir) == "error"
