@@ -341,7 +341,10 @@ def _kernel_source(value: Any, label: str, base_dir: Path):
         )
     if kernels.looks_inline(value):
         return kernels.parse_inline(value)
-    candidate = base_dir / Path(value).expanduser()
+    try:
+        candidate = base_dir / Path(value).expanduser()
+    except RuntimeError:  # '~name…' of no such user: "Could not determine home directory."
+        candidate = base_dir / value
     path_like = "/" in value or "\\" in value or value.lower().endswith(_KERNEL_SUFFIXES)
     problem = regular_file_problem(candidate)  # never raises, unlike Path.is_file() on a name too long
     too_long = problem is not None and not problem.startswith("is ")

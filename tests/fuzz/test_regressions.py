@@ -468,3 +468,16 @@ def test_palette_tiff_that_pillow_turns_but_keeps_unturned_is_refused(out_dir):
                                          r"cannot be undone \(7×5 for 5×7\); save it without the Orientation tag"):
         read_input(path)
     assert check_image(path, out_dir) == "error"
+
+
+def test_pipeline_kernel_starting_with_a_tilde_of_no_user_is_one_line(tmp_path, out_dir):
+    # "~x3: 0,1,0 …" as a kernel item: Path.expanduser() raised RuntimeError("Could not determine
+    # home directory.") for the user "x3: 0,1,0 …", a traceback. Found by the hour-long run of
+    # test_pipeline_reader_survives_mutated_seeds; now the item is looked for as written.
+    path = CRASHES / "pipeline-kernel-tilde-unknown-user.yaml"
+    with pytest.raises(KernelError, match=r"layers\[0\]\.kernels: '~x3: 0,1,0 0,1,0 0,1,0': no kernel file .* "
+                                          r"and no built-in kernel"):
+        load_pipeline(path)
+    image = tmp_path / "small.npy"
+    np.save(image, np.ones((9, 11, 3), np.float32))
+    assert check_pipeline(path, image, out_dir) == "error"
