@@ -180,8 +180,8 @@ class _Layer:
         parts = _threads.CPUS if n * per_row >= 2 * MIN_MACS_PER_THREAD else 1
         workers = min(parts, _threads.get_threads())
         # More chunks than threads, taken in turn (as the separable loop's): a thread that loses
-        # its core to another process for a while does not hold the call up. W4 with one of the
-        # two cores busy: 36 ms in two halves against 29 ms in eight chunks.
+        # its core to another process for a while does not hold the call up. (On a quiet machine
+        # W1 and W4 measured the same either way, within the run-to-run noise.)
         chunks = iter(_threads.split_rows(n, max(1, MIN_MACS_PER_THREAD // max(1, per_row)),
                                           parts=CHUNKS_PER_THREAD * workers if workers > 1 else 1))
         overflow = []

@@ -135,7 +135,8 @@ def _pillow_array(im: Any, name: str, path: Path | None, data: bytes | None) -> 
     # (read before loading: Pillow drops the tag once it has turned the pixels)
     orientation = getattr(im, "tag_v2", {}).get(274) if im.format == "TIFF" else None
     turned = isinstance(orientation, int) and 2 <= orientation <= 8
-    stored = _stored_size(im)[::-1] if turned else None  # (height, width)
+    width, height = im.size  # as Pillow reports it: turned for 5-8
+    stored = (width, height) if turned and orientation >= 5 else (height, width)
     mode = im.mode
     raw = _pillow_pixels(im, name, path, data)
     if turned:
