@@ -25,6 +25,7 @@ inside :func:`connect` and the task loop.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from .apply import STDOUT, Job, input_stem
-from .errors import ConvcliError, InputError, OptionError
+from .errors import ConvcliError, InputError, OptionError, OutputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .batch import BatchPlan, InputItem, Outcome
@@ -533,12 +534,15 @@ def _run_large(session: Session, index: int, item: "InputItem", large) -> "Outco
     except KilledWorker:
         return _failed(index, item, f"{item.source}: the workers running one of its bands died (killed, out of"
                        " memory, or a crash in native code) each time it was tried", time.perf_counter() - started)
+    except OutputError as err:  # a full disk stops the batch, as it does locally
+        return _failed(index, item, str(err), time.perf_counter() - started, disk_full=err.disk_full)
     except ConvcliError as err:
         return _failed(index, item, str(err), time.perf_counter() - started)
     except MemoryError:
         return _failed(index, item, f"{item.source}: out of memory", time.perf_counter() - started)
     except OSError as err:
-        return _failed(index, item, f"{item.source}: {err.strerror or err}", time.perf_counter() - started)
+        return _failed(index, item, f"{item.source}: {err.strerror or err}", time.perf_counter() - started,
+                       disk_full=err.errno in (errno.ENOSPC, errno.EDQUOT))
     except Exception as err:  # as batch.run_one words it: one bad input never stops the batch
         return _failed(index, item, f"{item.source}: internal error: {type(err).__name__}: {err}",
                        time.perf_counter() - started)

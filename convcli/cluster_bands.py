@@ -139,7 +139,8 @@ def zarr_band_task(large: LargeInput, rows: tuple[int, int], array_path: str) ->
         array = zarr.open_array(store=array_path, mode="r+")
         array[rows[0]:rows[1]] = band
     except OSError as err:
-        raise OutputError(f"{large.files[0][0]}: cannot write: {err.strerror or err}") from None
+        # With the OS's errno: a full disk stops the batch, as it does locally.
+        raise OutputError.from_os(str(large.files[0][0]), err) from None
     return rows[1] - rows[0]
 
 
@@ -243,6 +244,8 @@ def _run_zarr(client, large: LargeInput, *, window: int) -> list[str]:
         try:
             zarr.create_array(store=str(temporary), shape=shape, chunks=(chunk_rows(shape),) + shape[1:],
                               dtype="float32", zarr_format=3, overwrite=True)
+        except OSError as err:
+            raise OutputError.from_os(str(path), err) from None
         except Exception as err:  # noqa: BLE001 - zarr raises many kinds
             raise OutputError(f"{path}: cannot write the zarr array: {err}") from None
         for _ in _results(client, zarr_band_task, large, large.bands(), window=window, extra=(str(temporary),)):
