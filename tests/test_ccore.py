@@ -184,6 +184,48 @@ def test_ccore_fallback_kernels_match_float64_reference(ccore_always, monkeypatc
     np.testing.assert_allclose(result.output, ref, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(ref).max()))
 
 
+@built
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=layers(), width=st.integers(145, 520), fallback=st.booleans(),
+       pool=st.sampled_from([("max", 2, 2, "valid"), ("avg", 2, 2, "valid"), ("max", 3, 3, "valid"),
+                             ("avg", 3, 3, "valid")]))
+def test_pooled_rows_wider_than_a_column_tile_match_the_reference(ccore_always, monkeypatch, case, width, fallback,
+                                                                  pool):
+    # Pooled layers are computed in tiles of 144 conv columns (broadcast and gather kernels):
+    # rows of several tiles, every border and stride, fused max and average pooling.
+    if fallback:
+        monkeypatch.setattr(ccore, "RING_MAX_BYTES", 0)
+    case = dict(case, hwc=(min(case["hwc"][0], 9), width, case["hwc"][2]), pool=pool)
+    result, ref = run_case(case)
+    assert result.backend == "ccore"
+    np.testing.assert_allclose(result.output, ref, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(ref).max()))
+
+
+@built
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("layer", [
+    ((7, 700, 3), (5, 5, 3, 16), False, (2, 2), (1, 1), (1, 2, 1, 2), "zeros"),  # W4's kind: broadcast
+    ((7, 611, 3), (3, 3, 3, 20), False, (1, 1), (1, 2), (1, 1, 9, 1), "reflect"),  # first tile past column 9
+    ((8, 500, 2), (3, 4, 1, 3), True, (1, 1), (1, 1), (1, 1, 1, 2), "replicate"),  # depthwise: gather
+])
+def test_fused_max_pooling_keeps_the_bits_of_the_conv_maps(monkeypatch, layer, stream):
+    # Max pooling picks values: the fused result equals numpy's max over the unpooled maps of
+    # the same kernel, bit for bit, with the pooled rows written through the cache or past it.
+    monkeypatch.setattr(ccore, "RING_MAX_BYTES", 0)  # the broadcast and gather kernels
+    monkeypatch.setattr(ccore, "STREAM_BYTES", 0 if stream else 1 << 62)
+    rng = np.random.default_rng(5)
+    x, w, kwargs = _band_args(*layer, rng)
+    epilogue = engine._common.Epilogue(rng.standard_normal(w.shape[3] * (x.shape[2] if layer[2] else 1))
+                                       .astype(np.float32), "relu", 0.0)
+    maps = ccore.correlate(x, w, epilogue=epilogue, **kwargs)
+    for size in (2, 3):
+        pspec = PoolSpec.from_options(mode="max", size=size, stride=None, padding="valid")
+        pooled = ccore.correlate_pooled(x, w, pspec, epilogue=epilogue, **kwargs)
+        oh, ow = maps.shape[0] // size * size, maps.shape[1] // size * size
+        windows = maps[:oh, :ow].reshape(oh // size, size, ow // size, size, -1)
+        np.testing.assert_array_equal(pooled, windows.max(axis=(1, 3)))
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=layers())
 def test_without_the_extension_the_numpy_paths_match_the_reference(monkeypatch, case):

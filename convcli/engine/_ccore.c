@@ -738,54 +738,80 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
             }                                                                                      \
             if (bad) k->nonfinite = 1;                                                             \
         } else if (k->mode == MODE_BROADCAST) {                                                    \
+            /* columns [ox0, ox1): a border pixel (or one past the last whole block) by the edge \
+               function, which adds the same products in the same order as the blocks */        \
+            const int hi = k->ix1 < k->ox1 ? k->ix1 : k->ox1;                                      \
             for (int b = 0; b < k->nb; b++) {                                                      \
-                int ox = 0;                                                                        \
-                for (; ox < k->ix0 && ox < k->ow; ox++) dense_edge_16(k, rr, ox, b, dst);          \
+                int ox = k->ox0;                                                                   \
+                for (; ox < k->ix0 && ox < k->ox1; ox++) dense_edge_16(k, rr, ox, b, dst);         \
                 switch (k->sw * k->C) {                                                            \
-                case 1: for (; ox + PXB <= k->ix1; ox += PXB) dense_16_##PXB##_1(k, rr, ox, b, dst); break; \
-                case 2: for (; ox + PXB <= k->ix1; ox += PXB) dense_16_##PXB##_2(k, rr, ox, b, dst); break; \
-                case 3: for (; ox + PXB <= k->ix1; ox += PXB) dense_16_##PXB##_3(k, rr, ox, b, dst); break; \
-                case 4: for (; ox + PXB <= k->ix1; ox += PXB) dense_16_##PXB##_4(k, rr, ox, b, dst); break; \
-                case 6: for (; ox + PXW <= k->ix1; ox += PXW) dense_16_##PXW##_6(k, rr, ox, b, dst); break; \
-                case 8: for (; ox + PXW <= k->ix1; ox += PXW) dense_16_##PXW##_8(k, rr, ox, b, dst); break; \
-                default: for (; ox + PXB <= k->ix1; ox += PXB) dense_16_##PXB##_0(k, rr, ox, b, dst); \
+                case 1: for (; ox + PXB <= hi; ox += PXB) dense_16_##PXB##_1(k, rr, ox, b, dst); break; \
+                case 2: for (; ox + PXB <= hi; ox += PXB) dense_16_##PXB##_2(k, rr, ox, b, dst); break; \
+                case 3: for (; ox + PXB <= hi; ox += PXB) dense_16_##PXB##_3(k, rr, ox, b, dst); break; \
+                case 4: for (; ox + PXB <= hi; ox += PXB) dense_16_##PXB##_4(k, rr, ox, b, dst); break; \
+                case 6: for (; ox + PXW <= hi; ox += PXW) dense_16_##PXW##_6(k, rr, ox, b, dst); break; \
+                case 8: for (; ox + PXW <= hi; ox += PXW) dense_16_##PXW##_8(k, rr, ox, b, dst); break; \
+                default: for (; ox + PXB <= hi; ox += PXB) dense_16_##PXB##_0(k, rr, ox, b, dst); \
                 }                                                                                  \
-                for (; ox < k->ow; ox++) dense_edge_16(k, rr, ox, b, dst);                         \
+                for (; ox < k->ox1; ox++) dense_edge_16(k, rr, ox, b, dst);                        \
             }                                                                                      \
         } else {                                                                                   \
             for (int b = 0; b < k->nb; b++)                                                        \
-                for (int ox = 0; ox < k->ow; ox++) gather_px(k, rr, ox, b, dst);                   \
+                for (int ox = k->ox0; ox < k->ox1; ox++) gather_px(k, rr, ox, b, dst);             \
         }                                                                                          \
         if (!(k->mode == MODE_PLANAR && PLANAR_FUSES(k->act))) {                                   \
-            const int tiled = k->mode == MODE_EXPAND || k->mode == MODE_PLANAR;                    \
-            float *d0 = tiled ? dst + (size_t)k->ox0 * k->nmaps : dst;                             \
-            const size_t n = (size_t)(tiled ? k->ox1 - k->ox0 : k->ow) * k->nmaps;                 \
+            float *d0 = dst + (size_t)k->ox0 * k->nmaps;                                           \
+            const size_t n = (size_t)(k->ox1 - k->ox0) * k->nmaps;                                 \
             activate_row(k, d0, n);                                                                \
             if (!k->nonfinite) k->nonfinite = any_nonfinite(d0, n);                                \
         }                                                                                          \
         free(heap);                                                                                \
     }
 
-/* Fold one finished conv row into the pooled row (valid pooling, stride = size). */
-#define POOL_FOLD(SUFFIX, ATTR)                                                                    \
-    ATTR static void pool_fold_##SUFFIX(const float *restrict row, float *restrict acc, int opw,   \
-                                        int pw, int nmaps, int first, int is_max) {                \
-        for (int q = 0; q < opw; q++) {                                                            \
+/* dst[0, n) = src[0, n), the 64-byte lines inside with non-temporal stores (no read of the
+ * destination's lines, no eviction of the cache's working set); an sfence must follow. */
+INLINE void stream_copy(float *restrict dst, const float *restrict src, size_t n) {
+#if defined(__x86_64__) || defined(__i386__)
+    size_t i = 0;
+    for (; i < n && ((uintptr_t)(dst + i) & 63); i++) dst[i] = src[i];
+    for (; i + 16 <= n; i += 16) /* SSE stores: in every build; 4 fill a line's write buffer */
+        for (int j = 0; j < 16; j += 4) _mm_stream_ps(dst + i + j, _mm_loadu_ps(src + i + j));
+    for (; i < n; i++) dst[i] = src[i];
+#else
+    memcpy(dst, src, sizeof(float) * n);
+#endif
+}
+
+/* Pooled values q0 .. q0 + nq - 1 of one pooled row into acc (nq x nmaps), from the ph conv
+ * rows at rows + t * rowlen (valid pooling, stride = size): each window's values taken row by
+ * row, left to right (the order the sums were always formed in). */
+#define POOL_TILE(SUFFIX, ATTR)                                                                    \
+    ATTR static void pool_tile_##SUFFIX(const float *restrict rows, size_t rowlen, int ph, int pw, \
+                                        int nmaps, int q0, int nq, float *restrict acc,            \
+                                        int is_max) {                                              \
+        for (int q = 0; q < nq; q++) {                                                             \
             float *a = acc + (size_t)q * nmaps;                                                    \
-            const float *s = row + (size_t)q * pw * nmaps;                                         \
-            for (int t = 0; t < pw; t++) {                                                         \
-                const float *v = s + (size_t)t * nmaps;                                            \
-                if (first && t == 0) memcpy(a, v, sizeof(float) * (size_t)nmaps);                  \
-                else if (is_max)                                                                   \
-                    for (int m = 0; m < nmaps; m++) a[m] = v[m] > a[m] ? v[m] : a[m];              \
-                else                                                                               \
-                    for (int m = 0; m < nmaps; m++) a[m] += v[m];                                  \
+            for (int t = 0; t < ph; t++) {                                                         \
+                const float *s = rows + (size_t)t * rowlen + (size_t)(q0 + q) * pw * nmaps;        \
+                for (int u = 0; u < pw; u++) {                                                     \
+                    const float *v = s + (size_t)u * nmaps;                                        \
+                    if (t == 0 && u == 0) memcpy(a, v, sizeof(float) * (size_t)nmaps);            \
+                    else if (is_max)                                                               \
+                        for (int m = 0; m < nmaps; m++) a[m] = v[m] > a[m] ? v[m] : a[m];          \
+                    else                                                                           \
+                        for (int m = 0; m < nmaps; m++) a[m] += v[m];                              \
+                }                                                                                  \
             }                                                                                      \
         }                                                                                          \
     }
 
+/* Conv columns per tile of a pooled layer (broadcast and gather kernels), a multiple of every
+ * build's pixel blocks (16, 8, 6, 3): 16 maps x 2 rows of 144 columns are 18 KB. */
+#define POOL_TILE_COLUMNS 144
+
 #define BANDS(SUFFIX, ATTR)                                                                        \
-    ATTR static int bands_##SUFFIX(Conv *k, float *out, int r0, int r1, int pmode, int ph, int pw) { \
+    ATTR static int bands_##SUFFIX(Conv *k, float *out, int r0, int r1, int pmode, int ph, int pw,  \
+                                   int stream) {                                                   \
         if (!pmode && (k->mode == MODE_EXPAND || k->mode == MODE_PLANAR)) {                                                    \
             /* Column tiles whose expanded rows stay in L1 while the band's rows pass over them. */ \
             for (int t0 = 0; t0 < k->ow; t0 += k->tile) {                                          \
@@ -812,32 +838,62 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
             return 0;                                                                              \
         }                                                                                          \
         const int opw = k->ow / pw;                                                                \
-        float *row = (float *)malloc(sizeof(float) * (size_t)k->ow * k->nmaps);                    \
-        if (!row) return -1;                                                                       \
+        const int used = opw * pw; /* the conv columns the pooling reads */                        \
         const size_t prow = (size_t)opw * k->nmaps;                                                \
+        /* The broadcast and gather kernels run in column tiles: a tile's ph conv rows and its   \
+           pooled values stay in L1 and each pooled value is written out once, with            \
+           non-temporal stores when the output is large (the output's lines are not read).     \
+           The expand and planar kernels keep whole rows (their expanded input rows are        \
+           built once per row). A pixel's bits do not depend on the tiles. */                   \
+        const int whole = k->mode == MODE_EXPAND || k->mode == MODE_PLANAR;                        \
+        const size_t rowlen = (size_t)k->ow * k->nmaps;                                            \
+        /* a tile may pool up to the whole row (the first tile runs to the first interior      \
+           column, the last one to the end) */                                                  \
+        float *rows = (float *)malloc(sizeof(float) * (rowlen * (size_t)ph + prow));              \
+        if (!rows) return -1;                                                                      \
+        float *pacc = rows + rowlen * (size_t)ph;                                                  \
         const float count = (float)(ph * pw);                                                      \
+        /* interior columns: a tile's blocks start at the first of them or at the tile's start  \
+           and the tile spans whole blocks of every build (POOL_TILE_COLUMNS is a multiple of   \
+           16, 8, 6 and 3), so no interior pixel falls to the per-pixel edge function */        \
+        const int inner_end = k->ix1 < used ? k->ix1 : used;                                       \
         for (int py = r0; py < r1; py++) {                                                         \
-            float *acc = out + (size_t)(py - r0) * prow;                                           \
-            for (int t = 0; t < ph; t++) {                                                         \
-                conv_row_##SUFFIX(k, py * ph + t, row);                                            \
-                pool_fold_##SUFFIX(row, acc, opw, pw, k->nmaps, t == 0, pmode == POOL_MAX);        \
+            float *dst = out + (size_t)(py - r0) * prow;                                           \
+            int c0 = 0, q0 = 0;                                                                    \
+            while (q0 < opw) {                                                                     \
+                int c1 = used;                                                                     \
+                if (!whole) {                                                                      \
+                    const int start = c0 > k->ix0 ? c0 : k->ix0;                                   \
+                    if (start + POOL_TILE_COLUMNS <= inner_end) c1 = start + POOL_TILE_COLUMNS;    \
+                }                                                                                  \
+                k->ox0 = c0;                                                                       \
+                k->ox1 = c1;                                                                       \
+                for (int t = 0; t < ph; t++) conv_row_##SUFFIX(k, py * ph + t, rows + (size_t)t * rowlen); \
+                const int nq = c1 / pw - q0;  /* the windows now complete */                       \
+                pool_tile_##SUFFIX(rows, rowlen, ph, pw, k->nmaps, q0, nq, pacc, pmode == POOL_MAX); \
+                const size_t n = (size_t)nq * k->nmaps;                                            \
+                if (pmode == POOL_AVG)                                                             \
+                    for (size_t i = 0; i < n; i++) pacc[i] /= count;                               \
+                if (stream) stream_copy(dst + (size_t)q0 * k->nmaps, pacc, n);                     \
+                else memcpy(dst + (size_t)q0 * k->nmaps, pacc, sizeof(float) * n);                 \
+                q0 += nq;                                                                          \
+                c0 = c1;                                                                           \
             }                                                                                      \
-            if (pmode == POOL_AVG)                                                                 \
-                for (size_t i = 0; i < prow; i++) acc[i] /= count;                                 \
         }                                                                                          \
-        free(row);                                                                                 \
+        if (stream) STORE_FENCE();                                                                 \
+        free(rows);                                                                                \
         return 0;                                                                                  \
     }
 
 CONV_ROW(base, , 3, 2, 4, 3)
-POOL_FOLD(base, )
+POOL_TILE(base, )
 BANDS(base, )
 #if MULTI_ISA
 CONV_ROW(avx2, TARGET("arch=x86-64-v3"), 6, 4, 8, 6)
-POOL_FOLD(avx2, TARGET("arch=x86-64-v3"))
+POOL_TILE(avx2, TARGET("arch=x86-64-v3"))
 BANDS(avx2, TARGET("arch=x86-64-v3"))
 CONV_ROW(avx512, TARGET("arch=x86-64-v4"), 8, 8, 16, 16)
-POOL_FOLD(avx512, TARGET("arch=x86-64-v4"))
+POOL_TILE(avx512, TARGET("arch=x86-64-v4"))
 BANDS(avx512, TARGET("arch=x86-64-v4"))
 #endif
 
@@ -986,19 +1042,6 @@ INLINE void sep_pass(const float *const *src, const float *const *pat, int nt, i
     }
 }
 
-/* dst[0, n) = src[0, n), the 64-byte lines inside with non-temporal stores (no read of the
- * destination's lines, no eviction of the cache's working set); an sfence must follow. */
-INLINE void stream_copy(float *restrict dst, const float *restrict src, size_t n) {
-#if defined(__x86_64__) || defined(__i386__)
-    size_t i = 0;
-    for (; i < n && ((uintptr_t)(dst + i) & 63); i++) dst[i] = src[i];
-    for (; i + 16 <= n; i += 16) /* SSE stores: in every build; 4 fill a line's write buffer */
-        for (int j = 0; j < 16; j += 4) _mm_stream_ps(dst + i + j, _mm_loadu_ps(src + i + j));
-    for (; i < n; i++) dst[i] = src[i];
-#else
-    memcpy(dst, src, sizeof(float) * n);
-#endif
-}
 
 #define SEP_ROWS(SUFFIX, ATTR)                                                                     \
     /* The horizontal pass of padded row pr (its input row r), from the ring or computed now. */   \
@@ -1102,7 +1145,7 @@ SEP_ROWS(avx2, TARGET("arch=x86-64-v3"))
 SEP_ROWS(avx512, TARGET("arch=x86-64-v4"))
 #endif
 
-typedef int (*bands_fn)(Conv *, float *, int, int, int, int, int);
+typedef int (*bands_fn)(Conv *, float *, int, int, int, int, int, int);
 static bands_fn bands = bands_base;
 typedef int (*sep_fn)(Sep *, float *, int, int);
 static sep_fn sep_bands = sep_bands_base;
@@ -1140,23 +1183,24 @@ static int get_buf(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t min_
 }
 
 static const char rows_doc[] =
-    "rows(x, w, bias, out, rowmap, colmap, geom, act, slope, r0, r1, pool)\n\n"
+    "rows(x, w, bias, out, rowmap, colmap, geom, act, slope, r0, r1, pool, stream=False)\n\n"
     "Output rows [r0, r1) of one layer into out (C-contiguous float32). geom is the int tuple\n"
     "(H, W, C, kh, kw, sh, sw, dh, dw, ow, nmaps, vf, depthwise, mult, left, mode); pool is\n"
     "(mode, ph, pw) with mode 0 none, 1 max, 2 avg (valid, stride = size; r0, r1 are then\n"
-    "pooled rows). Arguments are checked by convcli.engine.ccore; the GIL is released.\n"
+    "pooled rows). stream: write pooled rows with non-temporal stores (large outputs).\n"
+    "Arguments are checked by convcli.engine.ccore; the GIL is released.\n"
     "Returns whether a finished value is Inf or NaN (float32 overflow).";
 
 static PyObject *py_rows(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *ox, *ow_, *ob, *oo, *orm, *ocm;
     Conv k;
-    int act, r0, r1, pmode, ph, pw;
+    int act, r0, r1, pmode, ph, pw, stream = 0;
     float slope;
     memset(&k, 0, sizeof k);
-    if (!PyArg_ParseTuple(args, "OOOOOO(iiiiiiiiiiiiiiii)ifii(iii)", &ox, &ow_, &ob, &oo, &orm, &ocm, &k.H, &k.W,
+    if (!PyArg_ParseTuple(args, "OOOOOO(iiiiiiiiiiiiiiii)ifii(iii)|p", &ox, &ow_, &ob, &oo, &orm, &ocm, &k.H, &k.W,
                           &k.C, &k.kh, &k.kw, &k.sh, &k.sw, &k.dh, &k.dw, &k.ow, &k.nmaps, &k.vf, &k.depthwise,
-                          &k.mult, &k.left, &k.mode, &act, &slope, &r0, &r1, &pmode, &ph, &pw))
+                          &k.mult, &k.left, &k.mode, &act, &slope, &r0, &r1, &pmode, &ph, &pw, &stream))
         return NULL;
     if (k.H < 1 || k.W < 1 || k.C < 1 || k.kh < 1 || k.kw < 1 || k.sh < 1 || k.sw < 1 || k.dh < 1 || k.dw < 1 ||
         k.ow < 1 || k.nmaps < 1 || k.mult < 1 || r0 < 0 || r1 < r0 || k.left < 0 || pmode < 0 || pmode > 2 ||
@@ -1254,7 +1298,7 @@ static PyObject *py_rows(PyObject *self, PyObject *args) {
     }
     if (!bad && !nomem) {
         Py_BEGIN_ALLOW_THREADS
-        nomem = bands(&k, out, r0, r1, pmode, ph, pw) < 0;
+        nomem = bands(&k, out, r0, r1, pmode, ph, pw, stream) < 0;
         Py_END_ALLOW_THREADS
     }
     free(k.ring);

@@ -185,11 +185,13 @@ class _Layer:
         chunks = iter(_threads.split_rows(n, max(1, MIN_MACS_PER_THREAD // max(1, per_row)),
                                           parts=CHUNKS_PER_THREAD * workers if workers > 1 else 1))
         overflow = []
+        # Pooled rows go out with non-temporal stores when the output is large (the bits are the same).
+        stream = pool is not None and out.nbytes >= STREAM_BYTES
 
         def work(_w0: int, _w1: int) -> None:
             for r0, r1 in chunks:  # next() on a list iterator is atomic under the GIL
                 if _ccore.rows(self.x, self.w, self.bias, out[r0:r1], self.rowmap, self.colmap, self.geom,
-                               self.act, self.slope, a + r0, a + r1, (mode, ph, pw)):
+                               self.act, self.slope, a + r0, a + r1, (mode, ph, pw), stream):
                     overflow.append((r0, r1))
 
         _threads.run_ranges(work, [(i, i + 1) for i in range(workers)])
@@ -254,7 +256,7 @@ def separable_factors(w: np.ndarray, depthwise: bool, channels: int):
     return u, v
 
 
-#: Outputs from this size on are written by the separable loop with non-temporal stores.
+#: Outputs from this size on are written with non-temporal stores (the separable loop; pooled layers).
 STREAM_BYTES = 4 << 20
 #: Row chunks per thread of the separable loop (each recomputes kh - 1 rows of its ring).
 SEP_CHUNKS_PER_THREAD = 4
