@@ -89,7 +89,36 @@ typedef struct {
     int joff[64];          /* MODE_EXPAND: offset of tap column j in an expanded row (kw <= 64) */
     int cidx[16];          /* MODE_EXPAND, one block of fewer maps than lanes: lanes to keep, in order */
     int nonfinite;         /* set when a finished value is Inf or NaN (numpy's overflow warning) */
+    /* MODE_PLANAR with a column stride: permutes of (phase, channel) o's 16 values out of
+       the pair m of loaded vectors, and of merging them (see expanded_row) */
+    vi16 pick[8][4], merge[8][4];
 } Conv;
+
+/* ------------------------------------------------------------------ per-thread scratch */
+
+/* Scratch of up to SCRATCH_KEEP_BYTES is kept by each thread between calls: allocated anew
+ * on every call (a band of the engine's threads), a buffer above the allocator's mmap
+ * threshold came back as fresh pages the kernel zero-filled each time. Larger ones are
+ * allocated for the call and freed (scratch_done). */
+#define SCRATCH_KEEP_BYTES ((size_t)4 << 20)
+enum { SCRATCH_RING = 0, SCRATCH_POOL = 1 };
+static __thread float *scratch_ptr[2];
+static __thread size_t scratch_cap[2];
+
+static float *scratch_get(int slot, size_t bytes) {
+    bytes = (bytes + 63) / 64 * 64;
+    if (bytes > SCRATCH_KEEP_BYTES) return (float *)aligned_alloc(64, bytes);
+    if (scratch_cap[slot] < bytes) {
+        free(scratch_ptr[slot]);
+        scratch_ptr[slot] = (float *)aligned_alloc(64, bytes);
+        scratch_cap[slot] = scratch_ptr[slot] ? bytes : 0;
+    }
+    return scratch_ptr[slot];
+}
+
+static void scratch_done(int slot, float *p) {
+    if (p && p != scratch_ptr[slot]) free(p);
+}
 
 /* ------------------------------------------------------------------ register blocks */
 
@@ -365,8 +394,9 @@ INLINE int vec_all_zero_4(vi4 v) { uint64_t w[2]; memcpy(w, &v, sizeof w); retur
                     const float *restrict s = src + (size_t)c * plane;                             \
                     VT xv[PX];                                                                     \
                     for (int p = 0; p < PX; p++) memcpy(&xv[p], s + p * VL, sizeof(VT));           \
+                    const float *restrict wc = wt + (size_t)c * NF; /* plain displacements */      \
                     for (int f = 0; f < NF; f++) {                                                 \
-                        const float wf = wt[c * NF + f];                                           \
+                        const float wf = wc[f];                                                    \
                         for (int p = 0; p < PX; p++) acc[f * PX + p] += xv[p] * wf;                \
                     }                                                                              \
                 }                                                                                  \
@@ -548,6 +578,17 @@ INLINE void build_column(const Conv *k, float *e, const float *xr, int col_k) {
     }
 }
 
+/* Column col_k of every stride phase q (padded column col_k * sw + q) of a dense layer's
+ * planes of one value per column. */
+INLINE void build_column_phased(const Conv *k, float *e, const float *xr, int col_k) {
+    for (int q = 0; q < k->sw; q++) {
+        const Py_ssize_t col = (Py_ssize_t)col_k * k->sw + q;
+        const int src = col < k->ncolmap ? k->colmap[col] : -1;
+        float *o = e + (size_t)q * k->ncol + (size_t)col_k;
+        for (int c = 0; c < k->C; c++) o[(size_t)c * k->plane] = src < 0 ? 0.0f : xr[(size_t)src * k->C + c];
+    }
+}
+
 /* The expanded padded row pr (its input row r >= 0), from the ring or built now. */
 INLINE const float *expanded_row(Conv *k, int pr, int r) {
     const int slot = pr % k->nslots;
@@ -643,6 +684,40 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
             for (; col_k < k->bc1; col_k++) build_column(k, e, xr, col_k);
             return e;
         }
+        if (vf == 1 && sw >= 2 && sw * C <= 8 && k->W >= 16 * sw) {
+            /* Stride phases of one value per column (MODE_PLANAR with a column stride): 16
+               columns of every phase are 16 * sw pixels, n = sw * C loads; each (phase,
+               channel) plane's 16 values come from the loads two at a time by two-vector
+               permutes, merged by permutes (W4's 4K RGB at stride 2: 5 per plane vector,
+               where the column map's scalar loop took 16 % of the layer's time). */
+            const int n = sw * C, pairs = (n + 1) / 2;
+            const vi16(*pick)[4] = k->pick, (*merge)[4] = k->merge;
+            const int lo = (k->left + sw - 1) / sw;  /* the first column whose pixels are all inside */
+            int col_k = k->bc0;
+            for (; col_k < k->bc1 && col_k < lo; col_k++) build_column_phased(k, e, xr, col_k);
+            for (; col_k + 16 <= k->bc1 && (col_k + 16) * sw - k->left <= k->W; col_k += 16) {
+                const float *px = xr + (size_t)(col_k * sw - k->left) * C;
+                /* separate fixed-size loads: a loop of them becomes one memcpy call of n
+                   vectors through the stack */
+                v16 v[8] = {{0}};
+                memcpy(&v[0], px, sizeof(v16));
+                memcpy(&v[1], px + 16, sizeof(v16));
+                if (n > 2) memcpy(&v[2], px + 32, sizeof(v16));
+                if (n > 3) memcpy(&v[3], px + 48, sizeof(v16));
+                if (n > 4) memcpy(&v[4], px + 64, sizeof(v16));
+                if (n > 5) memcpy(&v[5], px + 80, sizeof(v16));
+                if (n > 6) memcpy(&v[6], px + 96, sizeof(v16));
+                if (n > 7) memcpy(&v[7], px + 112, sizeof(v16));
+                for (int o = 0; o < n; o++) {
+                    v16 r = __builtin_shuffle(v[0], v[1], pick[o][0]);
+                    for (int m = 1; m < pairs; m++)
+                        r = __builtin_shuffle(r, __builtin_shuffle(v[2 * m], v[2 * m + 1], pick[o][m]), merge[o][m]);
+                    memcpy(e + (size_t)(o / C) * ncol + (size_t)col_k + (size_t)(o % C) * plane, &r, sizeof r);
+                }
+            }
+            for (; col_k < k->bc1; col_k++) build_column_phased(k, e, xr, col_k);
+            return e;
+        }
         switch (vf) {
         case 1: BUILD_DENSE(v1, 1) break;
         case 2: BUILD_DENSE(v2, 2) break;
@@ -699,6 +774,17 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
     return e;
 }
 
+/* The interior pixels [ox, hi) of map block b in blocks of PX (pixel step PS); a last partial
+ * block runs as a whole block ending at hi when one fits after lo. */
+#define DENSE_RUN(PX, PS)                                                                          \
+    do {                                                                                           \
+        for (; ox + PX <= hi; ox += PX) dense_16_##PX##_##PS(k, rr, ox, b, dst);                   \
+        if (ox < hi && hi - PX >= lo) {                                                            \
+            dense_16_##PX##_##PS(k, rr, hi - PX, b, dst);                                          \
+            ox = hi;                                                                               \
+        }                                                                                          \
+    } while (0)
+
 /* Output row oy (all columns, all maps) into dst (ow x nmaps), finished with the activation.
  * PXB, PXE: pixel blocks of the broadcast and expand kernels for this instruction set. */
 #define CONV_ROW(SUFFIX, ATTR, PXB, PXE, VL, PXW)                                                         \
@@ -738,20 +824,23 @@ INLINE const float *expanded_row(Conv *k, int pr, int r) {
             }                                                                                      \
             if (bad) k->nonfinite = 1;                                                             \
         } else if (k->mode == MODE_BROADCAST) {                                                    \
-            /* columns [ox0, ox1): a border pixel (or one past the last whole block) by the edge \
-               function, which adds the same products in the same order as the blocks */        \
+            /* columns [ox0, ox1): border pixels by the edge function; the interior in blocks,   \
+               the last of them moved back to end at the interior's end (it recomputes a few     \
+               pixels of the block before, to the same bits: the edge function adds the same     \
+               products in the same order, at a fraction of the blocks' speed) */               \
             const int hi = k->ix1 < k->ox1 ? k->ix1 : k->ox1;                                      \
+            const int lo = k->ix0 > k->ox0 ? k->ix0 : k->ox0;                                      \
             for (int b = 0; b < k->nb; b++) {                                                      \
                 int ox = k->ox0;                                                                   \
                 for (; ox < k->ix0 && ox < k->ox1; ox++) dense_edge_16(k, rr, ox, b, dst);         \
                 switch (k->sw * k->C) {                                                            \
-                case 1: for (; ox + PXB <= hi; ox += PXB) dense_16_##PXB##_1(k, rr, ox, b, dst); break; \
-                case 2: for (; ox + PXB <= hi; ox += PXB) dense_16_##PXB##_2(k, rr, ox, b, dst); break; \
-                case 3: for (; ox + PXB <= hi; ox += PXB) dense_16_##PXB##_3(k, rr, ox, b, dst); break; \
-                case 4: for (; ox + PXB <= hi; ox += PXB) dense_16_##PXB##_4(k, rr, ox, b, dst); break; \
-                case 6: for (; ox + PXW <= hi; ox += PXW) dense_16_##PXW##_6(k, rr, ox, b, dst); break; \
-                case 8: for (; ox + PXW <= hi; ox += PXW) dense_16_##PXW##_8(k, rr, ox, b, dst); break; \
-                default: for (; ox + PXB <= hi; ox += PXB) dense_16_##PXB##_0(k, rr, ox, b, dst); \
+                case 1: DENSE_RUN(PXB, 1); break;                                                  \
+                case 2: DENSE_RUN(PXB, 2); break;                                                  \
+                case 3: DENSE_RUN(PXB, 3); break;                                                  \
+                case 4: DENSE_RUN(PXB, 4); break;                                                  \
+                case 6: DENSE_RUN(PXW, 6); break;                                                  \
+                case 8: DENSE_RUN(PXW, 8); break;                                                  \
+                default: DENSE_RUN(PXB, 0);                                                        \
                 }                                                                                  \
                 for (; ox < k->ox1; ox++) dense_edge_16(k, rr, ox, b, dst);                        \
             }                                                                                      \
@@ -786,7 +875,8 @@ INLINE void stream_copy(float *restrict dst, const float *restrict src, size_t n
  * rows at rows + t * rowlen (valid pooling, stride = size): each window's values taken row by
  * row, left to right (the order the sums were always formed in). */
 #define POOL_TILE(SUFFIX, ATTR)                                                                    \
-    ATTR static void pool_tile_##SUFFIX(const float *restrict rows, size_t rowlen, int ph, int pw, \
+    ATTR __attribute__((optimize("no-tree-loop-distribute-patterns")))                             \
+    static void pool_tile_##SUFFIX(const float *restrict rows, size_t rowlen, int ph, int pw, \
                                         int nmaps, int q0, int nq, float *restrict acc,            \
                                         int is_max) {                                              \
         for (int q = 0; q < nq; q++) {                                                             \
@@ -795,7 +885,8 @@ INLINE void stream_copy(float *restrict dst, const float *restrict src, size_t n
                 const float *s = rows + (size_t)t * rowlen + (size_t)(q0 + q) * pw * nmaps;        \
                 for (int u = 0; u < pw; u++) {                                                     \
                     const float *v = s + (size_t)u * nmaps;                                        \
-                    if (t == 0 && u == 0) memcpy(a, v, sizeof(float) * (size_t)nmaps);            \
+                    if (t == 0 && u == 0) /* a loop: a memcpy call per window cost 10 % of W4 */  \
+                        for (int m = 0; m < nmaps; m++) a[m] = v[m];                               \
                     else if (is_max)                                                               \
                         for (int m = 0; m < nmaps; m++) a[m] = v[m] > a[m] ? v[m] : a[m];          \
                     else                                                                           \
@@ -840,32 +931,54 @@ INLINE void stream_copy(float *restrict dst, const float *restrict src, size_t n
         const int opw = k->ow / pw;                                                                \
         const int used = opw * pw; /* the conv columns the pooling reads */                        \
         const size_t prow = (size_t)opw * k->nmaps;                                                \
-        /* The broadcast and gather kernels run in column tiles: a tile's ph conv rows and its   \
-           pooled values stay in L1 and each pooled value is written out once, with            \
-           non-temporal stores when the output is large (the output's lines are not read).     \
-           The expand and planar kernels keep whole rows (their expanded input rows are        \
-           built once per row). A pixel's bits do not depend on the tiles. */                   \
+        /* Column tiles: a tile's ph conv rows and its pooled values stay in L1 and each pooled \
+           value is written out once, with non-temporal stores when the output is large (the   \
+           output's lines are not read). The expand and planar kernels take the band's rows    \
+           tile by tile, as without pooling (each expanded input row built once per tile, in   \
+           L1); the broadcast and gather kernels take each pooled row's tiles in turn. A        \
+           pixel's bits do not depend on the tiles. */                                          \
         const int whole = k->mode == MODE_EXPAND || k->mode == MODE_PLANAR;                        \
         const size_t rowlen = (size_t)k->ow * k->nmaps;                                            \
         /* a tile may pool up to the whole row (the first tile runs to the first interior      \
            column, the last one to the end) */                                                  \
-        float *rows = (float *)malloc(sizeof(float) * (rowlen * (size_t)ph + prow));              \
+        float *rows = scratch_get(SCRATCH_POOL, sizeof(float) * (rowlen * (size_t)ph + prow));    \
         if (!rows) return -1;                                                                      \
         float *pacc = rows + rowlen * (size_t)ph;                                                  \
         const float count = (float)(ph * pw);                                                      \
+        if (whole) {                                                                               \
+            const int tile = k->tile >= pw ? k->tile / pw * pw : pw;                               \
+            for (int t0 = 0; t0 < used; t0 += tile) {                                              \
+                k->ox0 = t0;                                                                       \
+                k->ox1 = t0 + tile < used ? t0 + tile : used;                                      \
+                k->bc0 = t0;                                                                       \
+                k->bc1 = k->ox1 + (k->mode == MODE_PLANAR ? 16 : MAX_EXPAND_VECTORS * 16 / k->vf) +  \
+                         (k->kw - 1) * k->dw / k->sw + 1;                                          \
+                if (k->bc1 > k->ncol) k->bc1 = k->ncol;                                            \
+                for (int i = 0; i < k->nslots; i++) k->tags[i] = -1;                               \
+                const int q0 = t0 / pw, nq = k->ox1 / pw - q0;                                     \
+                const size_t n = (size_t)nq * k->nmaps;                                            \
+                for (int py = r0; py < r1; py++) {                                                 \
+                    float *dst = out + (size_t)(py - r0) * prow + (size_t)q0 * k->nmaps;           \
+                    for (int t = 0; t < ph; t++) conv_row_##SUFFIX(k, py * ph + t, rows + (size_t)t * rowlen); \
+                    pool_tile_##SUFFIX(rows, rowlen, ph, pw, k->nmaps, q0, nq, pacc, pmode == POOL_MAX); \
+                    if (pmode == POOL_AVG)                                                         \
+                        for (size_t i = 0; i < n; i++) pacc[i] /= count;                           \
+                    if (stream) stream_copy(dst, pacc, n);                                         \
+                    else memcpy(dst, pacc, sizeof(float) * n);                                     \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
         /* interior columns: a tile's blocks start at the first of them or at the tile's start  \
            and the tile spans whole blocks of every build (POOL_TILE_COLUMNS is a multiple of   \
            16, 8, 6 and 3), so no interior pixel falls to the per-pixel edge function */        \
         const int inner_end = k->ix1 < used ? k->ix1 : used;                                       \
-        for (int py = r0; py < r1; py++) {                                                         \
+        for (int py = r0; py < r1 && !whole; py++) {                                               \
             float *dst = out + (size_t)(py - r0) * prow;                                           \
             int c0 = 0, q0 = 0;                                                                    \
             while (q0 < opw) {                                                                     \
                 int c1 = used;                                                                     \
-                if (!whole) {                                                                      \
-                    const int start = c0 > k->ix0 ? c0 : k->ix0;                                   \
-                    if (start + POOL_TILE_COLUMNS <= inner_end) c1 = start + POOL_TILE_COLUMNS;    \
-                }                                                                                  \
+                const int start = c0 > k->ix0 ? c0 : k->ix0;                                       \
+                if (start + POOL_TILE_COLUMNS <= inner_end) c1 = start + POOL_TILE_COLUMNS;        \
                 k->ox0 = c0;                                                                       \
                 k->ox1 = c1;                                                                       \
                 for (int t = 0; t < ph; t++) conv_row_##SUFFIX(k, py * ph + t, rows + (size_t)t * rowlen); \
@@ -881,7 +994,7 @@ INLINE void stream_copy(float *restrict dst, const float *restrict src, size_t n
             }                                                                                      \
         }                                                                                          \
         if (stream) STORE_FENCE();                                                                 \
-        free(rows);                                                                                \
+        scratch_done(SCRATCH_POOL, rows);                                                          \
         return 0;                                                                                  \
     }
 
@@ -1285,7 +1398,17 @@ static PyObject *py_rows(PyObject *self, PyObject *args) {
         }
         for (int j = 0; j < k.kw && j < 64; j++)
             k.joff[j] = (j * k.dw) % k.sw * k.ncol * k.vf + (j * k.dw) / k.sw * k.vf;
-        k.ring = (float *)aligned_alloc(64, (sizeof(float) * k.rowsize * (size_t)k.nslots + 63) / 64 * 64);
+        if (k.sw * k.C <= 8) {
+            const int n = k.sw * k.C;
+            for (int o = 0; o < n; o++)  /* o = phase * C + channel */
+                for (int m = 0; m < 4; m++)
+                    for (int l = 0; l < 16; l++) {
+                        const int at = l * n + o, inside = at >= 32 * m && at < 32 * m + 32;
+                        k.pick[o][m][l] = inside ? at - 32 * m : 0;
+                        k.merge[o][m][l] = inside ? 16 + l : l;
+                    }
+        }
+        k.ring = scratch_get(SCRATCH_RING, sizeof(float) * k.rowsize * (size_t)k.nslots);
         k.tags = (int *)malloc(sizeof(int) * (size_t)k.nslots);
         if (!k.ring || !k.tags) nomem = 1;
         else {
@@ -1301,7 +1424,7 @@ static PyObject *py_rows(PyObject *self, PyObject *args) {
         nomem = bands(&k, out, r0, r1, pmode, ph, pw, stream) < 0;
         Py_END_ALLOW_THREADS
     }
-    free(k.ring);
+    scratch_done(SCRATCH_RING, k.ring);
     free(k.tags);
     PyBuffer_Release(&bcm);
     PyBuffer_Release(&brm);

@@ -185,8 +185,9 @@ class _Layer:
         chunks = iter(_threads.split_rows(n, max(1, MIN_MACS_PER_THREAD // max(1, per_row)),
                                           parts=CHUNKS_PER_THREAD * workers if workers > 1 else 1))
         overflow = []
-        # Pooled rows go out with non-temporal stores when the output is large (the bits are the same).
-        stream = pool is not None and out.nbytes >= STREAM_BYTES
+        # Pooled rows go out with non-temporal stores when the layer's output is large (``out``
+        # may be one band of it; the bits are the same either way).
+        stream = pool is not None and 4 * (self.out_hw[0] // ph) * (self.out_hw[1] // pw) * self.n_maps >= STREAM_BYTES
 
         def work(_w0: int, _w1: int) -> None:
             for r0, r1 in chunks:  # next() on a list iterator is atomic under the GIL
