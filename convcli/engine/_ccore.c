@@ -23,6 +23,7 @@
 #include <Python.h>
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,25 +100,46 @@ typedef struct {
 /* Each thread keeps its scratch (up to SCRATCH_KEEP_BYTES a slot) from one call to the next.
  * Allocated per call (per band), a buffer above the allocator's mmap threshold came back as
  * fresh pages that the kernel zero-filled every time. Larger scratch is allocated for the
- * call and freed by scratch_done. */
+ * call and freed by scratch_done. A thread's kept scratch is freed when the thread ends (the
+ * engine's pool is replaced when its size changes). */
 #define SCRATCH_KEEP_BYTES ((size_t)4 << 20)
 enum { SCRATCH_RING = 0, SCRATCH_POOL = 1 };
-static __thread float *scratch_ptr[2];
-static __thread size_t scratch_cap[2];
+typedef struct {
+    float *ptr[2];
+    size_t cap[2];
+} Scratch;
+static pthread_key_t scratch_key;
+static int scratch_key_ok;
+
+static void scratch_free(void *p) {
+    Scratch *s = (Scratch *)p;
+    free(s->ptr[0]);
+    free(s->ptr[1]);
+    free(s);
+}
 
 static float *scratch_get(int slot, size_t bytes) {
     bytes = (bytes + 63) / 64 * 64;
-    if (bytes > SCRATCH_KEEP_BYTES) return (float *)aligned_alloc(64, bytes);
-    if (scratch_cap[slot] < bytes) {
-        free(scratch_ptr[slot]);
-        scratch_ptr[slot] = (float *)aligned_alloc(64, bytes);
-        scratch_cap[slot] = scratch_ptr[slot] ? bytes : 0;
+    Scratch *s = scratch_key_ok ? (Scratch *)pthread_getspecific(scratch_key) : NULL;
+    if (!s && scratch_key_ok && bytes <= SCRATCH_KEEP_BYTES) {
+        s = (Scratch *)calloc(1, sizeof *s);
+        if (s && pthread_setspecific(scratch_key, s) != 0) {
+            free(s);
+            s = NULL;
+        }
     }
-    return scratch_ptr[slot];
+    if (!s || bytes > SCRATCH_KEEP_BYTES) return (float *)aligned_alloc(64, bytes);
+    if (s->cap[slot] < bytes) {
+        free(s->ptr[slot]);
+        s->ptr[slot] = (float *)aligned_alloc(64, bytes);
+        s->cap[slot] = s->ptr[slot] ? bytes : 0;
+    }
+    return s->ptr[slot];
 }
 
 static void scratch_done(int slot, float *p) {
-    if (p && p != scratch_ptr[slot]) free(p);
+    Scratch *s = scratch_key_ok ? (Scratch *)pthread_getspecific(scratch_key) : NULL;
+    if (p && (!s || p != s->ptr[slot])) free(p);
 }
 
 /* ------------------------------------------------------------------ register blocks */
@@ -1582,6 +1604,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__ccore(void) {
     pick_isa();
+    if (!scratch_key_ok) scratch_key_ok = pthread_key_create(&scratch_key, scratch_free) == 0;
     PyObject *m = PyModule_Create(&module);
     if (m && PyModule_AddStringConstant(m, "ISA", isa_name) < 0) {
         Py_DECREF(m);
