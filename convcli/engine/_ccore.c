@@ -90,6 +90,7 @@ typedef struct {
     int joff[64];          /* MODE_EXPAND: offset of tap column j in an expanded row (kw <= 64) */
     int cidx[16];          /* MODE_EXPAND, one block of fewer maps than lanes: lanes to keep, in order */
     int nonfinite;         /* set when a finished value is Inf or NaN (numpy's overflow warning) */
+    int prefetch;          /* MODE_BROADCAST: prefetch each block's next input values (pooled tiles) */
     /* MODE_PLANAR with a column stride: permutes of (phase, channel) o's 16 values out of
        the pair m of loaded vectors, and of merging them (see expanded_row) */
     vi16 pick[8][4], merge[8][4];
@@ -165,6 +166,12 @@ static void scratch_done(int slot, float *p) {
                 if (!r) continue;                                                                  \
                 const float *restrict xp = r + (size_t)(ox * k->sw - k->left) * C;                 \
                 const float *restrict wt = wb + (size_t)i * run * VF;                              \
+                /* pooled tiles (short runs of each row, which the hardware prefetchers do not     \
+                   follow): the next block's values of this row into L1 now, or its first loads  \
+                   wait on L2 at every row of every block (W4 on one core: 43-44 -> 39-41 ms;    \
+                   whole rows, as W2's, run slower with it: 87 -> 92-107 ms) */                   \
+                if (PS && k->prefetch) for (int o = 0; o < PX * (int)pstep; o += 16)               \
+                    __builtin_prefetch(xp + PX * pstep + run + o, 0, 3);                           \
                 for (int t = 0; t < run; t++) {                                                    \
                     VT wv;                                                                         \
                     memcpy(&wv, wt + (size_t)t * VF, sizeof wv);                                   \
@@ -995,6 +1002,7 @@ INLINE void stream_copy(float *restrict dst, const float *restrict src, size_t n
            and the tile spans whole blocks of every build (POOL_TILE_COLUMNS is a multiple of   \
            16, 8, 6 and 3), so no interior pixel falls to the per-pixel edge function */        \
         const int inner_end = k->ix1 < used ? k->ix1 : used;                                       \
+        k->prefetch = !whole;                                                                      \
         for (int py = r0; py < r1 && !whole; py++) {                                               \
             float *dst = out + (size_t)(py - r0) * prow;                                           \
             int c0 = 0, q0 = 0;                                                                    \
