@@ -20,7 +20,6 @@ loads so that N workers use N cores, not N × cores threads.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
@@ -44,7 +43,7 @@ from .apply import (
     planned_files,
     process,
 )
-from .errors import ConvcliError, ExitStatus, OptionError, OutputError, one_line
+from .errors import ConvcliError, ExitStatus, OptionError, OutputError, is_disk_full, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cluster import ClusterSpec, Session
@@ -324,7 +323,7 @@ def run_one(index: int, item: InputItem, job: Job, inputs: frozenset[str], many:
                        "machine can hold", time.perf_counter() - started)
     except OSError as err:
         return _failed(index, item, f"{item.source}: {err.strerror or err}", time.perf_counter() - started,
-                       disk_full=err.errno in (errno.ENOSPC, errno.EDQUOT))
+                       disk_full=is_disk_full(err.errno))
     except Exception as err:  # a bug: report it for this input, go on with the others
         return _failed(index, item, f"{item.source}: internal error: {type(err).__name__}: {err}",
                        time.perf_counter() - started)

@@ -25,7 +25,6 @@ inside :func:`connect` and the task loop.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import signal
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from .apply import STDOUT, Job, input_stem
-from .errors import ConvcliError, InputError, OptionError, OutputError
+from .errors import ConvcliError, InputError, OptionError, OutputError, is_disk_full
 
 if TYPE_CHECKING:  # pragma: no cover
     from .batch import BatchPlan, InputItem, Outcome
@@ -542,7 +541,7 @@ def _run_large(session: Session, index: int, item: "InputItem", large) -> "Outco
         return _failed(index, item, f"{item.source}: out of memory", time.perf_counter() - started)
     except OSError as err:
         return _failed(index, item, f"{item.source}: {err.strerror or err}", time.perf_counter() - started,
-                       disk_full=err.errno in (errno.ENOSPC, errno.EDQUOT))
+                       disk_full=is_disk_full(err.errno))
     except Exception as err:  # as batch.run_one words it: one bad input never stops the batch
         return _failed(index, item, f"{item.source}: internal error: {type(err).__name__}: {err}",
                        time.perf_counter() - started)

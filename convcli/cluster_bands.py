@@ -21,6 +21,7 @@ Other inputs that stream (PNG, JPEG… decoded whole) run as one task, streaming
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,15 +133,14 @@ def zarr_band_task(large: LargeInput, rows: tuple[int, int], array_path: str) ->
     """Compute the band and write it into the zarr array at ``array_path``; returns its row count."""
     import zarr
 
-    from .errors import OutputError
+    from .io.zarr_array import write_error
 
     band = _band(large, rows)
     try:
         array = zarr.open_array(store=array_path, mode="r+")
         array[rows[0]:rows[1]] = band
-    except OSError as err:
-        # With the OS's errno: a full disk stops the batch, as it does locally.
-        raise OutputError.from_os(str(large.files[0][0]), err) from None
+    except OSError as err:  # with the OS's errno: a full disk stops the batch, as it does locally
+        raise write_error(large.files[0][0], err) from None
     return rows[1] - rows[0]
 
 
@@ -209,12 +209,29 @@ def _in_order(client, function, large: LargeInput, bands: list[tuple[int, int]],
             while done in held:
                 value = held.pop(done)
                 if isinstance(value, _Failed):
+                    _drain(futures)
                     raise value.error
                 yield done, value
                 done += 1
     finally:
         if client.status == "running":
             client.cancel([*futures, shared], force=True)
+
+
+#: How long a failed input waits for its bands still running (see :func:`_drain`).
+DRAIN_SECONDS = 60
+
+
+def _drain(futures) -> None:
+    """Wait (at most :data:`DRAIN_SECONDS`) for the band tasks still in flight to end.
+
+    A running task is not stopped by cancelling it: one still writing zarr chunks after
+    the caller removed the temporary array would create its folder again.
+    """
+    from distributed import wait
+
+    with contextlib.suppress(Exception):
+        wait(list(futures), timeout=DRAIN_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -232,9 +249,8 @@ def _task_error(result) -> BaseException:
 def _run_zarr(client, large: LargeInput, *, window: int) -> list[str]:
     import zarr
 
-    from .errors import OutputError
     from .io.bands import put_in_place, remove_quietly, temporary_path
-    from .io.zarr_array import chunk_rows
+    from .io.zarr_array import chunk_rows, write_error
 
     path = large.files[0][0]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,10 +260,8 @@ def _run_zarr(client, large: LargeInput, *, window: int) -> list[str]:
         try:
             zarr.create_array(store=str(temporary), shape=shape, chunks=(chunk_rows(shape),) + shape[1:],
                               dtype="float32", zarr_format=3, overwrite=True)
-        except OSError as err:
-            raise OutputError.from_os(str(path), err) from None
         except Exception as err:  # noqa: BLE001 - zarr raises many kinds
-            raise OutputError(f"{path}: cannot write the zarr array: {err}") from None
+            raise write_error(path, err) from None
         for _ in _results(client, zarr_band_task, large, large.bands(), window=window, extra=(str(temporary),)):
             pass
         put_in_place(temporary, path)

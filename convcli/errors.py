@@ -60,6 +60,13 @@ class InputError(ConvcliError):
     exit_status = ExitStatus.INPUT_FAILED
 
 
+def is_disk_full(number: int | None) -> bool:
+    """Whether an OS error number says the file system (or the user's quota) is full."""
+    import errno
+
+    return number in (errno.ENOSPC, errno.EDQUOT)
+
+
 class OutputError(ConvcliError):
     """An output could not be written (it would overwrite an input, disk full…)."""
 
@@ -79,7 +86,7 @@ class OutputError(ConvcliError):
         """The file system is full (or the user's quota is): nothing more can be written there."""
         import errno
 
-        return self.errno in (errno.ENOSPC, errno.EDQUOT)
+        return is_disk_full(self.errno)
 
 
 class InputWarning(UserWarning):

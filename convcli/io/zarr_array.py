@@ -74,7 +74,7 @@ def chunk_rows(shape: tuple[int, ...]) -> int:
     return max(1, min(shape[0], CHUNK_MAX_ROWS, CHUNK_BYTES // max(1, row)))
 
 
-def _write_error(path: Path, err: BaseException) -> OutputError:
+def write_error(path: Path, err: BaseException) -> OutputError:
     """The error of a failed zarr write: the OS's reason and number (ENOSPC stops a batch), or zarr's."""
     if isinstance(err, OSError):
         return OutputError.from_os(str(path), err)
@@ -115,7 +115,7 @@ class ZarrSink:
                                             + self.shape[2:], dtype="float32", zarr_format=3, overwrite=True)
         except Exception as err:  # noqa: BLE001
             self.discard()
-            raise _write_error(self.path, err) from None
+            raise write_error(self.path, err) from None
         self._buffer = np.empty((self._chunk,) + self.shape[1:], np.float32)
         self._free: queue.Queue = queue.Queue()
         self._free.put(np.empty_like(self._buffer))
@@ -142,7 +142,7 @@ class ZarrSink:
     def _check(self) -> None:
         err = self._error
         if err is not None:
-            raise _write_error(self.path, err) from None
+            raise write_error(self.path, err) from None
 
     def _store(self, rows: int) -> None:
         self._check()
@@ -182,7 +182,7 @@ class ZarrSink:
         try:
             self._array[start:start + band.shape[0]] = band
         except Exception as err:  # noqa: BLE001
-            raise _write_error(self.path, err) from None
+            raise write_error(self.path, err) from None
         self._rows += band.shape[0]
 
     def commit(self) -> None:
