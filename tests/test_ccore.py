@@ -464,7 +464,8 @@ def test_every_instruction_set_build_agrees(isa):
 @built
 def test_avx2_and_avx512_builds_give_the_same_bits():
     # Both vector builds contract multiply-adds into FMAs in the same order, so a file written on
-    # an AVX2 machine equals one written on an AVX-512 machine. The baseline build (no FMA)
+    # an AVX2 machine equals one written on an AVX-512 machine: plain, depthwise, strided and
+    # pooled layers (the broadcast, planar and expand kernels, pooled tiles, stride phases). The baseline build (no FMA)
     # rounds differently: within the reference tolerance only (the test above).
     code = (
         "import hashlib, numpy as np\n"
@@ -479,6 +480,15 @@ def test_avx2_and_avx512_builds_give_the_same_bits():
         "    y = ccore.correlate(x, w, pads=(1, 1, 1, 1), stride=(1, 1), dilation=(1, 1), border=Border.ZEROS,\n"
         "                        out_hw=(oh, ow), depthwise=dw)\n"
         "    digest.update(y.tobytes())\n"
+        "from convcli.layer import PoolSpec\n"
+        "x = rng.standard_normal((13, 401, 3)).astype(np.float32)\n"
+        "for wshape, mode in [((5, 5, 3, 16), 'max'), ((5, 5, 3, 16), 'avg'), ((3, 3, 3, 4), 'max')]:\n"
+        "    w = rng.standard_normal(wshape).astype(np.float32)\n"  # pooled tiles, stride 2: W4's kernel
+        "    kw = dict(pads=(1, 2, 1, 2), stride=(2, 2), dilation=(1, 1), border=Border.REFLECT,\n"
+        "              out_hw=((13 + 3 - wshape[0]) // 2 + 1, (401 + 3 - wshape[1]) // 2 + 1))\n"
+        "    digest.update(ccore.correlate(x, w, **kw).tobytes())\n"
+        "    pool = PoolSpec.from_options(mode=mode, size=2, stride=None, padding='valid')\n"
+        "    digest.update(ccore.correlate_pooled(x, w, pool, **kw).tobytes())\n"
         "print(_ccore.ISA, digest.hexdigest())\n")
     found = {}
     for isa in ("avx512", "avx2"):

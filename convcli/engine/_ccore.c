@@ -926,6 +926,22 @@ INLINE void stream_copy(float *restrict dst, const float *restrict src, size_t n
         }                                                                                          \
     }
 
+/* Pooled values q0 .. q0 + nq - 1 of pooled row dst: folded from the conv rows into acc
+ * (averaged), then written out once, past the cache when stream is set. */
+#define POOL_OUT(SUFFIX, ATTR)                                                                     \
+    ATTR static void pool_out_##SUFFIX(const float *restrict rows, size_t rowlen, int ph, int pw,  \
+                                       int nmaps, int q0, int nq, float *restrict acc, int pmode,  \
+                                       int stream, float *dst) {                                   \
+        pool_tile_##SUFFIX(rows, rowlen, ph, pw, nmaps, q0, nq, acc, pmode == POOL_MAX);           \
+        const size_t n = (size_t)nq * nmaps;                                                       \
+        if (pmode == POOL_AVG) {                                                                   \
+            const float count = (float)(ph * pw);                                                  \
+            for (size_t i = 0; i < n; i++) acc[i] /= count;                                        \
+        }                                                                                          \
+        if (stream) stream_copy(dst + (size_t)q0 * nmaps, acc, n);                                 \
+        else memcpy(dst + (size_t)q0 * nmaps, acc, sizeof(float) * n);                            \
+    }
+
 /* Conv columns per tile of a pooled layer (broadcast and gather kernels), a multiple of every
  * build's pixel blocks (16, 8, 6, 3): 16 maps x 2 rows of 144 columns are 18 KB. */
 #define POOL_TILE_COLUMNS 144
@@ -974,7 +990,6 @@ INLINE void stream_copy(float *restrict dst, const float *restrict src, size_t n
         float *rows = scratch_get(SCRATCH_POOL, sizeof(float) * (rowlen * (size_t)ph + prow));    \
         if (!rows) return -1;                                                                      \
         float *pacc = rows + rowlen * (size_t)ph;                                                  \
-        const float count = (float)(ph * pw);                                                      \
         if (whole) {                                                                               \
             const int tile = k->tile >= pw ? k->tile / pw * pw : pw;                               \
             for (int t0 = 0; t0 < used; t0 += tile) {                                              \
@@ -986,15 +1001,10 @@ INLINE void stream_copy(float *restrict dst, const float *restrict src, size_t n
                 if (k->bc1 > k->ncol) k->bc1 = k->ncol;                                            \
                 for (int i = 0; i < k->nslots; i++) k->tags[i] = -1;                               \
                 const int q0 = t0 / pw, nq = k->ox1 / pw - q0;                                     \
-                const size_t n = (size_t)nq * k->nmaps;                                            \
                 for (int py = r0; py < r1; py++) {                                                 \
-                    float *dst = out + (size_t)(py - r0) * prow + (size_t)q0 * k->nmaps;           \
                     for (int t = 0; t < ph; t++) conv_row_##SUFFIX(k, py * ph + t, rows + (size_t)t * rowlen); \
-                    pool_tile_##SUFFIX(rows, rowlen, ph, pw, k->nmaps, q0, nq, pacc, pmode == POOL_MAX); \
-                    if (pmode == POOL_AVG)                                                         \
-                        for (size_t i = 0; i < n; i++) pacc[i] /= count;                           \
-                    if (stream) stream_copy(dst, pacc, n);                                         \
-                    else memcpy(dst, pacc, sizeof(float) * n);                                     \
+                    pool_out_##SUFFIX(rows, rowlen, ph, pw, k->nmaps, q0, nq, pacc, pmode, stream, \
+                                      out + (size_t)(py - r0) * prow);                             \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
@@ -1014,12 +1024,7 @@ INLINE void stream_copy(float *restrict dst, const float *restrict src, size_t n
                 k->ox1 = c1;                                                                       \
                 for (int t = 0; t < ph; t++) conv_row_##SUFFIX(k, py * ph + t, rows + (size_t)t * rowlen); \
                 const int nq = c1 / pw - q0;  /* the windows now complete */                       \
-                pool_tile_##SUFFIX(rows, rowlen, ph, pw, k->nmaps, q0, nq, pacc, pmode == POOL_MAX); \
-                const size_t n = (size_t)nq * k->nmaps;                                            \
-                if (pmode == POOL_AVG)                                                             \
-                    for (size_t i = 0; i < n; i++) pacc[i] /= count;                               \
-                if (stream) stream_copy(dst + (size_t)q0 * k->nmaps, pacc, n);                     \
-                else memcpy(dst + (size_t)q0 * k->nmaps, pacc, sizeof(float) * n);                 \
+                pool_out_##SUFFIX(rows, rowlen, ph, pw, k->nmaps, q0, nq, pacc, pmode, stream, dst); \
                 q0 += nq;                                                                          \
                 c0 = c1;                                                                           \
             }                                                                                      \
@@ -1031,13 +1036,16 @@ INLINE void stream_copy(float *restrict dst, const float *restrict src, size_t n
 
 CONV_ROW(base, , 3, 2, 4, 3)
 POOL_TILE(base, )
+POOL_OUT(base, )
 BANDS(base, )
 #if MULTI_ISA
 CONV_ROW(avx2, TARGET("arch=x86-64-v3"), 6, 4, 8, 6)
 POOL_TILE(avx2, TARGET("arch=x86-64-v3"))
+POOL_OUT(avx2, TARGET("arch=x86-64-v3"))
 BANDS(avx2, TARGET("arch=x86-64-v3"))
 CONV_ROW(avx512, TARGET("arch=x86-64-v4"), 8, 8, 16, 16)
 POOL_TILE(avx512, TARGET("arch=x86-64-v4"))
+POOL_OUT(avx512, TARGET("arch=x86-64-v4"))
 BANDS(avx512, TARGET("arch=x86-64-v4"))
 #endif
 
@@ -1429,7 +1437,7 @@ static PyObject *py_rows(PyObject *self, PyObject *args) {
         }
         for (int j = 0; j < k.kw && j < 64; j++)
             k.joff[j] = (j * k.dw) % k.sw * k.ncol * k.vf + (j * k.dw) / k.sw * k.vf;
-        if (k.sw * k.C <= 8) {
+        if (k.vf == 1 && k.sw >= 2 && k.sw * k.C <= 8) {  /* expanded_row's stride-phase split */
             const int n = k.sw * k.C;
             for (int o = 0; o < n; o++)  /* o = phase * C + channel */
                 for (int m = 0; m < 4; m++)
