@@ -408,6 +408,51 @@ def test_open_source_reads_bands_as_read_input_reads_the_whole(tmp_path):
         open_source(tmp_path / "nope.tif")
 
 
+@pytest.mark.parametrize("layout", ["tiles", "strips", "npy"])
+def test_a_source_read_from_two_threads_at_once_gives_each_its_rows(tmp_path, layout):
+    """The stream's read-ahead thread and the rows of a circular border read off the stream
+    (from the other end) at the same time: each read gets its own rows. A reader whose kept
+    row of tiles was replaced between its check and its use once gave a band the wrong
+    tiles (one run in 50 of the circular, pooled layer above)."""
+    import sys
+    import threading
+
+    pixels = pattern((96, 40, 3), seed=5)
+    if layout == "npy":
+        path = tmp_path / "in.npy"
+        np.save(path, pixels.astype(np.float32))
+    else:
+        path = tmp_path / "in.tif"
+        if layout == "tiles":
+            tiled_tiff(path, pixels)
+        else:
+            tifffile.imwrite(path, pixels, rowsperstrip=8, photometric="rgb")
+    expected = pixels.astype(np.float32)
+    wrong: list = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        with open_source(path) as source:
+            assert source.streams
+
+            def reader(seed):
+                rng = np.random.default_rng(seed)
+                for _ in range(1500):
+                    start = int(rng.integers(0, 95))
+                    stop = int(rng.integers(start + 1, min(96, start + 20) + 1))
+                    if not np.array_equal(source.read_rows(start, stop), expected[start:stop]):
+                        wrong.append((start, stop))
+
+            threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not wrong, f"{len(wrong)} reads of 4500 got other rows, first {wrong[:3]}"
+
+
 def test_streaming_through_a_real_process(tmp_path):
     """Once through ``python -m convcli`` (no test budgets): a streamed TIFF equals the whole-image run."""
     source = tiled_tiff(tmp_path / "in.tif", pattern((700, 300)), tile=(64, 64))

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -46,7 +47,8 @@ class RegionReader(Protocol):
     """A file's pixels at their stored type, read by bands of rows.
 
     ``shape`` is (H, W, C) as SPEC §1 gives it; ``kind`` is image, array or signal;
-    ``bit_depth`` 8/16 for unsigned integers, None for other data.
+    ``bit_depth`` 8/16 for unsigned integers, None for other data. A reader need not be
+    safe to call from two threads at once: :class:`BandSource` reads one band at a time.
     """
 
     shape: tuple[int, int, int]
@@ -114,6 +116,9 @@ class BandSource:
         from .modes import _mode_name
 
         self.reader = reader
+        # Readers keep a file position and their last row of tiles: one read at a time (the
+        # stream's read-ahead thread and the rows a circular border reads off the stream).
+        self._lock = threading.Lock()
         self.name, self.stem = name, stem
         self.kind = reader.kind
         self.mode_option, self.scale = mode, scale
@@ -148,7 +153,8 @@ class BandSource:
         h = self.shape[0]
         if not 0 <= start < stop <= h:
             raise ValueError(f"rows: expected 0 <= start < stop <= {h}, got {start}, {stop}")
-        raw = np.asarray(self.reader.read(start, stop))
+        with self._lock:
+            raw = np.asarray(self.reader.read(start, stop))
         if raw.dtype.kind == "b":
             raw = raw.astype(np.uint8)
         array, bit_depth = self._convert(raw)
@@ -163,7 +169,8 @@ class BandSource:
         return np.ascontiguousarray(out)
 
     def close(self) -> None:
-        self.reader.close()
+        with self._lock:
+            self.reader.close()
 
     def __enter__(self) -> "BandSource":
         return self
