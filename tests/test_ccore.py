@@ -226,6 +226,58 @@ def test_fused_max_pooling_keeps_the_bits_of_the_conv_maps(monkeypatch, layer, s
         np.testing.assert_array_equal(pooled, windows.max(axis=(1, 3)))
 
 
+def _fold_2x2(maps, mode):
+    """2×2 windows (valid, stride 2) folded in the loop's order: top row left to right, then the bottom row."""
+    oh, ow = maps.shape[0] // 2 * 2, maps.shape[1] // 2 * 2
+    v = [maps[dy:oh:2, dx:ow:2] for dy in (0, 1) for dx in (0, 1)]
+    a = v[0].copy()
+    for e in v[1:]:
+        if mode == "max":
+            a = np.where(e > a, e, a)  # the loop's v > a ? v : a (NaN and -0 included)
+        else:
+            a = a + e
+    return a if mode == "max" else a / np.float32(4)
+
+
+@built
+@pytest.mark.parametrize("activation", ["none", "relu", "abs", "leaky-relu"])
+@pytest.mark.parametrize("layer", [
+    ((9, 700, 3), (5, 5, 3, 16), (2, 2), (2, 2, 1, 2)),  # W4's kind: a pixel steps 6 values
+    ((8, 301, 3), (3, 3, 3, 20), (1, 1), (1, 1, 1, 1)),  # steps 3; two map blocks, the second of 4
+    ((7, 150, 4), (3, 5, 4, 5), (2, 2), (0, 1, 2, 2)),  # steps 8; 5 maps
+    ((9, 97, 5), (3, 3, 5, 16), (1, 3), (1, 1, 1, 1)),  # any other step
+])
+def test_2x2_pooling_in_registers_gives_the_bits_and_overflow_flag_of_the_unpooled_maps(monkeypatch, layer,
+                                                                                      activation):
+    # With AVX-512, a 2×2 pool over the broadcast kernel's interior columns is folded in the
+    # registers (the conv rows never reach memory): the bits of the unfused maps folded in the
+    # same order, for max and average pooling, whatever the tile, map block and last block;
+    # border rows (zero padding) and an Inf hidden by the max still flag the overflow.
+    from convcli.engine._common import Epilogue
+
+    monkeypatch.setattr(ccore, "RING_MAX_BYTES", 0)  # the broadcast kernel
+    hwc, w_shape, stride, pads = layer
+    rng = np.random.default_rng(11)
+    x, w, kwargs = _band_args(hwc, w_shape, False, stride, (1, 1), pads, "zeros", rng)
+    epilogue = Epilogue(rng.standard_normal(w_shape[3]).astype(np.float32), activation, 0.2)
+    for overflow in (False, True):
+        if overflow:
+            x[3, hwc[1] // 2:hwc[1] // 2 + 40] = 3e38
+            x[5, 20:60] = -3e38
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            maps = ccore.correlate(x, w, epilogue=epilogue, **kwargs)
+        unpooled_flag = any("Inf or NaN" in str(s.message) for s in seen)
+        assert unpooled_flag == (not np.isfinite(maps).all()) == overflow
+        for mode in ("max", "avg"):
+            pspec = PoolSpec.from_options(mode=mode, size=2, stride=None, padding="valid")
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                pooled = ccore.correlate_pooled(x, w, pspec, epilogue=epilogue, **kwargs)
+            np.testing.assert_array_equal(pooled.view(np.uint32), _fold_2x2(maps, mode).view(np.uint32))
+            assert any("Inf or NaN" in str(s.message) for s in seen) == unpooled_flag, mode
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=layers())
 def test_without_the_extension_the_numpy_paths_match_the_reference(monkeypatch, case):
