@@ -537,14 +537,15 @@ PLANAR_ROW(v16, vi16, 16, 8, 2)
  * unfused path; the conv rows never reach memory. Returns whether a finished conv value is
  * Inf or NaN. 2 PX accumulators: with PX = 12, 24 of AVX-512's 32 registers (W4 on one core:
  * 47 ms unfused, where the fold and the conv rows' stores and Inf/NaN scan took a quarter;
- * 38 ms with PX = 8, 36-37 ms with 12). Only the AVX-512 build calls it. */
+ * 38 ms with PX = 8, 36-37 ms with 12, 34-35 ms with the finish unrolled). Only the AVX-512
+ * build calls it. */
 #define DENSE_POOL_BLOCK(PX, PS)                                                                   \
     INLINE int dense_pool_##PX##_##PS(const Conv *k, const float *const *ra, const float *const *rb, \
                                       int ox, int b, float *pooled, int pmode) {                   \
         v16 acc[2 * PX]; /* conv row a: [0, PX), conv row b: [PX, 2 PX) */                       \
         v16 bv;                                                                                    \
         memcpy(&bv, k->bias + (size_t)b * 16, sizeof bv);                                          \
-        for (int p = 0; p < 2 * PX; p++) acc[p] = (v16){0};                                        \
+        _Pragma("GCC unroll 32") for (int p = 0; p < 2 * PX; p++) acc[p] = (v16){0};                                        \
         const int C = k->C, run = k->kw * C;                                                       \
         const size_t pstep = PS ? (size_t)PS : (size_t)k->sw * C;                                  \
         const size_t x0 = (size_t)(ox * k->sw - k->left) * C;                                      \
@@ -582,23 +583,29 @@ PLANAR_ROW(v16, vi16, 16, 8, 2)
         }                                                                                          \
         /* the bias after the sum; ReLU, abs and the Inf/NaN test as the planar kernel has     \
            them (integer lanes, activate_row's exact results) */                               \
-        vi16 any = {0};                                                                            \
-        for (int q = 0; q < 2 * PX; q++) {                                                         \
+        /* (loops unrolled, the activation's test hoisted: the accumulators stay in registers) */ \
+        vi16 u[2 * PX], any = {0};                                                                 \
+        _Pragma("GCC unroll 32") for (int q = 0; q < 2 * PX; q++) {                                        \
             acc[q] += bv;                                                                          \
-            vi16 u;                                                                                \
-            memcpy(&u, &acc[q], sizeof u);                                                         \
-            if (k->act == ACT_ABS) u &= 0x7fffffff;                                                \
-            else if (k->act == ACT_RELU) u &= ~(u >> 31) & (((u & 0x7fffffff) - 0x7f800001) >> 31); \
-            any |= ((u >> 23) & 0xff) + 1;                                                         \
-            memcpy(&acc[q], &u, sizeof u);                                                         \
+            memcpy(&u[q], &acc[q], sizeof u[q]);                                                   \
+        }                                                                                          \
+        if (k->act == ACT_ABS) {                                                                   \
+            _Pragma("GCC unroll 32") for (int q = 0; q < 2 * PX; q++) u[q] &= 0x7fffffff;                   \
+        } else if (k->act == ACT_RELU) {                                                           \
+            _Pragma("GCC unroll 32") for (int q = 0; q < 2 * PX; q++)                                       \
+                u[q] &= ~(u[q] >> 31) & (((u[q] & 0x7fffffff) - 0x7f800001) >> 31);                \
+        }                                                                                          \
+        _Pragma("GCC unroll 32") for (int q = 0; q < 2 * PX; q++) {                                        \
+            any |= ((u[q] >> 23) & 0xff) + 1;                                                      \
+            memcpy(&acc[q], &u[q], sizeof u[q]);                                                   \
         }                                                                                          \
         const int f0 = b * 16;                                                                     \
         const int n = k->nmaps - f0 < 16 ? k->nmaps - f0 : 16;                                     \
-        for (int q = 0; q < PX / 2; q++) {                                                         \
+        _Pragma("GCC unroll 32") for (int q = 0; q < PX / 2; q++) {                                \
             /* pool_tile's order: the window's top row left to right, then its bottom row */     \
             const v16 v[4] = {acc[2 * q], acc[2 * q + 1], acc[PX + 2 * q], acc[PX + 2 * q + 1]};   \
             v16 a = v[0];                                                                          \
-            for (int e = 1; e < 4; e++) {                                                          \
+            _Pragma("GCC unroll 32") for (int e = 1; e < 4; e++) {                                  \
                 if (pmode == POOL_MAX) { /* v > a ? v : a, lane by lane */                         \
                     const vi16 gt = v[e] > a;                                                      \
                     vi16 vu, au;                                                                   \
