@@ -28,7 +28,9 @@ def _find():
             with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
                 paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
             for path in sorted(paths):
-                lib = ctypes.CDLL(path)
+                # PyDLL: the call (a few hundred ns) keeps the GIL. Through CDLL it released
+                # and retook it, and on the engine's threads that handover took 0.1 ms a call.
+                lib = ctypes.PyDLL(path)
                 func = getattr(lib, "openblas_set_num_threads_local", None)
                 if func is not None:
                     func.restype, func.argtypes = ctypes.c_int, [ctypes.c_int]
