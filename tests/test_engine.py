@@ -466,6 +466,62 @@ def test_set_threads_roundtrip():
         engine.set_threads(before)
 
 
+def test_run_ranges_runs_the_first_range_on_the_calling_thread_and_waits_for_the_others():
+    import threading
+    import time
+
+    from convcli.engine import _threads
+
+    ran, nested = {}, []
+
+    def fn(r0, r1):
+        if r0 == 0:
+            _threads.run_ranges(lambda a, b: nested.append((a, threading.current_thread().name)), [(7, 8), (8, 9)])
+        else:
+            time.sleep(0.05)  # the caller's own range ends first; the call still waits
+        ran[(r0, r1)] = threading.current_thread().name
+
+    _threads.run_ranges(fn, [(0, 1), (1, 2), (2, 3)])
+    assert ran[(0, 1)] == threading.current_thread().name
+    assert {ran[(1, 2)], ran[(2, 3)]} <= {f"convcli-engine_{i}" for i in range(2)}
+    # a range that asks for threads again runs its parts inline, on its own thread
+    assert nested == [(7, threading.current_thread().name), (8, threading.current_thread().name)]
+
+    finished = []
+
+    def failing(r0, r1):
+        if r0 == 0:
+            raise ValueError("range 0")
+        time.sleep(0.05)
+        finished.append(r0)
+
+    with pytest.raises(ValueError, match="range 0"):
+        _threads.run_ranges(failing, [(0, 1), (1, 2)])
+    assert finished == [1]  # the pool's range was finished before the error was raised
+
+
+def test_kernel_decompositions_are_kept_and_given_back_unchanged():
+    from convcli.engine import ccore, choose, separable
+
+    w = np.random.default_rng(3).standard_normal((5, 5, 1, 1)).astype(np.float32)
+    sep = np.outer(np.arange(1, 6), np.arange(2, 7)).astype(np.float32).reshape(5, 5, 1, 1)
+    calls = []
+    original = separable.max_rank_of
+    try:
+        separable.max_rank_of = lambda w: calls.append(1) or original(w)
+        separable._MEMO.clear()
+        assert choose.rank_of(w) == choose.rank_of(w.copy()) > 1 and len(calls) == 1  # same bytes: kept
+        assert choose.rank_of(sep) == 1 and len(calls) == 2
+    finally:
+        separable.max_rank_of = original
+    u, v = ccore.separable_factors(sep, False, 1)
+    assert ccore.separable_factors(sep.copy(), False, 1)[0] is u
+    np.testing.assert_allclose(np.outer(u[:, 0], v[:, 0]), sep[:, :, 0, 0], rtol=1e-5)
+    with pytest.raises(ValueError):
+        u[0, 0] = 1  # kept results are read-only
+    assert ccore.separable_factors(w, False, 1) is None
+
+
 @pytest.mark.parametrize("channels", [2, 3, 4, 7])
 def test_channel_sum_matches_numpy_sum_exactly(channels):
     # The 2-D-kernel rewrite sums the channels plane by plane; for C < 8 numpy's own sum

@@ -245,6 +245,12 @@ def separable_factors(w: np.ndarray, depthwise: bool, channels: int):
     when a kernel's rank is above 1. An all-zero kernel gives zero factors."""
     from . import separable
 
+    return separable.memo(("factors", depthwise, channels), w, lambda: _separable_factors(w, depthwise, channels))
+
+
+def _separable_factors(w: np.ndarray, depthwise: bool, channels: int):
+    from . import separable
+
     kh, kw, _, f = w.shape
     terms = separable.terms_of(w, depthwise, channels, 1)
     if terms is None:
@@ -254,6 +260,7 @@ def separable_factors(w: np.ndarray, depthwise: bool, channels: int):
     v = np.zeros((kw, n_maps), np.float32)
     for _, m, a, b in terms:
         u[:, m], v[:, m] = a, b
+    u.flags.writeable = v.flags.writeable = False  # kept by separable.memo for the next call
     return u, v
 
 

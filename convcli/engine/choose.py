@@ -231,7 +231,7 @@ def rank_of(w: np.ndarray) -> int:
         return 1
     if w.shape[2] * w.shape[3] > 256:
         return MAX_RANK + 1  # a big bank: the separable path would not pay off anyway
-    return separable.max_rank_of(w)
+    return separable.memo(("rank",), w, lambda: separable.max_rank_of(w))
 
 
 #: OpenCV must beat the numpy paths by this much per call to be chosen. Importing cv2 costs
