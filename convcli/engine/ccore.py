@@ -26,6 +26,7 @@ engine's threads take do not change any bit. The GIL is released during the loop
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -42,6 +43,16 @@ except ImportError:  # not built (no compiler at install time): the numpy paths 
 DISABLE_ENV = "CONVCLI_DISABLE_CCORE"
 
 _enabled = True
+
+@functools.lru_cache(maxsize=64)
+def _index_map(size: int, before: int, after: int, border) -> np.ndarray:
+    """:func:`convcli.engine._common.source_index` as the loop's int32, kept (read-only) for
+    the next call of the same geometry: a batch or a video applies one layer to many
+    images of one size."""
+    index = _common.source_index(size, before, after, border).astype(np.int32)
+    index.flags.writeable = False
+    return index
+
 
 _ACTS = {"none": 0, "relu": 1, "leaky-relu": 2, "sigmoid": 3, "tanh": 4, "abs": 5}
 _POOLS = {"max": 1, "avg": 2}
@@ -160,8 +171,8 @@ class _Layer:
             slope = float(epilogue.negative_slope)
         self.bias, self.act, self.slope = bias, act, slope
         top, bottom, left, right = pads
-        self.rowmap = _common.source_index(h, top, bottom, border).astype(np.int32)
-        self.colmap = _common.source_index(wid, left, right, border).astype(np.int32)
+        self.rowmap = _index_map(h, top, bottom, border)
+        self.colmap = _index_map(wid, left, right, border)
         (sh, sw), (dh, dw) = stride, dilation
         self.out_hw = tuple(out_hw)
         self.geom = (h, wid, c, kh, kw, sh, sw, dh, dw, out_hw[1], self.n_maps, vf, int(depthwise),
@@ -291,8 +302,8 @@ class _SepLayer:
         assert self.bias.size == lanes
         self.act, self.slope = act, slope
         top, bottom, left, right = pads
-        self.rowmap = _common.source_index(h, top, bottom, border).astype(np.int32)
-        self.colmap = _common.source_index(wid, left, right, border).astype(np.int32)
+        self.rowmap = _index_map(h, top, bottom, border)
+        self.colmap = _index_map(wid, left, right, border)
         (sh, sw), (dh, dw) = stride, dilation
         kh, kw = u.shape[0], v.shape[0]
         self.geom = (h, wid, c, kh, kw, sh, sw, dh, dw, out_hw[1], n, n // c, left)
