@@ -84,8 +84,6 @@ class OutputError(ConvcliError):
     @property
     def disk_full(self) -> bool:
         """The file system is full (or the user's quota is): nothing more can be written there."""
-        import errno
-
         return is_disk_full(self.errno)
 
 

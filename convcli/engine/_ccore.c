@@ -401,6 +401,13 @@ INLINE int vec_all_zero_16(vi16 v) { uint64_t w[8]; memcpy(w, &v, sizeof w); ret
 INLINE int vec_all_zero_8(vi8 v) { uint64_t w[4]; memcpy(w, &v, sizeof w); return !(w[0] | w[1] | w[2] | w[3]); }
 INLINE int vec_all_zero_4(vi4 v) { uint64_t w[2]; memcpy(w, &v, sizeof w); return !(w[0] | w[1]); }
 
+/* A float lane's bits u (signed 32-bit integer lanes) under ReLU (d > 0 ? d : 0): kept when
+ * the sign bit is clear and the value is not NaN, else +0; and bit 8 set when the value is
+ * Inf or NaN (exponent all ones: exponent + 1 carries into bit 8). Integer lane arithmetic:
+ * vector compares would be split into scalars by GCC's generic vectors. */
+#define RELU_BITS(u) ((u) & ~((u) >> 31) & ((((u) & 0x7fffffff) - 0x7f800001) >> 31))
+#define NONFINITE_BIT(u) ((((u) >> 23) & 0xff) + 1)
+
 /* Whether the planar kernel applies the activation itself (in registers, before the store,
  * with the scalar pass's exact expressions) and checks the finished values for Inf/NaN. */
 #define PLANAR_FUSES(act) ((act) == ACT_NONE || (act) == ACT_RELU || (act) == ACT_ABS)
@@ -435,18 +442,15 @@ INLINE int vec_all_zero_4(vi4 v) { uint64_t w[2]; memcpy(w, &v, sizeof w); retur
             const float bf = k->bias[f];                                                           \
             for (int p = 0; p < PX; p++) acc[f * PX + p] += bf;                                    \
         }                                                                                          \
-        /* The activation and the Inf/NaN test in integer lane arithmetic (vector compares     \
-           would be split into scalars by GCC's generic vectors):                             \
-           ReLU (d > 0 ? d : 0) keeps the bits of a value whose sign bit is clear and that is  \
-           not NaN, else gives +0; abs clears the sign bit; a value is Inf/NaN when its        \
-           exponent is all ones: exponent + 1 then sets bit 8. */                              \
+        /* The activation and the Inf/NaN test in integer lane arithmetic (RELU_BITS,          \
+           NONFINITE_BIT; abs clears the sign bit). */                                         \
         const int fused = PLANAR_FUSES(k->act);                                                    \
         if (k->act == ACT_RELU || k->act == ACT_ABS) {                                             \
             for (int q = 0; q < NF * PX; q++) {                                                    \
                 VIT u;                                                                             \
                 memcpy(&u, &acc[q], sizeof u);                                                     \
                 if (k->act == ACT_ABS) u &= 0x7fffffff;                                            \
-                else u &= ~(u >> 31) & (((u & 0x7fffffff) - 0x7f800001) >> 31);                     \
+                else u = RELU_BITS(u);                                                             \
                 memcpy(&acc[q], &u, sizeof u);                                                     \
             }                                                                                      \
         }                                                                                          \
@@ -459,7 +463,7 @@ INLINE int vec_all_zero_4(vi4 v) { uint64_t w[2]; memcpy(w, &v, sizeof w); retur
                 for (int q = 0; q < NF * PX; q++) {                                                \
                     VIT u;                                                                         \
                     memcpy(&u, &acc[q], sizeof u);                                                 \
-                    any |= ((u >> 23) & 0xff) + 1;                                                 \
+                    any |= NONFINITE_BIT(u);                                                       \
                 }                                                                                  \
                 bad = !vec_all_zero_##VL(any & 0x100);                                             \
             }                                                                                      \
@@ -593,10 +597,10 @@ PLANAR_ROW(v16, vi16, 16, 8, 2)
             _Pragma("GCC unroll 32") for (int q = 0; q < 2 * PX; q++) u[q] &= 0x7fffffff;                   \
         } else if (k->act == ACT_RELU) {                                                           \
             _Pragma("GCC unroll 32") for (int q = 0; q < 2 * PX; q++)                                       \
-                u[q] &= ~(u[q] >> 31) & (((u[q] & 0x7fffffff) - 0x7f800001) >> 31);                \
+                u[q] = RELU_BITS(u[q]);                                                            \
         }                                                                                          \
         _Pragma("GCC unroll 32") for (int q = 0; q < 2 * PX; q++) {                                        \
-            any |= ((u[q] >> 23) & 0xff) + 1;                                                      \
+            any |= NONFINITE_BIT(u[q]);                                                            \
             memcpy(&acc[q], &u[q], sizeof u[q]);                                                   \
         }                                                                                          \
         const int f0 = b * 16;                                                                     \
@@ -1092,6 +1096,15 @@ INLINE void stream_copy(float *restrict dst, const float *restrict src, size_t n
                                      pacc + (size_t)(t1 - half) * k->nmaps, pmode);                \
     } while (0)
 
+/* BANDS(..., FUSE): the builds that fold 2x2 pools in registers (FUSE 1) call their
+ * pool_fused; the others never reach the call (fuse is 0) and name a stub. */
+static int pool_fused_none(Conv *k, int py, int qa, int qb, float *pacc, int pmode, int stream, float *dst) {
+    (void)k, (void)py, (void)qa, (void)qb, (void)pacc, (void)pmode, (void)stream, (void)dst;
+    return 0;
+}
+#define POOL_FUSED_FN_0(SUFFIX) pool_fused_none
+#define POOL_FUSED_FN_1(SUFFIX) pool_fused_##SUFFIX
+
 #define BANDS(SUFFIX, ATTR, FUSE)                                                                        \
     ATTR static int bands_##SUFFIX(Conv *k, float *out, int r0, int r1, int pmode, int ph, int pw,  \
                                    int stream) {                                                   \
@@ -1166,7 +1179,7 @@ INLINE void stream_copy(float *restrict dst, const float *restrict src, size_t n
                          k->dw == 1 && k->kh <= 64 && PLANAR_FUSES(k->act) && qb - qa >= POOL_FUSED_PX / 2; \
         for (int py = r0; py < r1 && fuse; py++) {                                                 \
             float *dst = out + (size_t)(py - r0) * prow;                                           \
-            if (pool_fused_##SUFFIX(k, py, qa, qb, pacc, pmode, stream, dst)) k->nonfinite = 1;    \
+            if (POOL_FUSED_FN_##FUSE(SUFFIX)(k, py, qa, qb, pacc, pmode, stream, dst)) k->nonfinite = 1; \
             const int edges[2][2] = {{0, qa}, {qb, opw}};                                          \
             for (int e = 0; e < 2; e++) {                                                          \
                 const int e0 = edges[e][0], e1 = edges[e][1];                                      \
@@ -1201,13 +1214,11 @@ INLINE void stream_copy(float *restrict dst, const float *restrict src, size_t n
 CONV_ROW(base, , 3, 2, 4, 3)
 POOL_TILE(base, )
 POOL_OUT(base, )
-POOL_FUSED(base, )
 BANDS(base, , 0)
 #if MULTI_ISA
 CONV_ROW(avx2, TARGET("arch=x86-64-v3"), 6, 4, 8, 6)
 POOL_TILE(avx2, TARGET("arch=x86-64-v3"))
 POOL_OUT(avx2, TARGET("arch=x86-64-v3"))
-POOL_FUSED(avx2, TARGET("arch=x86-64-v3"))
 BANDS(avx2, TARGET("arch=x86-64-v3"), 0)
 CONV_ROW(avx512, TARGET("arch=x86-64-v4"), 8, 8, 16, 16)
 POOL_TILE(avx512, TARGET("arch=x86-64-v4"))

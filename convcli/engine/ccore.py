@@ -44,6 +44,7 @@ DISABLE_ENV = "CONVCLI_DISABLE_CCORE"
 
 _enabled = True
 
+
 @functools.lru_cache(maxsize=64)
 def _index_map(size: int, before: int, after: int, border) -> np.ndarray:
     """:func:`convcli.engine._common.source_index` as the loop's int32, kept (read-only) for
@@ -260,6 +261,7 @@ def separable_factors(w: np.ndarray, depthwise: bool, channels: int):
 
 
 def _separable_factors(w: np.ndarray, depthwise: bool, channels: int):
+    """:func:`separable_factors`, computed."""
     from . import separable
 
     kh, kw, _, f = w.shape
