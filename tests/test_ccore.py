@@ -7,6 +7,7 @@ adds the bias, applies the activation and pools with test_engine's loop referenc
 
 from __future__ import annotations
 
+import math
 import os
 import runpy
 import subprocess
@@ -402,6 +403,49 @@ def test_the_separable_loops_bits_do_not_depend_on_bands_tiles_or_threads(monkey
             np.testing.assert_array_equal(ccore.correlate_separable(x, w, **kwargs), whole, err_msg=f"{n} threads")
     finally:
         engine.set_threads(before)
+
+
+def _separable_run(x, w, kwargs, out=None):
+    """(output, whether the overflow warning was raised) of the separable loop."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = ccore.correlate_separable(x, w, out=out, **kwargs)
+    return result, any("overflow" in str(c.message) for c in caught)
+
+
+@built
+@pytest.mark.parametrize("activation", ["none", "relu", "abs"])
+@pytest.mark.parametrize("layer", SEP_LAYERS)
+def test_the_separable_loops_finish_in_registers_gives_the_bits_and_overflow_flag_of_its_passes(
+        monkeypatch, layer, activation):
+    # Without an activation, with ReLU or abs, each vector is finished in registers and stored
+    # once (non-temporally to an aligned output); CONVCLI_SEP_FUSE=0 finishes rows in passes.
+    rng = np.random.default_rng(31)
+    x, w, kwargs = _band_args(*layer, rng)
+    w = _kernels(rng, w.shape, True)
+    n_maps = w.shape[3] * (x.shape[2] if kwargs["depthwise"] else 1)
+    kwargs["epilogue"] = engine._common.Epilogue(rng.standard_normal(n_maps).astype(np.float32), activation, 0.0)
+    bad = x.copy()
+    bad[x.shape[0] // 2, 1, 0] = np.inf  # +Inf and -Inf among the maps: ReLU clears one of them
+    bad[1, x.shape[1] // 2, -1] = np.nan  # NaN: ReLU makes it 0, abs and none keep it
+    size = math.prod(ccore.correlate_separable(x, w, **kwargs).shape)
+    for stream in ("0", "1"):
+        monkeypatch.setenv("CONVCLI_SEP_STREAM", stream)
+        for image in (x, bad):
+            runs = {}
+            for fuse in ("1", "0"):
+                monkeypatch.setenv("CONVCLI_SEP_FUSE", fuse)
+                aligned = _separable_run(image, w, kwargs)
+                shape = aligned[0].shape
+                # rows that do not start on a 64-byte line: the finished rows are copied out
+                unaligned = _separable_run(image, w, kwargs, out=np.empty(size + 1, np.float32)[1:].reshape(shape))
+                runs[fuse] = (aligned, unaligned)
+            for (fused, flag), (passes, flag_passes) in zip(runs["1"], runs["0"]):
+                np.testing.assert_array_equal(fused, passes, err_msg=f"stream {stream}")
+                assert flag == flag_passes == (not np.isfinite(passes).all())
+            if image is bad and activation != "relu":
+                assert runs["1"][0][1], "the NaN reaches the output"
+    assert ccore.correlate_separable(x, w, **kwargs).ctypes.data % 64 == 0  # the engine's outputs are aligned
 
 
 @built

@@ -28,7 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
+#include <immintrin.h>
 #endif
 
 typedef float v1 __attribute__((vector_size(4), aligned(4)));
@@ -1265,6 +1265,7 @@ typedef struct {
     int t0, t1, tile;      /* groups (of P floats) of the column tile now; groups per tile */
     float *orow;           /* a finished output row (64-byte aligned), before its copy out */
     int stream;            /* copy rows out with non-temporal stores (large outputs) */
+    int fuse;              /* finish rows in registers (sep_finish) where the activation allows */
     int nonfinite;
 } Sep;
 
@@ -1452,8 +1453,16 @@ INLINE void sep_pass(const float *const *src, const float *const *pat, int nt, i
                     uu[nr++] = k->u + (size_t)i * P;                                               \
                 }                                                                                  \
                 float *dst = out + (size_t)(oy - r0) * n;                                          \
-                float *fin = k->stream ? k->orow : dst;                                            \
                 for (int i = 0; i < nr; i++) rows[i] += e0;                                        \
+                if (k->fuse && PLANAR_FUSES(k->act)) {                                             \
+                    /* non-temporal stores straight from registers where the row is aligned */    \
+                    const int nt = k->stream && !((uintptr_t)dst & 63);                            \
+                    float *fin = k->stream && !nt ? k->orow : dst;                                 \
+                    if (sep_finish_##SUFFIX(k, rows, nr, uu, fin + e0, e1 - e0, nt)) k->nonfinite = 1; \
+                    if (k->stream && !nt) stream_copy(dst + e0, fin + e0, e1 - e0);                \
+                    continue;                                                                      \
+                }                                                                                  \
+                float *fin = k->stream ? k->orow : dst;                                            \
                 sep_pass((const float *const *)rows, (const float *const *)uu, nr, nm, (size_t)(k->t1 - k->t0) * P, k->bias, fin + e0, e1 - e0, NULL); \
                 if (k->act) {                                                                      \
                     Conv c;                                                                        \
@@ -1468,6 +1477,124 @@ INLINE void sep_pass(const float *const *src, const float *const *pat, int nt, i
         STORE_FENCE();                                                                             \
         return 0;                                                                                  \
     }
+
+/* 16 floats to 64-byte aligned d with a non-temporal store, per instruction set. */
+#if defined(__x86_64__) || defined(__i386__)
+#define STREAM16_base(d, a)                                                                        \
+    do {                                                                                           \
+        __m128 s_[4];                                                                              \
+        memcpy(s_, &(a), sizeof s_);                                                               \
+        for (int i_ = 0; i_ < 4; i_++) _mm_stream_ps((d) + 4 * i_, s_[i_]);                        \
+    } while (0)
+#else
+#define STREAM16_base(d, a) memcpy((d), &(a), 64)
+#endif
+#define STREAM16_avx2(d, a)                                                                        \
+    do {                                                                                           \
+        __m256 s_[2];                                                                              \
+        memcpy(s_, &(a), sizeof s_);                                                               \
+        _mm256_stream_ps((d), s_[0]);                                                              \
+        _mm256_stream_ps((d) + 8, s_[1]);                                                          \
+    } while (0)
+#define STREAM16_avx512(d, a)                                                                      \
+    do {                                                                                           \
+        __m512 s_;                                                                                 \
+        memcpy(&s_, &(a), sizeof s_);                                                              \
+        _mm512_stream_ps((d), s_);                                                                 \
+    } while (0)
+
+/* sep_pass with the finish in registers (bias, ReLU or abs, the Inf/NaN test), each vector
+ * stored once: dst[o] = sum_t src[t][o] · pat[t][o mod P] + bias[o mod P] for o in [0, len),
+ * the taps in order (sep_pass's sums, bit for bit). nt: dst is 64-byte aligned and takes
+ * non-temporal stores. Returns whether a stored value is Inf or NaN. */
+#define SEP_FINISH(SUFFIX, ATTR, KW)                                                               \
+    ATTR static int sep_finish_##KW##_##SUFFIX(const Sep *k, const float *const *src, int nt_,     \
+                                                const float *const *vp, float *restrict dst,      \
+                                                size_t len, int nt) {                              \
+        const int kw = KW ? KW : nt_, nm = k->nmaps, act = k->act;                                 \
+        const size_t P = k->P;                                                                     \
+        vi16 any = {0};                                                                            \
+        size_t g = 0;                                                                              \
+        for (; g + 4 * P <= len; g += 4 * P)                                                       \
+            for (int q = 0; q < nm; q++) {                                                         \
+                const size_t o = g + 16 * (size_t)q;                                               \
+                v16 acc[4] = {{0}, {0}, {0}, {0}};                                                 \
+                for (int j = 0; j < kw; j++) {                                                     \
+                    v16 b;                                                                         \
+                    memcpy(&b, vp[j] + 16 * (size_t)q, sizeof b);                                  \
+                    for (int u = 0; u < 4; u++) {                                                  \
+                        v16 a;                                                                     \
+                        memcpy(&a, src[j] + o + u * P, sizeof a);                                  \
+                        acc[u] += a * b;                                                           \
+                    }                                                                              \
+                }                                                                                  \
+                v16 bv;                                                                            \
+                memcpy(&bv, k->bias + 16 * (size_t)q, sizeof bv);                                  \
+                for (int u = 0; u < 4; u++) {                                                      \
+                    acc[u] += bv;                                                                  \
+                    vi16 w;                                                                        \
+                    memcpy(&w, &acc[u], sizeof w);                                                 \
+                    if (act == ACT_ABS) w &= 0x7fffffff;                                           \
+                    else if (act == ACT_RELU) w = RELU_BITS(w);                                    \
+                    any |= NONFINITE_BIT(w);                                                       \
+                    memcpy(&acc[u], &w, sizeof w);                                                 \
+                    if (nt) STREAM16_##SUFFIX(dst + o + u * P, acc[u]);                            \
+                    else memcpy(dst + o + u * P, &acc[u], sizeof(v16));                            \
+                }                                                                                  \
+            }                                                                                      \
+        int bad = !vec_all_zero_16(any & 0x100);                                                   \
+        for (; g < len; g += P)                                                                    \
+            for (int q = 0; q < nm; q++) {                                                         \
+                const size_t o = g + 16 * (size_t)q;                                               \
+                if (o >= len) break;                                                               \
+                v16 acc = {0};                                                                     \
+                for (int j = 0; j < kw; j++) {                                                     \
+                    v16 a, b;                                                                      \
+                    memcpy(&a, src[j] + o, sizeof a);                                              \
+                    memcpy(&b, vp[j] + 16 * (size_t)q, sizeof b);                                  \
+                    acc += a * b;                                                                  \
+                }                                                                                  \
+                v16 bv;                                                                            \
+                memcpy(&bv, k->bias + 16 * (size_t)q, sizeof bv);                                  \
+                acc += bv;                                                                         \
+                vi16 w;                                                                            \
+                memcpy(&w, &acc, sizeof w);                                                        \
+                if (act == ACT_ABS) w &= 0x7fffffff;                                               \
+                else if (act == ACT_RELU) w = RELU_BITS(w);                                        \
+                memcpy(&acc, &w, sizeof w);                                                        \
+                if (o + 16 <= len) {                                                               \
+                    if (nt) STREAM16_##SUFFIX(dst + o, acc);                                       \
+                    else memcpy(dst + o, &acc, sizeof acc);                                        \
+                    bad |= !vec_all_zero_16(NONFINITE_BIT(w) & 0x100);                             \
+                } else {                                                                           \
+                    memcpy(dst + o, &acc, sizeof(float) * (len - o));                              \
+                    bad |= any_nonfinite(dst + o, len - o);                                        \
+                }                                                                                  \
+            }                                                                                      \
+        return bad;                                                                                \
+    }
+#define SEP_FINISHES(SUFFIX, ATTR)                                                                 \
+    SEP_FINISH(SUFFIX, ATTR, 0)                                                                    \
+    SEP_FINISH(SUFFIX, ATTR, 1)                                                                    \
+    SEP_FINISH(SUFFIX, ATTR, 2)                                                                    \
+    SEP_FINISH(SUFFIX, ATTR, 3)                                                                    \
+    SEP_FINISH(SUFFIX, ATTR, 5)                                                                    \
+    ATTR static int sep_finish_##SUFFIX(const Sep *k, const float *const *src, int nt_,            \
+                                         const float *const *vp, float *dst, size_t len, int nt) { \
+        switch (nt_) {                                                                             \
+        case 1: return sep_finish_1_##SUFFIX(k, src, nt_, vp, dst, len, nt);                       \
+        case 2: return sep_finish_2_##SUFFIX(k, src, nt_, vp, dst, len, nt);                       \
+        case 3: return sep_finish_3_##SUFFIX(k, src, nt_, vp, dst, len, nt);                       \
+        case 5: return sep_finish_5_##SUFFIX(k, src, nt_, vp, dst, len, nt);                       \
+        default: return sep_finish_0_##SUFFIX(k, src, nt_, vp, dst, len, nt);                      \
+        }                                                                                          \
+    }
+
+SEP_FINISHES(base, )
+#if MULTI_ISA
+SEP_FINISHES(avx2, TARGET("arch=x86-64-v3"))
+SEP_FINISHES(avx512, TARGET("arch=x86-64-v4"))
+#endif
 
 SEP_ROWS(base, )
 #if MULTI_ISA
@@ -1742,6 +1869,8 @@ static PyObject *py_sep_rows(PyObject *self, PyObject *args) {
             const char *env = getenv("CONVCLI_SEP_STREAM");
             const double bytes = 4.0 * (double)(r1 - r0) * (double)n;
             k.stream = env ? atoi(env) : stream >= 0 ? stream : bytes >= SEP_STREAM_BYTES;
+            const char *fuse = getenv("CONVCLI_SEP_FUSE");
+            k.fuse = fuse ? atoi(fuse) : 1;
         }
         if (k.stream) k.orow = (float *)aligned_alloc(64, (sizeof(float) * k.hlen + 63) / 64 * 64);
         if (!k.e || !k.ring || !k.tags || (k.stream && !k.orow)) nomem = 1;

@@ -194,10 +194,21 @@ def release_buffers() -> None:
             bufs._flat.clear()
 
 
+def aligned_empty(shape: tuple[int, ...], align: int = 64) -> np.ndarray:
+    """An uninitialised C-contiguous float32 array whose data starts on an ``align``-byte
+    boundary (a view into a slightly larger buffer). numpy's own allocations are 16-byte
+    aligned; the compiled loops write whole 64-byte lines with non-temporal stores only
+    where the rows start on a line."""
+    size = math.prod(shape)
+    raw = np.empty(size + align // 4, dtype=np.float32)
+    start = (-raw.ctypes.data % align) // 4
+    return raw[start:start + size].reshape(shape)
+
+
 def result_array(shape: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
-    """``out`` checked against ``shape`` (float32, C-contiguous), or a new array of it."""
+    """``out`` checked against ``shape`` (float32, C-contiguous), or a new 64-byte aligned array of it."""
     if out is None:
-        return np.empty(shape, dtype=np.float32)
+        return aligned_empty(shape)
     if out.shape != tuple(shape) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out: expected a C-contiguous float32 array of shape {tuple(shape)}, "
                          f"got {out.dtype} {out.shape}")

@@ -16,9 +16,13 @@ Rank-1 kernels whose every map reads one channel (depthwise layers, 2-D kernels 
 channel sum) have a second loop, :func:`correlate_separable`: per thread, a ring of input
 rows filtered horizontally (``kw`` taps, the factors :mod:`convcli.engine.separable` finds),
 then the vertical pass (``kh`` taps), bias and activation per output row, in column tiles
-whose ring stays in L2; large outputs are written with non-temporal stores. Two environment
-variables tune it for measurements (neither changes a bit): ``CONVCLI_SEP_TILE`` (bytes of
-ring per column tile) and ``CONVCLI_SEP_STREAM`` (1/0: non-temporal stores on/off).
+whose ring stays in L2; large outputs are written with non-temporal stores. Without an
+activation, or with ReLU or abs, the vertical pass finishes each vector in registers (bias,
+activation, the Inf/NaN test) and stores it once, straight to the output when its rows
+start on a 64-byte line (the engine allocates its outputs so). Three environment variables
+tune it for measurements (none changes a bit): ``CONVCLI_SEP_TILE`` (bytes of ring per
+column tile), ``CONVCLI_SEP_STREAM`` (1/0: non-temporal stores on/off) and
+``CONVCLI_SEP_FUSE`` (0: finish each row in passes over memory instead).
 
 A pixel's sum is formed in one fixed order whatever rows a call computes, so the bands the
 engine's threads take do not change any bit. The GIL is released during the loop.
