@@ -6,6 +6,10 @@ including strides that do not divide the tile. The chooser is checked on layer s
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -435,3 +439,42 @@ def test_opencv_leaves_the_callers_thread_count(rng):
     finally:
         choose.choose = original
         cv2.setNumThreads(before)
+
+
+_THREADS_AFTER_CV2 = """
+import os, sys
+import numpy
+env_before = os.environ.get("OPENBLAS_NUM_THREADS")
+before = len(os.listdir("/proc/self/task"))
+if sys.argv[1] == "convcli":
+    from convcli.engine import opencv
+    assert opencv.module() is not None and opencv.module() is sys.modules["cv2"]
+else:
+    import cv2
+print(len(os.listdir("/proc/self/task")) - before, os.environ.get("OPENBLAS_NUM_THREADS") == env_before)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2,
+                    reason="counts the threads of a process in /proc, on a machine of several cores")
+def test_cv2_is_loaded_without_its_bundled_openblas_threads():
+    # The opencv-python wheels bundle an OpenBLAS whose worker threads spin on the cores the
+    # engine's threads need; the engine loads cv2 with OPENBLAS_NUM_THREADS=1 (unless set).
+    pytest.importorskip("cv2")
+    # (the dask workers of the cluster tests, run in this process, leave some of these set to 1)
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "GOTO_NUM_THREADS",
+                                                               "OPENBLAS_NUM_THREADS")}
+
+    def started(how, **env):
+        run = subprocess.run([sys.executable, "-c", _THREADS_AFTER_CV2, how], capture_output=True, text=True,
+                             env={**base, **env}, check=True)
+        threads, env_kept = run.stdout.split()
+        assert env_kept == "True"  # the variable is restored (or left as the user set it)
+        return int(threads)
+
+    plain = started("plain")
+    if plain == 0:
+        pytest.skip("this cv2 starts no threads of its own when imported")
+    assert started("convcli") < plain
+    # a user's own setting is kept: the bundled BLAS then starts the threads asked for
+    assert started("convcli", OPENBLAS_NUM_THREADS=str(os.cpu_count())) == plain
