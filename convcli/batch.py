@@ -649,10 +649,7 @@ def _worker_init(job: Job, inputs: frozenset[str], many: bool, threads: int) -> 
     """Runs first in each worker: signals, thread counts, and the shared job."""
     # Ctrl-C in a terminal reaches every process of the group: the parent alone
     # decides what to do; a worker ends on the parent's SIGTERM, cleaning up first.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _worker_signals()
     from . import engine
 
     if hasattr(engine, "set_threads"):
@@ -661,6 +658,27 @@ def _worker_init(job: Job, inputs: frozenset[str], many: bool, threads: int) -> 
 
     silence_libraries()
     _worker.update(job=job, inputs=inputs, many=many)
+
+
+def _worker_signals() -> None:
+    """A worker ignores Ctrl-C and ends on SIGTERM (see :func:`_on_sigterm`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    previous = sys.unraisablehook
+
+    def unraisable(hook_args) -> None:
+        if isinstance(hook_args.exc_value, _Terminated) and hasattr(signal, "setitimer"):
+            # SIGTERM came while Python ran a weakref callback or a __del__, where an
+            # exception is printed ("Exception ignored in …", a traceback) and dropped: the
+            # task went on. Raise it again 1 ms from now, in the task's own code.
+            signal.signal(signal.SIGALRM, lambda _signum, frame: _on_sigterm(signal.SIGTERM, frame))
+            signal.setitimer(signal.ITIMER_REAL, 0.001)
+            return
+        previous(hook_args)
+
+    sys.unraisablehook = unraisable
 
 
 def _on_sigterm(signum, frame) -> None:

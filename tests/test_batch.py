@@ -584,3 +584,43 @@ def test_memory_stays_flat_over_a_batch(tmp_path):
     assert len(list((tmp_path / "out-many").glob("*.png"))) == 80
     # Keeping every image's maps adds ~45 MiB here (checked by leaking them); allow allocator noise.
     assert peak_many - peak_few < 25, (peak_few, peak_many)
+
+
+_SIGTERM_IN_A_CALLBACK = """
+import os, signal, sys, weakref
+from convcli import batch
+
+batch._worker_signals()
+batch._worker["busy"] = True
+
+
+class Held:
+    pass
+
+
+def callback(ref):
+    os.kill(os.getpid(), signal.SIGTERM)  # the parent's SIGTERM arrives inside a weakref callback
+    for _ in range(10000):  # the handler runs here and raises
+        pass
+
+
+held = Held()
+ref = weakref.ref(held, callback)
+try:
+    del held
+    for _ in range(10 ** 7):
+        pass
+    print("the task went on")
+except batch._Terminated as stop:
+    print("terminated", stop.code)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_worker_whose_sigterm_lands_in_a_weakref_callback_still_stops_without_a_traceback():
+    # Python prints and drops an exception raised inside a weakref callback or __del__; a
+    # batch once printed such a traceback (a full disk's stop, -j 2) and its worker went on.
+    run = subprocess.run([sys.executable, "-c", _SIGTERM_IN_A_CALLBACK], capture_output=True, text=True,
+                         timeout=60)
+    assert run.stdout.split() == ["terminated", str(128 + signal.SIGTERM)], run.stdout + run.stderr
+    assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr, run.stderr
