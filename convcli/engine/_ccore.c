@@ -1296,6 +1296,28 @@ INLINE void sep_expand(Sep *k, int r, int c0, int c1) {
     }
 }
 
+/* acc[u] = sum_t src[t][o + u·P] · pat[t][16·q ...] for u < NU, the n taps added in order
+ * t = 0, 1, ... (the sum of every separable pass, finished or not), each pattern vector
+ * loaded once for the NU groups. */
+#define SEP_TAPS(NU, acc, src, pat, n, o, q, P)                                                    \
+    for (int u = 0; u < (NU); u++) (acc)[u] = (v16){0};                                            \
+    for (int t = 0; t < (n); t++) {                                                                \
+        v16 b;                                                                                     \
+        memcpy(&b, (pat)[t] + 16 * (size_t)(q), sizeof b);                                         \
+        for (int u = 0; u < (NU); u++) {                                                           \
+            v16 a;                                                                                 \
+            memcpy(&a, (src)[t] + (o) + u * (P), sizeof a);                                        \
+            (acc)[u] += a * b;                                                                     \
+        }                                                                                          \
+    }
+
+/* ReLU or abs on a finished vector's lane bits w (the scalar pass's exact results). */
+#define SEP_ACTIVATE(w, act)                                                                       \
+    do {                                                                                           \
+        if ((act) == ACT_ABS) (w) &= 0x7fffffff;                                                   \
+        else if ((act) == ACT_RELU) (w) = RELU_BITS(w);                                            \
+    } while (0)
+
 /* A 1-D pass over len floats (whole groups of P = 16·nm): dst[o] = sum_t src[t][o] · pat[t][o mod P]
  * (+ bias[o mod P]), stored below valid only; the tap count NT fixed at compile time (0: the
  * run-time count nt), so short kernels unroll. The taps are added in order t = 0, 1, ... */
@@ -1310,18 +1332,10 @@ INLINE void sep_expand(Sep *k, int r, int c0, int c1) {
         for (; g + 4 * P <= len && g + 4 * P <= valid; g += 4 * P)                                 \
             for (int q = 0; q < nm; q++) {                                                         \
                 const size_t o = g + 16 * (size_t)q;                                               \
-                v16 acc[4] = {{0}, {0}, {0}, {0}};                                                 \
+                v16 acc[4];                                                                        \
                 if (pf)                                                                            \
                     for (int u = 0; u < 4; u++) __builtin_prefetch(pf + o + u * P, 0, 3);          \
-                for (int t = 0; t < n; t++) {                                                      \
-                    v16 b;                                                                         \
-                    memcpy(&b, pat[t] + 16 * (size_t)q, sizeof b);                                 \
-                    for (int u = 0; u < 4; u++) {                                                  \
-                        v16 a;                                                                     \
-                        memcpy(&a, src[t] + o + u * P, sizeof a);                                  \
-                        acc[u] += a * b;                                                           \
-                    }                                                                              \
-                }                                                                                  \
+                SEP_TAPS(4, acc, src, pat, n, o, q, P)                                             \
                 if (bias) {                                                                        \
                     v16 bv;                                                                        \
                     memcpy(&bv, bias + 16 * (size_t)q, sizeof bv);                                 \
@@ -1333,21 +1347,15 @@ INLINE void sep_expand(Sep *k, int r, int c0, int c1) {
             for (int q = 0; q < nm; q++) {                                                         \
                 const size_t o = g + 16 * (size_t)q;                                               \
                 if (o >= valid) return;                                                            \
-                v16 acc = {0};                                                                     \
+                v16 acc[1];                                                                        \
                 if (pf) __builtin_prefetch(pf + o, 0, 3);                                          \
-                for (int t = 0; t < n; t++) {                                                      \
-                    v16 a, b;                                                                      \
-                    memcpy(&a, src[t] + o, sizeof a);                                              \
-                    memcpy(&b, pat[t] + 16 * (size_t)q, sizeof b);                                 \
-                    acc += a * b;                                                                  \
-                }                                                                                  \
+                SEP_TAPS(1, acc, src, pat, n, o, q, P)                                             \
                 if (bias) {                                                                        \
                     v16 bv;                                                                        \
                     memcpy(&bv, bias + 16 * (size_t)q, sizeof bv);                                 \
-                    acc += bv;                                                                     \
+                    acc[0] += bv;                                                                  \
                 }                                                                                  \
-                if (o + 16 <= valid) memcpy(dst + o, &acc, sizeof acc);                            \
-                else memcpy(dst + o, &acc, sizeof(float) * (valid - o));                           \
+                memcpy(dst + o, &acc[0], sizeof(float) * (o + 16 <= valid ? 16 : valid - o));      \
             }                                                                                      \
     }
 SEP_PASS(0)
@@ -1518,24 +1526,15 @@ INLINE void sep_pass(const float *const *src, const float *const *pat, int nt, i
         for (; g + 4 * P <= len; g += 4 * P)                                                       \
             for (int q = 0; q < nm; q++) {                                                         \
                 const size_t o = g + 16 * (size_t)q;                                               \
-                v16 acc[4] = {{0}, {0}, {0}, {0}};                                                 \
-                for (int j = 0; j < kw; j++) {                                                     \
-                    v16 b;                                                                         \
-                    memcpy(&b, vp[j] + 16 * (size_t)q, sizeof b);                                  \
-                    for (int u = 0; u < 4; u++) {                                                  \
-                        v16 a;                                                                     \
-                        memcpy(&a, src[j] + o + u * P, sizeof a);                                  \
-                        acc[u] += a * b;                                                           \
-                    }                                                                              \
-                }                                                                                  \
+                v16 acc[4];                                                                        \
+                SEP_TAPS(4, acc, src, vp, kw, o, q, P)                                             \
                 v16 bv;                                                                            \
                 memcpy(&bv, k->bias + 16 * (size_t)q, sizeof bv);                                  \
                 for (int u = 0; u < 4; u++) {                                                      \
                     acc[u] += bv;                                                                  \
                     vi16 w;                                                                        \
                     memcpy(&w, &acc[u], sizeof w);                                                 \
-                    if (act == ACT_ABS) w &= 0x7fffffff;                                           \
-                    else if (act == ACT_RELU) w = RELU_BITS(w);                                    \
+                    SEP_ACTIVATE(w, act);                                                          \
                     any |= NONFINITE_BIT(w);                                                       \
                     memcpy(&acc[u], &w, sizeof w);                                                 \
                     if (nt) STREAM16_##SUFFIX(dst + o + u * P, acc[u]);                            \
@@ -1547,27 +1546,22 @@ INLINE void sep_pass(const float *const *src, const float *const *pat, int nt, i
             for (int q = 0; q < nm; q++) {                                                         \
                 const size_t o = g + 16 * (size_t)q;                                               \
                 if (o >= len) break;                                                               \
-                v16 acc = {0};                                                                     \
-                for (int j = 0; j < kw; j++) {                                                     \
-                    v16 a, b;                                                                      \
-                    memcpy(&a, src[j] + o, sizeof a);                                              \
-                    memcpy(&b, vp[j] + 16 * (size_t)q, sizeof b);                                  \
-                    acc += a * b;                                                                  \
-                }                                                                                  \
+                v16 acc[1];                                                                        \
+                SEP_TAPS(1, acc, src, vp, kw, o, q, P)                                             \
                 v16 bv;                                                                            \
                 memcpy(&bv, k->bias + 16 * (size_t)q, sizeof bv);                                  \
-                acc += bv;                                                                         \
+                acc[0] += bv;                                                                      \
                 vi16 w;                                                                            \
-                memcpy(&w, &acc, sizeof w);                                                        \
-                if (act == ACT_ABS) w &= 0x7fffffff;                                               \
-                else if (act == ACT_RELU) w = RELU_BITS(w);                                        \
-                memcpy(&acc, &w, sizeof w);                                                        \
+                memcpy(&w, &acc[0], sizeof w);                                                     \
+                SEP_ACTIVATE(w, act);                                                              \
+                v16 fin;                                                                           \
+                memcpy(&fin, &w, sizeof w);                                                        \
                 if (o + 16 <= len) {                                                               \
-                    if (nt) STREAM16_##SUFFIX(dst + o, acc);                                       \
-                    else memcpy(dst + o, &acc, sizeof acc);                                        \
+                    if (nt) STREAM16_##SUFFIX(dst + o, fin);                                       \
+                    else memcpy(dst + o, &fin, sizeof fin);                                        \
                     bad |= !vec_all_zero_16(NONFINITE_BIT(w) & 0x100);                             \
                 } else {                                                                           \
-                    memcpy(dst + o, &acc, sizeof(float) * (len - o));                              \
+                    memcpy(dst + o, &fin, sizeof(float) * (len - o));                              \
                     bad |= any_nonfinite(dst + o, len - o);                                        \
                 }                                                                                  \
             }                                                                                      \
