@@ -561,7 +561,8 @@ def test_every_instruction_set_build_agrees(isa):
 def test_avx2_and_avx512_builds_give_the_same_bits():
     # Both vector builds contract multiply-adds into FMAs in the same order, so a file written on
     # an AVX2 machine equals one written on an AVX-512 machine: plain, depthwise, strided and
-    # pooled layers (the broadcast, planar and expand kernels, pooled tiles, stride phases). The baseline build (no FMA)
+    # pooled layers (the broadcast, planar and expand kernels, pooled tiles, stride phases) and
+    # the separable loop (its finish in registers, with each build's non-temporal stores). The baseline build (no FMA)
     # rounds differently: within the reference tolerance only (the test above).
     code = (
         "import hashlib, numpy as np\n"
@@ -585,11 +586,18 @@ def test_avx2_and_avx512_builds_give_the_same_bits():
         "    digest.update(ccore.correlate(x, w, **kw).tobytes())\n"
         "    pool = PoolSpec.from_options(mode=mode, size=2, stride=None, padding='valid')\n"
         "    digest.update(ccore.correlate_pooled(x, w, pool, **kw).tobytes())\n"
+        "from convcli.engine._common import Epilogue\n"  # the separable loop, finished in registers
+        "x = rng.standard_normal((37, 301, 3)).astype(np.float32)\n"
+        "for k, act in [(3, 'relu'), (9, 'abs'), (5, 'leaky-relu')]:\n"
+        "    w = (rng.standard_normal((k, 1, 1, 1)) * rng.standard_normal((1, k, 1, 1))).astype(np.float32)\n"
+        "    kw = dict(pads=(k // 2,) * 4, stride=(1, 1), dilation=(1, 1), border=Border.REFLECT, out_hw=(37, 301),\n"
+        "              depthwise=True, epilogue=Epilogue(rng.standard_normal(3).astype(np.float32), act, 0.1))\n"
+        "    digest.update(ccore.correlate_separable(x, w, **kw).tobytes())\n"
         "print(_ccore.ISA, digest.hexdigest())\n")
     found = {}
     for isa in ("avx512", "avx2"):
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "CONVCLI_CCORE_ISA": isa})
+                              env={**os.environ, "CONVCLI_CCORE_ISA": isa, "CONVCLI_SEP_STREAM": "1"})
         assert proc.returncode == 0, proc.stderr
         name, digest = proc.stdout.split()
         found[name] = digest
