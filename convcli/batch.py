@@ -666,14 +666,16 @@ def _worker_signals() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if not hasattr(signal, "setitimer"):
+        return
+    # SIGTERM can come while Python runs a weakref callback or a __del__, where an exception
+    # is printed ("Exception ignored in …", a traceback) and dropped: the task would go on.
+    # Such a _Terminated is raised again 1 ms later, from SIGALRM, in the task's own code.
+    signal.signal(signal.SIGALRM, lambda _signum, frame: _on_sigterm(signal.SIGTERM, frame))
     previous = sys.unraisablehook
 
     def unraisable(hook_args) -> None:
-        if isinstance(hook_args.exc_value, _Terminated) and hasattr(signal, "setitimer"):
-            # SIGTERM came while Python ran a weakref callback or a __del__, where an
-            # exception is printed ("Exception ignored in …", a traceback) and dropped: the
-            # task went on. Raise it again 1 ms from now, in the task's own code.
-            signal.signal(signal.SIGALRM, lambda _signum, frame: _on_sigterm(signal.SIGTERM, frame))
+        if isinstance(hook_args.exc_value, _Terminated):
             signal.setitimer(signal.ITIMER_REAL, 0.001)
             return
         previous(hook_args)
